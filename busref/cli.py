@@ -1,0 +1,94 @@
+"""The ``busref`` command: a table of subcommands, each imported only when it is used.
+
+Each subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+Loading lazily keeps ``busref run`` and ``busref watch`` free of torch: only ``train``,
+``eval``, ``register``, ``fuse`` and ``export`` need the ``train`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from dataclasses import dataclass
+
+from busref import __version__
+
+#: Exit code when a subcommand's optional dependencies are missing.
+EXIT_MISSING_DEPENDENCY = 3
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    module: str
+    help: str
+    extra: str = ""  # the pip extra that provides its dependencies, "" for the base install
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "train": Subcommand("models.cli.train", "train one stage: bus, fusion or registration", "train"),
+    "eval": Subcommand("models.cli.evaluate", "evaluate registration or fusion on a data folder", "train"),
+    "register": Subcommand("models.cli.register", "register (and fuse) IR images onto visible ones", "train"),
+    "fuse": Subcommand("models.cli.fuse", "fuse already aligned IR/visible pairs", "train"),
+    "demo": Subcommand("models.cli.demo", "register + fuse a built-in synthetic sample into a contact sheet",
+                       "train"),
+    "export": Subcommand("export.cli", "export a checkpoint to ONNX or an ONNX graph to a TensorRT engine",
+                         "train"),
+    "run": Subcommand("runtime.cli.run", "run the rig daemon: capture, register, fuse, publish"),
+    "bench": Subcommand("runtime.cli.bench", "measure the daemon's per-stage latency and throughput"),
+    "watch": Subcommand("runtime.cli.watch", "subscribe to a fused stream: fps, latency, save frames"),
+    "calibrate": Subcommand("runtime.cli.calibrate", "estimate a rig's IR->RGB prior from live pairs"),
+    "config": Subcommand("runtime.cli.config", "check a rig file or print its JSON Schema"),
+    "keys": Subcommand("runtime.cli.keys", "generate CURVE key pairs for the publisher and clients"),
+    "doctor": Subcommand("export.doctor", "report the environment; GPU/TensorRT parity and timing checks"),
+}
+
+
+def _load(name: str):
+    sub = SUBCOMMANDS[name]
+    try:
+        return importlib.import_module(sub.module)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or "a dependency"
+        hint = f" Install it with: pip install 'busref[{sub.extra}]'." if sub.extra else ""
+        print(f"busref {name}: needs the Python package '{missing}', which is not installed.{hint}",
+              file=sys.stderr)
+        raise SystemExit(EXIT_MISSING_DEPENDENCY) from None
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="busref",
+        description="BusReF: register thermal-IR onto RGB, fuse them, and publish the fused stream.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'busref COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"busref {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Only the subcommand actually named on the command line is imported.
+    chosen = next((a for a in argv if a in SUBCOMMANDS), None)
+    for name, sub in SUBCOMMANDS.items():
+        sp = subparsers.add_parser(name, help=sub.help, description=sub.help)
+        if name == chosen:
+            _load(name).add_arguments(sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return int(_load(args.command).run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

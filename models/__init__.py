@@ -1,0 +1,3 @@
+"""BusReF models: geometry, the irvis-reg-v1 protocol, networks, losses, data, training, evaluation."""
+
+from __future__ import annotations

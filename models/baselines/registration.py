@@ -1,0 +1,276 @@
+"""Classical IR -> visible registration baselines behind one interface (numpy, OpenCV, SimpleITK).
+
+Every method takes the reference ``vis`` (visible converted to gray, ``(H, W)`` float in [0, 1])
+and the moving ``ir`` (misaligned IR, same shape and range) and returns a pixel sampling grid
+``(H, W, 2)`` float32 with ``G[y, x] = (x', y')`` in IR pixels (reference -> moving, the
+``irvis-reg-v1`` convention; pixel centres at integer coordinates, ``x`` the column), so that
+``warp(ir, G)`` is the IR registered onto the visible frame. ``None`` means the method failed;
+the evaluator then scores the identity grid and counts a failure.
+
+All the baselines here estimate one affine ``G(p) = M[:, :2] p + M[:, 2]`` (``M`` is 2x3, in
+pixels); the learned BusReF method implements the same :class:`RegistrationMethod` interface.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+import SimpleITK as sitk
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class RegistrationMethod(Protocol):
+    """A registration method: ``register(vis, ir)`` -> pixel grid ``(H, W, 2)`` float32 or ``None``."""
+
+    name: str
+
+    def register(self, vis: np.ndarray, ir: np.ndarray) -> np.ndarray | None:
+        """Grid mapping reference (``vis``) pixels to moving (``ir``) pixels; ``None`` on failure."""
+        ...
+
+
+def affine_grid(matrix: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pixel grid ``(H, W, 2)`` float32 of the 2x3 pixel affine ``G(p) = M[:, :2] p + M[:, 2]``."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape != (2, 3):
+        raise ValueError(f"affine matrix must be 2x3, got shape {m.shape}")
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    gx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
+    gy = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
+    return np.stack((gx, gy), axis=-1).astype(np.float32)
+
+
+def _check_pair(vis: np.ndarray, ir: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a (reference, moving) pair and return both as float32 ``(H, W)`` arrays."""
+    images = []
+    for name, image in (("vis", vis), ("ir", ir)):
+        array = np.asarray(image, dtype=np.float32)
+        if array.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D gray image (H, W), got shape {array.shape}")
+        if min(array.shape) < 16:
+            raise ValueError(f"{name} is {array.shape[0]}x{array.shape[1]}; registration needs >= 16 px a side")
+        if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+            raise ValueError(f"{name} must hold finite values in [0, 1], got range "
+                             f"[{np.nanmin(array):.4g}, {np.nanmax(array):.4g}]")
+        images.append(array)
+    if images[0].shape != images[1].shape:
+        raise ValueError(f"vis {images[0].shape} and ir {images[1].shape} must have the same shape")
+    return images[0], images[1]
+
+
+def _checked_affine_grid(name: str, matrix: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """Grid of an estimated affine, or ``None`` if it is non-finite or implausible.
+
+    Implausible means a singular value of the linear part outside [1/2, 2]: far beyond any
+    rig's misalignment, it marks a collapsed or diverged fit, which the evaluator should count
+    as a failure rather than score as a (much worse than identity) estimate.
+    """
+    if not np.isfinite(matrix).all():
+        log.debug("%s: non-finite affine %s", name, np.asarray(matrix).tolist())
+        return None
+    singular = np.linalg.svd(np.asarray(matrix, dtype=np.float64)[:, :2], compute_uv=False)
+    if singular.max() > 2.0 or singular.min() < 0.5:
+        log.debug("%s: implausible affine %s", name, np.asarray(matrix).tolist())
+        return None
+    return affine_grid(matrix, *shape)
+
+
+@dataclass
+class IdentityMethod:
+    """No registration: ``G(p) = p``; the floor every other method must beat."""
+
+    name: str = field(default="identity", init=False)
+
+    def register(self, vis: np.ndarray, ir: np.ndarray) -> np.ndarray | None:
+        vis32, _ = _check_pair(vis, ir)
+        return affine_grid(np.eye(2, 3), *vis32.shape)
+
+
+@dataclass
+class SiftRansacAffine:
+    """SIFT keypoints on both 8-bit images, Lowe's ratio test, RANSAC affine (visible -> IR points).
+
+    The affine is fitted from visible keypoints to their IR matches because the grid maps a
+    reference pixel to the moving pixel that lands there. Fails (``None``) when fewer than
+    ``min_inliers`` matches survive RANSAC; on real IR/visible pairs that is the usual outcome,
+    since the two modalities rarely share descriptors.
+    """
+
+    name: str = field(default="sift", init=False)
+    ratio: float = 0.75
+    ransac_threshold_px: float = 3.0
+    min_inliers: int = 6
+
+    def register(self, vis: np.ndarray, ir: np.ndarray) -> np.ndarray | None:
+        vis32, ir32 = _check_pair(vis, ir)
+        sift = cv2.SIFT_create()
+        kp_vis, desc_vis = sift.detectAndCompute(_to_uint8(vis32), None)
+        kp_ir, desc_ir = sift.detectAndCompute(_to_uint8(ir32), None)
+        if desc_vis is None or desc_ir is None or len(kp_vis) < 2 or len(kp_ir) < 2:
+            log.debug("sift: too few keypoints (vis %d, ir %d)", len(kp_vis), len(kp_ir))
+            return None
+        matches = cv2.BFMatcher(cv2.NORM_L2).knnMatch(desc_vis, desc_ir, k=2)
+        good = [m[0] for m in matches if len(m) == 2 and m[0].distance < self.ratio * m[1].distance]
+        if len(good) < self.min_inliers:
+            log.debug("sift: %d matches pass the ratio test, need %d", len(good), self.min_inliers)
+            return None
+        src = np.float32([kp_vis[m.queryIdx].pt for m in good])
+        dst = np.float32([kp_ir[m.trainIdx].pt for m in good])
+        matrix, inliers = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC,
+                                               ransacReprojThreshold=self.ransac_threshold_px)
+        count = 0 if inliers is None else int(inliers.sum())
+        if matrix is None or count < self.min_inliers:
+            log.debug("sift: %d RANSAC inliers, need %d", count, self.min_inliers)
+            return None
+        return _checked_affine_grid(self.name, matrix, vis32.shape)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def _gradient_magnitude(image: np.ndarray) -> np.ndarray:
+    """Sobel gradient magnitude of a lightly smoothed float32 image (same shape)."""
+    smooth = cv2.GaussianBlur(image, (0, 0), sigmaX=1.0)
+    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
+    return cv2.magnitude(gx, gy)
+
+
+def _content_mask(image: np.ndarray, margin: int = 2) -> np.ndarray:
+    """uint8 (H, W): 1 where ``image`` holds content, 0 on exact-zero padding and ``margin`` px
+    around it. A misaligned IR frame has zero padding where the warp left the sensor; its edge is
+    the strongest gradient in the frame and would otherwise drag gradient-based matching along.
+    """
+    size = 2 * margin + 1
+    return cv2.erode((image > 0).astype(np.uint8), np.ones((size, size), np.uint8))
+
+
+@dataclass
+class EccGradient:
+    """Affine ECC (``cv2.findTransformECC``) on Sobel gradient magnitudes, coarse to fine.
+
+    IR and visible intensities are not comparable (a hot road is bright in IR and dark in
+    visible) but their edges largely coincide, so ECC correlates gradient magnitudes; the IR's
+    zero padding and its border are masked out of the IR gradients. Levels are ``cv2.pyrDown``
+    halvings (coarse pixel ``i`` sits on fine pixel ``2 i``, so only the translation doubles going
+    up a level), at most ``levels`` and none with a side under ``min_side``; on RoadScene pairs at
+    the moderate level 3 levels beat both 2 and 4 (a 4th, ~40x60 px, often converges wrongly).
+    ``findTransformECC(template=vis, input=ir)`` returns ``W`` with ``vis(p) ~ ir(W [p; 1])``
+    (the ``WARP_INVERSE_MAP`` convention), i.e. a reference -> moving map: exactly our grid.
+    Returns ``None`` when ECC does not converge at some level (``cv2.error``) or ends on an
+    implausible affine.
+    """
+
+    name: str = field(default="ecc", init=False)
+    levels: int = 3
+    min_side: int = 24
+    iterations: int = 100
+    epsilon: float = 1e-6
+
+    def register(self, vis: np.ndarray, ir: np.ndarray) -> np.ndarray | None:
+        vis32, ir32 = _check_pair(vis, ir)
+        pyramid = [(vis32, ir32)]
+        while len(pyramid) < self.levels and min(pyramid[-1][0].shape) >= 2 * self.min_side:
+            pyramid.append((cv2.pyrDown(pyramid[-1][0]), cv2.pyrDown(pyramid[-1][1])))
+        criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, self.iterations, self.epsilon)
+        matrix = np.eye(2, 3, dtype=np.float32)
+        for level, (vis_level, ir_level) in enumerate(reversed(pyramid)):
+            if level > 0:
+                matrix[:, 2] *= 2.0
+            ir_gradient = _gradient_magnitude(ir_level) * _content_mask(ir_level)
+            try:
+                _, matrix = cv2.findTransformECC(_gradient_magnitude(vis_level), ir_gradient, matrix,
+                                                 cv2.MOTION_AFFINE, criteria, None, 5)
+            except cv2.error as error:
+                log.debug("ecc: no convergence at %dx%d: %s", *vis_level.shape, error)
+                return None
+        return _checked_affine_grid(self.name, matrix, vis32.shape)
+
+
+@dataclass
+class MattesMIAffine:
+    """Affine registration maximising Mattes mutual information (SimpleITK), multi-resolution.
+
+    Fixed = visible, moving = IR, spacing 1 and origin 0 so physical points are pixel
+    coordinates ``(x, y)``. A SimpleITK transform maps fixed points to moving points, which is
+    exactly the grid direction, so the grid is the final transform applied to every reference
+    pixel. The IR's zero padding is masked out of the metric (see :func:`_content_mask`).
+    Metric samples are drawn at random with ``seed`` (SimpleITK reads seed 0 as "wall clock",
+    hence >= 1), a share ``sampling`` per level; the registration runs single-threaded so the
+    result is the same on every machine. Returns ``None`` when SimpleITK raises (e.g. every
+    sample mapped outside the moving image) or the affine is implausible.
+    """
+
+    name: str = field(default="mi", init=False)
+    bins: int = 50
+    seed: int = 1
+    iterations: int = 200
+    learning_rate: float = 0.5
+    shrink_factors: tuple[int, ...] = (4, 2, 1)
+    smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0)
+    sampling: tuple[float, ...] = (1.0, 0.5, 0.25)
+    mask_padding: bool = True
+
+    def __post_init__(self) -> None:
+        if self.seed < 1:
+            raise ValueError(f"MattesMIAffine seed must be >= 1 (SimpleITK takes 0 as wall clock), got {self.seed}")
+        if not len(self.shrink_factors) == len(self.smoothing_sigmas) == len(self.sampling):
+            raise ValueError("MattesMIAffine shrink_factors, smoothing_sigmas and sampling need one entry per level")
+
+    def register(self, vis: np.ndarray, ir: np.ndarray) -> np.ndarray | None:
+        vis32, ir32 = _check_pair(vis, ir)
+        fixed = sitk.GetImageFromArray(vis32)
+        moving = sitk.GetImageFromArray(ir32)
+        initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(2),
+                                                    sitk.CenteredTransformInitializerFilter.GEOMETRY)
+        method = sitk.ImageRegistrationMethod()
+        method.SetNumberOfThreads(1)
+        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=self.bins)
+        if self.mask_padding:
+            method.SetMetricMovingMask(sitk.GetImageFromArray(_content_mask(ir32)))
+        method.SetMetricSamplingStrategy(method.RANDOM)
+        method.SetMetricSamplingPercentagePerLevel(list(self.sampling), self.seed)
+        method.SetInterpolator(sitk.sitkLinear)
+        method.SetOptimizerAsRegularStepGradientDescent(learningRate=self.learning_rate, minStep=1e-3,
+                                                        numberOfIterations=self.iterations,
+                                                        relaxationFactor=0.5,
+                                                        gradientMagnitudeTolerance=1e-8)
+        method.SetOptimizerScalesFromPhysicalShift()
+        method.SetShrinkFactorsPerLevel(list(self.shrink_factors))
+        method.SetSmoothingSigmasPerLevel(list(self.smoothing_sigmas))
+        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+        method.SetInitialTransform(initial, inPlace=False)
+        try:
+            transform = method.Execute(fixed, moving)
+        except RuntimeError as error:
+            log.debug("mi: SimpleITK failed: %s", error)
+            return None
+        # The transform is affine, so the images of three points determine its 2x3 matrix.
+        origin, unit_x, unit_y = (np.array(transform.TransformPoint(p)) for p in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0)))
+        matrix = np.column_stack((unit_x - origin, unit_y - origin, origin))
+        return _checked_affine_grid(self.name, matrix, vis32.shape)
+
+
+_METHODS: dict[str, Callable[[], RegistrationMethod]] = {
+    "identity": IdentityMethod,
+    "sift": SiftRansacAffine,
+    "ecc": EccGradient,
+    "mi": MattesMIAffine,
+}
+
+
+def make_method(name: str) -> RegistrationMethod:
+    """The baseline called ``name`` ("identity", "sift", "ecc" or "mi") with its default settings."""
+    try:
+        factory = _METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown registration method {name!r}; valid names: {', '.join(_METHODS)}") from None
+    return factory()

@@ -1,0 +1,98 @@
+"""Checkpoints that carry their metadata: stage, config, data split, commit, metrics, versions."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.config import TrainConfig
+from models.networks import BusReF
+
+FORMAT = "busref.checkpoint/1"
+STAGES = ("bus", "fusion", "registration")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is unreadable or does not match what the caller needs; names the file."""
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: Path, *, model: BusReF, config: TrainConfig, stage: str, step: int,
+                    split_name: str, split_sha256: str, metrics: dict[str, float],
+                    optimizer: torch.optim.Optimizer | None = None, history: list[dict] | None = None) -> None:
+    """Write atomically (temp file + rename) so an interrupted run never leaves a torn file."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}")
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "stage": stage,
+        "step": step,
+        "config": config.model_dump(mode="json"),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "split": {"name": split_name, "sha256": split_sha256},
+        "metrics": metrics,
+        "history": history or [],
+        "commit": git_commit(),
+        "versions": {"torch": torch.__version__},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and check a checkpoint's envelope; returns the payload (with a validated config)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    try:
+        payload["config"] = TrainConfig.model_validate(payload["config"])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: its config does not validate: {exc}") from exc
+    return payload
+
+
+def load_model(path: Path, *, map_location: str | torch.device = "cpu",
+               expect_stage: str | None = None) -> tuple[BusReF, dict[str, Any]]:
+    """Build the model of a checkpoint's config and load its weights (eval mode)."""
+    payload = load_checkpoint(path, map_location=map_location)
+    if expect_stage is not None and STAGES.index(payload["stage"]) < STAGES.index(expect_stage):
+        raise CheckpointError(f"{path}: is a {payload['stage']!r} checkpoint; a {expect_stage!r} one is needed")
+    model = BusReF(payload["config"].model)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match its config: {exc}") from exc
+    return model.eval(), payload

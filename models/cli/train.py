@@ -1,0 +1,71 @@
+"""``busref train bus|fusion|registration``: one training stage."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from models.checkpoint import STAGES, CheckpointError
+from models.config import load_train_config
+from models.data import DataError, list_pairs, pair_index, roadscene_pairs
+from models.train import select_device, train_stage
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = (
+        "Train one BusReF stage. Order: bus (auto-encoder), then fusion (GAF, bus frozen), then\n"
+        "registration (Affine + Deformable nets; bus and GAF frozen). Each stage writes\n"
+        "OUT/STAGE.pt (and OUT/STAGE_last.pt periodically); pass it to the next with --init.\n\n"
+        "example:\n"
+        "  busref train bus --data ../shared/data/roadscene --out runs/demo\n"
+        "  busref train fusion --data ../shared/data/roadscene --init runs/demo/bus.pt --out runs/demo\n"
+        "  busref train registration --data ../shared/data/roadscene --init runs/demo/fusion.pt --out runs/demo"
+    )
+    parser.add_argument("stage", choices=STAGES, help="which stage to train")
+    src = parser.add_argument_group("data (a RoadScene-layout folder, or two pair folders)")
+    src.add_argument("--data", type=Path, help="folder with cropinfrared/, crop_LR_visible/ and split.json")
+    src.add_argument("--split", default="train", help="split of split.json to train on (default: train)")
+    src.add_argument("--ir", type=Path, help="IR image folder (paired with --vis by file stem)")
+    src.add_argument("--vis", type=Path, help="visible image folder")
+    src.add_argument("--val-pairs", type=int, default=8,
+                     help="hold out the last N training pairs for validation (default: 8)")
+    parser.add_argument("--config", type=Path, help="training config YAML (default: built-in defaults)")
+    parser.add_argument("--out", type=Path, default=Path("runs/default"), help="output folder (default: runs/default)")
+    parser.add_argument("--init", type=Path, help="checkpoint of the previous stage")
+    parser.add_argument("--resume", type=Path, help="checkpoint of this stage to continue")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--steps", type=int, help="override the stage's number of steps")
+    parser.add_argument("--max-minutes", type=float, help="stop (and save) after this many minutes")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_train_config(args.config)
+        if args.steps:
+            stage_cfg = getattr(config, args.stage).model_copy(update={"steps": args.steps})
+            config = config.model_copy(update={args.stage: stage_cfg})
+        if args.data is not None:
+            all_pairs = roadscene_pairs(args.data)
+            pairs = roadscene_pairs(args.data, args.split)
+        elif args.ir is not None and args.vis is not None:
+            all_pairs = pairs = list_pairs(args.ir, args.vis)
+        else:
+            log.error("give --data DIR, or both --ir DIR and --vis DIR")
+            return 2
+        if len(pairs) <= args.val_pairs:
+            log.error("only %d pairs: too few to hold out %d for validation (--val-pairs)", len(pairs), args.val_pairs)
+            return 2
+        train, val = pairs[: len(pairs) - args.val_pairs], pairs[len(pairs) - args.val_pairs :]
+        log.info("%d training pairs, %d validation pairs (held out from %r)", len(train), len(val), args.split)
+        train_stage(args.stage, train_pairs=train, val_pairs=val, val_indices=pair_index(val, all_pairs),
+                    split_name=args.split if args.data is not None else "all", config=config, out_dir=args.out,
+                    init=args.init, resume=args.resume, device=select_device(args.device),
+                    max_minutes=args.max_minutes)
+    except (DataError, CheckpointError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0

@@ -1,0 +1,106 @@
+"""Training losses of BusReF (paper eqs. 4-13, read as in method-notes.md) as pure functions.
+
+All images are (B, 1, H, W) float in [0, 1]; masks are (B, 1, H, W) bool or {0, 1} float.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+@functools.lru_cache(maxsize=8)
+def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: str) -> Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = (g / g.sum()).to(dtype)
+    return (g[:, None] * g[None, :]).view(1, 1, size, size).to(device)
+
+
+def ssim(x: Tensor, y: Tensor, *, window: int = 11, sigma: float = 1.5, data_range: float = 1.0) -> Tensor:
+    """Mean SSIM (Wang et al. 2004), Gaussian window 11/1.5, 'valid' borders; per sample (B,)."""
+    w = _gaussian_window(window, sigma, x.dtype, str(x.device))
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = F.conv2d(x, w), F.conv2d(y, w)
+    sxx = F.conv2d(x * x, w) - mx * mx
+    syy = F.conv2d(y * y, w) - my * my
+    sxy = F.conv2d(x * y, w) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return s.flatten(1).mean(1)
+
+
+LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def laplacian(x: Tensor) -> Tensor:
+    """4-neighbour Laplacian, replicate padding: (B, C, H, W) -> same shape."""
+    k = LAPLACIAN.to(x).view(1, 1, 3, 3).expand(x.shape[1], 1, 3, 3)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
+
+
+def reconstruction_loss(image: Tensor, recon: Tensor, lam: float = 1.0) -> Tensor:
+    """Eq. 4: ``||I - I_re||_2 + lambda (1 - SSIM)``; the norm is the root mean square (so the
+    two terms have similar magnitude whatever the image size)."""
+    rmse = torch.sqrt(((image - recon) ** 2).flatten(1).mean(1) + 1e-12)
+    return (rmse + lam * (1 - ssim(image, recon))).mean()
+
+
+def enhanced_gradient_target(vis: Tensor, ir: Tensor, gamma: float = 0.7) -> Tensor:
+    """Eq. 7: per pixel, the Laplacian of the source with the larger |Laplacian|, enhanced as
+    ``g |g|^gamma / |g| = sign(g) |g|^gamma`` (the ``I_x, I_y`` of eq. 7 mean ``I_v, I_r``)."""
+    gv, gr = laplacian(vis), laplacian(ir)
+    g = torch.where(gv.abs() > gr.abs(), gv, gr)
+    return torch.sign(g) * (g.abs() + 1e-12) ** gamma
+
+
+def fusion_loss(fused: Tensor, vis: Tensor, ir: Tensor, *, sigma: float = 1.0, grad_weight: float = 10.0,
+                gamma: float = 0.7) -> tuple[Tensor, dict[str, float]]:
+    """Eq. 8: ``sigma L_wsim + L_grad`` with eq. 5 and eq. 6 (mean squared Laplacian error)."""
+    wsim = (1 - (ssim(fused, vis) + ssim(fused, ir)) / 2).mean()
+    grad = ((laplacian(fused) - enhanced_gradient_target(vis, ir, gamma)) ** 2).mean()
+    total = sigma * wsim + grad_weight * grad
+    return total, {"wsim": float(wsim), "grad": float(grad)}
+
+
+def masked_ncc(x: Tensor, y: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """Eq. 11: NCC of ``x`` and ``y`` over the pixels where ``mask`` is set, per sample (B,)."""
+    m = mask.to(x.dtype).flatten(1)
+    n = m.sum(1).clamp_min(1.0)
+    xf, yf = x.flatten(1), y.flatten(1)
+    mx = (xf * m).sum(1) / n
+    my = (yf * m).sum(1) / n
+    dx, dy = (xf - mx[:, None]) * m, (yf - my[:, None]) * m
+    return (dx * dy).sum(1) / (torch.sqrt((dx * dx).sum(1) * (dy * dy).sum(1)) + eps)
+
+
+def mncc_loss(registered: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Eq. 10: ``-MNCC`` averaged over the batch."""
+    return -masked_ncc(registered, target, mask).mean()
+
+
+def masked_gradient_loss(fused_registered: Tensor, fused_true: Tensor, mask: Tensor) -> Tensor:
+    """Eq. 12: ``||(lap F(I_x, I_y^rf) - lap F(I_x, I_y)) * M||_2`` as a masked mean square."""
+    m = mask.to(fused_registered.dtype)
+    diff = (laplacian(fused_registered) - laplacian(fused_true)) * m
+    return (diff**2).sum() / m.sum().clamp_min(1.0)
+
+
+def smoothness_loss(displacement: Tensor) -> Tensor:
+    """Mean squared finite difference of a field (B, 2, H, W) (diffusion regulariser)."""
+    dx = displacement[:, :, :, 1:] - displacement[:, :, :, :-1]
+    dy = displacement[:, :, 1:, :] - displacement[:, :, :-1, :]
+    return (dx**2).mean() + (dy**2).mean()
+
+
+def endpoint_loss(grid: Tensor, truth: Tensor, mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """Masked mean end-point error in pixels of an (H, W) image between normalised grids
+    (B, H, W, 2); the synthetic misalignment gives the truth, so supervision is free."""
+    h, w = size
+    scale = torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=grid.dtype, device=grid.device)
+    err = torch.sqrt((((grid - truth) * scale) ** 2).sum(-1) + 1e-6)
+    m = mask[:, 0].to(grid.dtype)
+    return (err * m).sum() / m.sum().clamp_min(1.0)

@@ -1,0 +1,3 @@
+"""Evaluation metrics in numpy/OpenCV (no torch): registration (``registration``) and fusion (``fusion``)."""
+
+from __future__ import annotations

@@ -1,0 +1,110 @@
+"""BusReF: the four networks wired together (registration on the bus, then fusion)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from models.config import ModelConfig
+from models.geometry import warp_normalised
+from models.networks.affine import AffineNet
+from models.networks.deformable import DeformableNet
+from models.networks.gaf import GAF
+from models.networks.layers import coordinates
+from models.networks.reconstructor import Reconstructor
+
+
+class Registration(NamedTuple):
+    """Outputs of :meth:`BusReF.register` at the registration resolution (H, W).
+
+    ``theta`` (B, 2, 3) coarse affine, normalised (``affine_grid`` convention);
+    ``coarse_grid`` and ``grid`` (B, H, W, 2) normalised sampling grids (reference -> moving,
+    align_corners=True) of the affine alone and of affine + deformable; ``displacements`` the
+    per-pass deformable fields (B, 2, H, W), normalised units.
+    """
+
+    theta: torch.Tensor
+    coarse_grid: torch.Tensor
+    grid: torch.Tensor
+    displacements: tuple[torch.Tensor, ...]
+
+
+def normalised_base(like: torch.Tensor) -> torch.Tensor:
+    """Identity grid (B, H, W, 2) in normalised coordinates, x first, align_corners=True, for an
+    image ``like`` (B, C, H, W); shape-dynamic for export."""
+    return coordinates(like).permute(0, 2, 3, 1)
+
+
+def _apply_theta(theta: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    b, h, w, _ = points.shape
+    flat = points.reshape(b, -1, 2) @ theta[:, :, :2].transpose(1, 2) + theta[:, None, :, 2]
+    return flat.reshape(b, h, w, 2)
+
+
+class BusReF(nn.Module):
+    """The bus (Reconstructor), Affine Net, Deformable Net and GAF of one configuration."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        c = self.config
+        self.bus = Reconstructor(c.bus.width)
+        self.affine = AffineNet(c.bus.width, c.affine.width, c.affine.kernels)
+        self.deformable = DeformableNet(c.bus.width, c.deformable.width)
+        self.gaf = GAF(c.gaf.width, c.gaf.pool)
+
+    def register(self, vis: torch.Tensor, ir: torch.Tensor) -> Registration:
+        """Register ``ir`` onto ``vis``: both (B, 1, H, W) in [0, 1] at the registration size.
+
+        Coarse: ``theta = A(F(vis), F(ir))``. Fine (method-notes: the deformable net sees the
+        affinely corrected IR re-encoded by the bus, so it learns only the residual): each pass
+        warps the IR by the current grid ``G``, re-encodes it and predicts ``d``; the new grid is
+        ``G(p + d(p))``. The first pass is composed analytically (``G`` is affine there).
+        """
+        if vis.shape != ir.shape:
+            raise ValueError(f"vis and ir must have the same shape, got {tuple(vis.shape)} and {tuple(ir.shape)}")
+        h, w = vis.shape[-2:]
+        fx = self.bus.encode(vis)
+        theta = self.affine(fx, self.bus.encode(ir))
+        base = normalised_base(vis)
+        coarse = _apply_theta(theta, base)
+        grid = coarse
+        displacements = []
+        for step in range(self.config.deformable.refinements):
+            fy = self.bus.encode(warp_normalised(ir, grid))
+            d = self.deformable(fx, fy, (h, w))
+            displacements.append(d)
+            moved = base + d.permute(0, 2, 3, 1)
+            if step == 0:
+                grid = _apply_theta(theta, moved)
+            else:
+                grid = warp_normalised(grid.permute(0, 3, 1, 2), moved, padding_mode="border").permute(0, 2, 3, 1)
+        return Registration(theta, coarse, grid, tuple(displacements))
+
+    def fuse(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        return self.gaf(vis, ir)
+
+
+class RegisterGraph(nn.Module):
+    """Export wrapper of the ``register`` graph (runtime/artifact.py): (vis, ir) -> (theta, grid)."""
+
+    def __init__(self, model: BusReF) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, vis: torch.Tensor, ir: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        reg = self.model.register(vis, ir)
+        return reg.theta, reg.grid
+
+
+class FuseGraph(nn.Module):
+    """Export wrapper of the ``fuse`` graph: (vis, ir) -> fused, all (1, 1, H, W) in [0, 1]."""
+
+    def __init__(self, model: BusReF) -> None:
+        super().__init__()
+        self.gaf = model.gaf
+
+    def forward(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        return self.gaf(vis, ir)

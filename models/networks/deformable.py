@@ -1,0 +1,43 @@
+"""Deformable Net: fine registration as a dense displacement field."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.networks.layers import act, conv, separable
+from models.networks.reconstructor import Features
+
+
+class DeformableNet(nn.Module):
+    """F1..F4 of the reference and of the affinely corrected moving image -> displacement.
+
+    Each level (a group of the paper's group convolution; the levels differ in resolution so
+    each group is its own small branch) yields a 2-channel flow proposal; the four proposals are
+    upsampled to the input resolution and a 3x3 conv (8 -> 2 channels) mixes them. Branch convs
+    are depthwise-separable for the speed budget.
+    Output ``(B, 2, H, W)``: displacement ``d`` in *normalised* units (align_corners=True) of the
+    registration resolution, channel 0 = du; the registered image is ``I_a(p + d(p))``.
+    The mixing conv starts at zero, so an untrained net returns no displacement.
+    """
+
+    def __init__(self, bus_width: int, width: int = 24) -> None:
+        super().__init__()
+        c = bus_width
+        chans = (c, 2 * c, 4 * c, 4 * c)
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(2 * ci, width, 1), act(), separable(width, width), act(),
+                          separable(width, width), act(), conv(width, 2))
+            for ci in chans
+        )
+        self.mix = conv(8, 2)
+        nn.init.zeros_(self.mix.weight)
+        nn.init.zeros_(self.mix.bias)
+
+    def forward(self, fx: Features, fy: Features, size: tuple[int, int]) -> torch.Tensor:
+        proposals = [
+            F.interpolate(branch(torch.cat((a, b), dim=1)), size=size, mode="bilinear", align_corners=True)
+            for branch, a, b in zip(self.branches, fx, fy, strict=True)
+        ]
+        return self.mix(torch.cat(proposals, dim=1))

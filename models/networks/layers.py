@@ -1,0 +1,83 @@
+"""Small building blocks shared by the networks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups)
+
+
+def act() -> nn.Module:
+    return nn.LeakyReLU(0.1, inplace=True)
+
+
+def separable(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    """Depthwise 3x3 then pointwise 1x1: a 3x3 conv at a fraction of the cost (speed budget, issue 3)."""
+    return nn.Sequential(conv(cin, cin, stride=stride, groups=cin), nn.Conv2d(cin, cout, 1))
+
+
+class ResidualBlock(nn.Module):
+    """Residual feature extraction (RFE) block: two depthwise-separable 3x3 convs and a skip."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(separable(channels, channels), act(), separable(channels, channels))
+        self.out = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x + self.body(x))
+
+
+class DynamicConv2d(nn.Module):
+    """Dynamic convolution (Chen et al., CVPR 2020): attention over K kernels.
+
+    Per sample, ``pi = softmax(MLP(avgpool(x)) / T)`` weighs K kernels and biases that are summed
+    into one kernel. Implemented with a grouped convolution over the batch so that it exports to
+    ONNX with a dynamic batch. ``(B, Cin, H, W) -> (B, Cout, H, W)``.
+    """
+
+    def __init__(self, cin: int, cout: int, k: int = 3, kernels: int = 4, temperature: float = 4.0) -> None:
+        super().__init__()
+        self.cin, self.cout, self.k, self.kernels, self.temperature = cin, cout, k, kernels, temperature
+        hidden = max(cin // 4, 4)
+        self.attention = nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, kernels))
+        self.weight = nn.Parameter(torch.empty(kernels, cout, cin, k, k))
+        self.bias = nn.Parameter(torch.zeros(kernels, cout))
+        for i in range(kernels):
+            nn.init.kaiming_uniform_(self.weight[i], a=0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        pi = torch.softmax(self.attention(x.mean(dim=(2, 3))) / self.temperature, dim=1)  # (B, K)
+        weight = (pi @ self.weight.flatten(1)).reshape(b * self.cout, self.cin, self.k, self.k)
+        bias = (pi @ self.bias).reshape(b * self.cout)
+        out = F.conv2d(x.reshape(1, b * self.cin, h, w), weight, bias, padding=self.k // 2, groups=b)
+        return out.reshape(b, self.cout, h, w)
+
+
+def ramp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Values -1..1 (align_corners=True spacing) along ``dim`` of ``x``, other dims of size 1.
+
+    Built from ``cumsum`` rather than ``linspace``: the ONNX exporter turns ``linspace`` into a
+    float64 Range that ONNX Runtime's Conv then refuses, and this form keeps H, W dynamic.
+    """
+    index = [slice(None, 1)] * x.dim()
+    index[dim] = slice(None)
+    steps = torch.cumsum(torch.ones_like(x[tuple(index)]), dim=dim) - 1.0
+    return steps / steps.amax(dim=dim, keepdim=True) * 2.0 - 1.0
+
+
+def coordinates(x: torch.Tensor) -> torch.Tensor:
+    """Normalised (u, v) coordinate channels in [-1, 1] shaped like ``x`` (B, 2, H, W).
+
+    AffineNet pools globally; rotation and scale show as displacements that depend on position,
+    so the features carry their position (CoordConv) for the pooled MLP to weigh them.
+    """
+    b, _, h, w = x.shape
+    u = ramp(x, 3).expand(b, 1, h, w)
+    v = ramp(x, 2).expand(b, 1, h, w)
+    return torch.cat((u, v), dim=1)

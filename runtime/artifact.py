@@ -1,0 +1,101 @@
+"""Metadata that travels with every exported artifact (ONNX graph, TensorRT engine).
+
+The export side (``export/``) writes it; the runtime reads and checks it. It lives here
+because the runtime must not import the training code.
+
+Graph contract (schema ``busref.artifact/1``):
+
+``register`` graph
+    inputs  ``vis`` float32 (1, 1, H, W) visible luminance in [0, 1];
+            ``ir``  float32 (1, 1, H, W) moving thermal IR in [0, 1]
+            (H, W = the registration resolution, multiples of 8).
+    outputs ``theta`` float32 (1, 2, 3) coarse affine in normalised coordinates
+            (``align_corners=True``, the ``F.affine_grid`` convention: maps a reference
+            (visible) location to the moving (IR) location it samples);
+            ``grid`` float32 (1, H, W, 2) full sampling grid (affine then deformable) in
+            normalised coordinates, x first: ``grid[0, y, x] = (u, v)`` with
+            ``u = 2 x' / (W_ir - 1) - 1``; reference pixel -> moving IR location.
+``fuse`` graph
+    inputs  ``vis`` float32 (1, 1, H, W) visible luminance (Y of YCrCb) in [0, 1];
+            ``ir``  float32 (1, 1, H, W) registered IR in [0, 1] (H, W multiples of 8).
+    outputs ``fused`` float32 (1, 1, H, W) fused luminance in [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA = "busref.artifact/1"
+#: Key of the ONNX ``metadata_props`` entry (and of the engine header) holding the JSON.
+METADATA_KEY = "busref"
+PROTOCOL = "irvis-reg-v1"
+
+GraphKind = Literal["register", "fuse"]
+
+
+class TensorSpec(BaseModel):
+    """One input or output: shape entries are ints or symbolic names ("H", "W")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    shape: list[int | str]
+    dtype: Literal["float32", "float16"] = "float32"
+    description: str = ""
+
+
+class Normalisation(BaseModel):
+    """How pixels become network inputs: ``x = (pixel / scale - mean) / std``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    scale: float = 255.0
+    mean: float = 0.0
+    std: float = 1.0
+    colour: str = "visible: Y of OpenCV BGR2YCrCb; ir: gray"
+
+
+class ArtifactMetadata(BaseModel):
+    """Metadata carried by an ONNX graph (``metadata_props[METADATA_KEY]``) or engine header."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    schema_: str = Field(SCHEMA, alias="schema")
+    graph: GraphKind
+    model_name: str
+    model_id: str = Field(description="short id: model name + first 12 hex of the checkpoint sha256")
+    checkpoint_sha256: str
+    opset: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    normalisation: Normalisation = Normalisation()
+    registration_size: tuple[int, int] | None = Field(
+        None, description="(H, W) the register graph was trained at; None for fuse"
+    )
+    training_split: str = ""
+    training_split_sha256: str = ""
+    protocol: str = PROTOCOL
+    busref_version: str = ""
+    exporter_versions: dict[str, str] = Field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(by_alias=True, mode="json"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "artifact") -> ArtifactMetadata:
+        try:
+            return cls.model_validate_json(text)
+        except ValueError as exc:
+            raise ArtifactError(f"{source}: its busref metadata is not valid: {exc}") from exc
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, unreadable, or does not match what the caller needs."""
+
+
+def check_compatible(meta: ArtifactMetadata, *, graph: GraphKind, source: str) -> None:
+    """Refuse an artifact written for another schema or graph, naming the file."""
+    if meta.schema_ != SCHEMA:
+        raise ArtifactError(f"{source}: metadata schema {meta.schema_!r}, this busref reads {SCHEMA!r}")
+    if meta.graph != graph:
+        raise ArtifactError(f"{source}: is a {meta.graph!r} graph, expected a {graph!r} graph")

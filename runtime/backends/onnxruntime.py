@@ -1,0 +1,111 @@
+"""ONNX Runtime backend: one session per graph, checked against the artifact contract at load.
+
+ONNX Runtime silently runs on CPU when a requested CUDA provider cannot load (missing CUDA or
+cuDNN libraries), so the providers the session *really* uses are logged and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime.artifact import METADATA_KEY, ArtifactError, ArtifactMetadata, GraphKind, check_compatible
+from runtime.backends.base import GRAPH_IO, ModelMissing, check_io
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+def session_options(threads: int, *, spin: bool = False) -> ort.SessionOptions:
+    """Sequential execution with ``threads`` intra-op threads (0 = ORT's default, one per core).
+
+    Spinning is off by default: the register and fuse sessions run on separate threads next to
+    the capture threads, and on a small CPU a spinning idle pool steals the cores they need.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return options
+
+
+class OnnxRuntimeBackend:
+    """An :class:`~runtime.backends.base.InferenceBackend` over an ``onnxruntime.InferenceSession``.
+
+    Raises :class:`ModelMissing` when ``path`` does not exist and
+    :class:`~runtime.artifact.ArtifactError` when it is not a readable busref graph of kind ``graph``.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        graph: GraphKind,
+        threads: int = 0,
+        providers: Sequence[str] = (CPU,),
+        spin: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.graph = graph
+        self.threads = threads
+        if not self.path.is_file():
+            raise ModelMissing(f"{self.path}: the {graph} model does not exist")
+        try:
+            self._session = ort.InferenceSession(
+                str(self.path), sess_options=session_options(threads, spin=spin), providers=list(providers)
+            )
+        # ORT's load errors (InvalidProtobuf, InvalidGraph, Fail...) derive from Exception only.
+        except Exception as exc:
+            raise ArtifactError(f"{self.path}: ONNX Runtime cannot load it: {exc}") from None
+        raw = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if raw is None:
+            raise ArtifactError(
+                f"{self.path}: no '{METADATA_KEY}' metadata: not a busref export (use 'busref export')"
+            )
+        self.metadata: ArtifactMetadata = ArtifactMetadata.from_json(raw, source=str(self.path))
+        check_compatible(self.metadata, graph=graph, source=str(self.path))
+        check_io(
+            graph,
+            [i.name for i in self._session.get_inputs()],
+            [o.name for o in self._session.get_outputs()],
+            source=str(self.path),
+        )
+        self._outputs = list(GRAPH_IO[graph][1])
+        self.providers: list[str] = self._session.get_providers()
+        if providers and providers[0] not in self.providers:
+            log.warning("%s: ONNX Runtime could not use %s and runs on %s", self.path.name, providers[0],
+                        ", ".join(self.providers))
+        log.info("%s graph %s (%s): ONNX Runtime %s, providers %s, intra-op threads %s", graph,
+                 self.path, self.metadata.model_id, ort.__version__, ", ".join(self.providers),
+                 threads or "default")
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.providers[0] == CUDA else "cpu"
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self._session.run(self._outputs, inputs)
+        return dict(zip(self._outputs, results, strict=True))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "graph": self.graph,
+            "model_id": self.metadata.model_id,
+            "path": str(self.path),
+            "providers": self.providers,
+            "device": self.device,
+            "threads": self.threads,
+            "version": ort.__version__,
+        }

@@ -1,0 +1,295 @@
+"""Frame sources: where one camera's frames come from (device, pipeline, file, folder, synthetic).
+
+Every source implements :class:`FrameSource`; :func:`make_source` builds one from a
+:class:`~rig_config.schema.CameraConfig`. Sources only read frames; threading, reconnection
+with backoff and resizing live in :mod:`runtime.capture`.
+
+Timestamps (seconds on ``time.monotonic()``'s clock):
+
+* V4L2: OpenCV reports the driver's buffer timestamp as ``CAP_PROP_POS_MSEC``. Most UVC and
+  CSI drivers stamp buffers with CLOCK_MONOTONIC, the clock of ``time.monotonic()``, but
+  OpenCV does not say which clock a driver used, so it is accepted only when it is a
+  plausible recent monotonic time; otherwise the source stamps ``time.monotonic()`` right
+  after ``grab()`` returns (before decoding), which is what most rigs end up using.
+* GStreamer: ``CAP_PROP_POS_MSEC`` is the pipeline's running time, not a capture clock, so
+  the grab time is used.
+* Files, folders and the synthetic scene are replayed on a clock shared by the process
+  (:data:`PLAYBACK_EPOCH`) and stamped with the tick they are shown at; two replayed cameras
+  at the same fps tick together, so image-pair folders and the synthetic scene pair up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from rig_config.schema import (
+    CameraConfig,
+    FolderSource,
+    GStreamerSource,
+    IRCameraConfig,
+    SyntheticSource,
+    V4L2Source,
+    VideoSource,
+)
+from runtime.synthetic import IRRenderer, RGBRenderer, Scene
+
+log = logging.getLogger(__name__)
+
+#: Start of the replay clock shared by every replayed source in this process.
+PLAYBACK_EPOCH = time.monotonic()
+
+#: A driver timestamp older than this (seconds) is not trusted to be on the monotonic clock.
+_DRIVER_TS_MAX_AGE_S = 0.5
+
+#: (ok, image, timestamp): ``image`` is None when ``ok`` is False; ``timestamp`` is a
+#: ``time.monotonic()`` time, or None to let the caller stamp the frame on arrival.
+ReadResult = tuple[bool, np.ndarray | None, float | None]
+
+
+class SourceError(RuntimeError):
+    """A source could not be opened (missing device or file, pipeline that does not start)."""
+
+
+class FrameSource(Protocol):
+    """One camera's frames. ``open`` raises :class:`SourceError`; ``read`` returns ``(False, None,
+    None)`` when the source ended or failed (the caller closes and reopens it)."""
+
+    def open(self) -> None: ...
+
+    def read(self) -> ReadResult: ...
+
+    def close(self) -> None: ...
+
+
+class Ticker:
+    """Paces a replayed source at ``fps`` on the shared replay clock.
+
+    Tick ``k`` is at ``PLAYBACK_EPOCH + k / fps``. A reader that falls behind skips to the
+    next tick in the future rather than bursting to catch up, as a live camera would.
+    """
+
+    def __init__(self, fps: float, interrupt: threading.Event | None = None) -> None:
+        self.fps = fps
+        self.interrupt = interrupt or threading.Event()
+        self._last = -1
+
+    def wait(self) -> tuple[int, float] | None:
+        """Sleep until the next tick; returns ``(k, tick_time)``, or None if interrupted."""
+        k = max(math.ceil((time.monotonic() - PLAYBACK_EPOCH) * self.fps), self._last + 1)
+        tick = PLAYBACK_EPOCH + k / self.fps
+        delay = tick - time.monotonic()
+        if delay > 0 and self.interrupt.wait(delay):
+            return None
+        self._last = k
+        return k, tick
+
+
+class _OpenCVCapture(ABC):
+    """Shared open/close of a ``cv2.VideoCapture``; subclasses say how to open and read."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._cap: cv2.VideoCapture | None = None
+
+    @abstractmethod
+    def _open_capture(self) -> cv2.VideoCapture: ...
+
+    @abstractmethod
+    def read(self) -> ReadResult: ...
+
+    def open(self) -> None:
+        cap = self._open_capture()
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"cannot open {self.what}")
+        self._cap = cap
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def _grab(self) -> ReadResult:
+        """Grab, stamp, then decode: the stamp is taken before the (slow) decode."""
+        cap = self._cap
+        if cap is None or not cap.grab():
+            return False, None, None
+        stamp = time.monotonic()
+        ok, image = cap.retrieve()
+        return (True, image, stamp) if ok and image is not None else (False, None, None)
+
+
+class V4L2Capture(_OpenCVCapture):
+    """A V4L2 device (``cv2.CAP_V4L2``); Y16 is delivered unconverted as uint16."""
+
+    def __init__(self, config: V4L2Source, camera: CameraConfig) -> None:
+        super().__init__(f"V4L2 device {config.device}")
+        self.config, self.camera = config, camera
+
+    def _open_capture(self) -> cv2.VideoCapture:
+        device = self.config.device
+        if isinstance(device, str) and not Path(device).exists():
+            raise SourceError(f"V4L2 device {device} does not exist (unplugged?)")
+        cap = cv2.VideoCapture(device, cv2.CAP_V4L2)
+        if cap.isOpened():
+            # FOURCC first: drivers pick the sizes and rates a format offers.
+            if self.config.fourcc is not None:
+                cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*self.config.fourcc))
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.camera.width)
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.camera.height)
+            cap.set(cv2.CAP_PROP_FPS, self.camera.fps)
+            if self.config.fourcc == "Y16 ":
+                # Without this OpenCV converts the 16-bit counts to 8-bit BGR and loses the radiometry.
+                cap.set(cv2.CAP_PROP_CONVERT_RGB, 0)
+        return cap
+
+    def read(self) -> ReadResult:
+        ok, image, stamp = self._grab()
+        if ok and self._cap is not None:
+            driver = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            if stamp is not None and 0.0 <= stamp - driver <= _DRIVER_TS_MAX_AGE_S:
+                stamp = driver
+        return ok, image, stamp
+
+
+class GStreamerCapture(_OpenCVCapture):
+    """A GStreamer pipeline ending in appsink (``cv2.CAP_GSTREAMER``)."""
+
+    def __init__(self, config: GStreamerSource) -> None:
+        super().__init__(f"GStreamer pipeline '{config.pipeline}'")
+        self.config = config
+
+    def _open_capture(self) -> cv2.VideoCapture:
+        return cv2.VideoCapture(self.config.pipeline, cv2.CAP_GSTREAMER)
+
+    def read(self) -> ReadResult:
+        return self._grab()
+
+
+class VideoFileCapture(_OpenCVCapture):
+    """A video file replayed at the camera's fps, looping when configured."""
+
+    def __init__(self, config: VideoSource, fps: float, interrupt: threading.Event | None) -> None:
+        super().__init__(f"video file {config.path}")
+        self.config = config
+        self._ticker = Ticker(fps, interrupt)
+
+    def _open_capture(self) -> cv2.VideoCapture:
+        if not self.config.path.is_file():
+            raise SourceError(f"video file {self.config.path} does not exist")
+        return cv2.VideoCapture(str(self.config.path))
+
+    def read(self) -> ReadResult:
+        tick = self._ticker.wait()
+        if tick is None or self._cap is None:
+            return False, None, None
+        ok, image = self._cap.read()
+        if not ok and self.config.loop:
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, image = self._cap.read()
+        return (True, image, tick[1]) if ok else (False, None, None)
+
+
+class FolderCapture:
+    """A folder of images replayed in sorted name order at the camera's fps.
+
+    Looping folders show image ``k mod N`` at shared tick ``k``, so two folders with the same
+    fps and names (an image-pair folder) always show the same pair at the same instant.
+    """
+
+    def __init__(self, config: FolderSource, fps: float, flags: int, interrupt: threading.Event | None) -> None:
+        self.config, self.flags = config, flags
+        self._ticker = Ticker(fps, interrupt)
+        self._files: list[Path] = []
+        self._first_tick: int | None = None
+
+    def open(self) -> None:
+        folder = self.config.path
+        if not folder.is_dir():
+            raise SourceError(f"image folder {folder} does not exist")
+        self._files = sorted(p for p in folder.glob(self.config.pattern) if p.is_file())
+        if not self._files:
+            raise SourceError(f"image folder {folder} has no files matching {self.config.pattern!r}")
+        self._first_tick = None
+
+    def read(self) -> ReadResult:
+        tick = self._ticker.wait()
+        if tick is None or not self._files:
+            return False, None, None
+        k, stamp = tick
+        if self.config.loop:
+            index = k % len(self._files)
+        else:
+            self._first_tick = k if self._first_tick is None else self._first_tick
+            index = k - self._first_tick
+            if index >= len(self._files):
+                return False, None, None  # ended: the capture thread reopens it after a backoff
+        image = cv2.imread(str(self._files[index]), self.flags)
+        if image is None:
+            log.warning("cannot read image %s", self._files[index])
+            return False, None, None
+        return True, image, stamp
+
+    def close(self) -> None:
+        self._files = []
+
+
+class SyntheticCapture:
+    """The synthetic street scene, rendered in this camera's modality at its size and fps."""
+
+    def __init__(self, config: SyntheticSource, camera: CameraConfig, interrupt: threading.Event | None) -> None:
+        self.config, self.camera = config, camera
+        self._ticker = Ticker(camera.fps, interrupt)
+        self._renderer: IRRenderer | RGBRenderer | None = None
+
+    def open(self) -> None:
+        if self._renderer is None:  # layers take ~0.5 s to build; a reopen keeps them
+            scene = Scene(self.config.seed, self.config.objects, self.config.speed_px_s)
+            if isinstance(self.camera, IRCameraConfig):
+                self._renderer = IRRenderer(scene, self.camera.width, self.camera.height,
+                                            self.config.misalignment)
+            else:
+                self._renderer = RGBRenderer(scene, self.camera.width, self.camera.height)
+
+    @property
+    def renderer(self) -> IRRenderer | RGBRenderer | None:
+        """The renderer (after ``open``): the IR one exposes the true misalignment."""
+        return self._renderer
+
+    def read(self) -> ReadResult:
+        tick = self._ticker.wait()
+        if tick is None or self._renderer is None:
+            return False, None, None
+        k, stamp = tick
+        return True, self._renderer.render(stamp - PLAYBACK_EPOCH, k), stamp
+
+    def close(self) -> None:
+        """Nothing to release; the rendered layers are kept for a reopen."""
+
+
+def make_source(camera: CameraConfig, interrupt: threading.Event | None = None) -> FrameSource:
+    """Build the source a camera's config describes (not opened yet).
+
+    ``interrupt``: set it to wake a replayed source that is waiting for its next tick.
+    IR cameras (:class:`IRCameraConfig`) read images unchanged (16-bit PNGs stay 16-bit).
+    """
+    src = camera.source
+    if isinstance(src, V4L2Source):
+        return V4L2Capture(src, camera)
+    if isinstance(src, GStreamerSource):
+        return GStreamerCapture(src)
+    if isinstance(src, VideoSource):
+        return VideoFileCapture(src, camera.fps, interrupt)
+    if isinstance(src, FolderSource):
+        flags = cv2.IMREAD_UNCHANGED if isinstance(camera, IRCameraConfig) else cv2.IMREAD_COLOR
+        return FolderCapture(src, camera.fps, flags, interrupt)
+    return SyntheticCapture(src, camera, interrupt)

@@ -1,0 +1,224 @@
+"""Rig files: the shipped ones validate, bad ones give every error with field path and line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.auth
+
+from rig_config import DEMO_RIG, RigConfig, RigConfigError, default_model_path, load_rig, parse_rig
+from rig_config.schema import (
+    DEFAULT_REGISTRATION_RATE_HZ,
+    FixedWindow,
+    IRCameraConfig,
+    PercentileWindow,
+    SyntheticSource,
+    V4L2Source,
+)
+from runtime.cli.config import EXIT_BAD_CONFIG, check_files
+from runtime.cli.keys import generate_keys
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = sorted((REPO / "rig_config").glob("*.yaml"))
+
+MINIMAL = """\
+rig_id: t
+cameras:
+  ir: {source: {kind: synthetic}, width: 64, height: 48, fps: 30}
+  rgb: {source: {kind: synthetic}, width: 64, height: 48, fps: 30}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "rig.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def errors_of(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(RigConfigError) as info:
+        load_rig(write(tmp_path, text))
+    assert str(tmp_path / "rig.yaml") in str(info.value)
+    return info.value.errors
+
+
+def test_shipped_rigs_pass_the_cli_check() -> None:
+    assert {p.name for p in SHIPPED} == {"demo.yaml", "usb_thermal_rgb.yaml", "jetson_csi.yaml"}
+    proc = subprocess.run([sys.executable, "-m", "busref", "config", "check", *map(str, SHIPPED)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count(": OK") == 3
+
+
+def test_demo_rig_is_synthetic_jpeg_on_loopback_with_shipped_models() -> None:
+    rig = load_rig(DEMO_RIG)
+    assert isinstance(rig.cameras.ir.source, SyntheticSource)
+    assert isinstance(rig.cameras.rgb.source, SyntheticSource)
+    for cam in (rig.cameras.ir, rig.cameras.rgb):
+        assert (cam.width, cam.height, cam.fps) == (640, 512, 30)
+    assert rig.publisher.endpoints == ["tcp://127.0.0.1:5555"]
+    assert rig.publisher.encoding == "jpeg"
+    assert rig.inference.register_model == REPO / "weights" / "register.onnx"
+    assert rig.inference.fuse_model == default_model_path("fuse.onnx") == REPO / "weights" / "fuse.onnx"
+
+
+def test_usb_rig_requests_y16_from_the_thermal_camera() -> None:
+    rig = load_rig(REPO / "rig_config" / "usb_thermal_rgb.yaml")
+    assert isinstance(rig.cameras.ir.source, V4L2Source)
+    assert rig.cameras.ir.source.fourcc == "Y16 "  # padded to the V4L2 spelling
+    assert isinstance(rig.cameras.ir.thermal, PercentileWindow)
+    assert rig.logging.json_ is True
+    assert rig.model_dump()["logging"] == {"level": "INFO", "json": True}
+
+
+def test_bad_file_lists_every_error_with_path_and_line(tmp_path: Path) -> None:
+    errors = errors_of(tmp_path, """\
+rig_id: "has space"
+cameras:
+  ir:
+    source:
+      kind: v4l2
+      fourcc: Y16
+    width: 640
+    height: -1
+    fps: 30
+    thermal: {mode: fixed, low: 100, high: 50}
+  rgb:
+    source: {kind: video, path: x.avi, lop: true}
+    width: 640
+    height: 480
+    fps: 30
+registration:
+  size: [250, 320]
+publisher:
+  endpoints: ["tcp://127.0.0.1:5555", "udp://x"]
+  hwm: 2
+  hwm: 3
+""")
+    assert errors == [
+        "line 1: rig_id: String should match pattern '^[A-Za-z0-9_.\\-]+$'",
+        "line 5: cameras.ir.source.device: Field required",
+        "line 8: cameras.ir.height: Input should be greater than 0",
+        "line 10: cameras.ir.thermal: high (50.0) must be above low (100.0)",
+        "line 12: cameras.rgb.source.lop: Extra inputs are not permitted",
+        "line 17: registration.size: both entries of (H, W) must be multiples of 8, got [250, 320]",
+        "line 19: publisher.endpoints: not a tcp://HOST:PORT or ipc://PATH endpoint: udp://x",
+        "line 21: publisher.hwm: key given more than once",
+    ]
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    errors = errors_of(tmp_path, "rig_id: x\ncameras:\n  ir: [1, 2\n  rgb: {}\n")
+    assert len(errors) == 1
+    assert errors[0].startswith("line 4, column 6: YAML syntax error")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", "the file must be a YAML mapping"),
+    ("- a\n- b\n", "the file must be a YAML mapping"),
+    (MINIMAL.replace("{kind: synthetic}, width: 64", "{kind: webcam}, width: 64", 1),
+     "line 3: cameras.ir.source: Input tag 'webcam' found using 'kind' does not match"),
+    (MINIMAL.replace("{kind: synthetic}", "{path: a.avi}", 1), "line 3: cameras.ir.source: missing 'kind'"),
+    (MINIMAL + "registration: {rate_hz: 5, every_n_pairs: 2}\n",
+     "line 5: registration: set either every_n_pairs or rate_hz, not both"),
+    (MINIMAL + "publisher: {curve: {enabled: true}}\n",
+     "line 5: publisher.curve: curve.enabled needs server_secret_key_file and allowed_clients_dir"),
+    (MINIMAL + "registration: {prior_homography: [[1, 0, 0], [2, 0, 0], [0, 0, 1]]}\n",
+     "line 5: registration: prior_homography is singular"),
+    (MINIMAL.replace("rgb: {source: {kind: synthetic}", "rgb: {source: {kind: synthetic, seed: 7}"),
+     "line 3: cameras: both synthetic cameras render one scene: source.seed differs (ir 0, rgb 7)"),
+    (MINIMAL.replace("width: 64, height: 48, fps: 30}\n  rgb", "width: 64, height: 48, fps: 30, "
+                     "thermal: {mode: percentile, low_pct: 90, high_pct: 10}}\n  rgb"),
+     "line 3: cameras.ir.thermal: high_pct (10.0) must be above low_pct (90.0)"),
+    (MINIMAL.replace("rgb: {source: {kind: synthetic}, width: 64, height: 48, fps: 30}",
+                     "rgb: {source: {kind: synthetic}, width: 64, height: 48, fps: 30, thermal: {mode: x}}"),
+     "line 4: cameras.rgb.thermal: Extra inputs are not permitted"),
+])
+def test_single_clear_error(tmp_path: Path, text: str, expected: str) -> None:
+    errors = errors_of(tmp_path, text)
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(expected), errors[0]
+
+
+def test_unreadable_file_is_a_rig_error(tmp_path: Path) -> None:
+    with pytest.raises(RigConfigError, match="cannot read the file"):
+        load_rig(tmp_path / "absent.yaml")
+
+
+def test_relative_paths_resolve_against_the_rig_folder(tmp_path: Path) -> None:
+    (tmp_path / "rigs").mkdir()
+    path = write(tmp_path / "rigs", MINIMAL.replace("{kind: synthetic}", "{kind: video, path: clips/ir.avi}", 1) + """\
+inference: {register_model: ../models/r.onnx, fuse_model: /abs/f.onnx}
+publisher: {curve: {enabled: true, server_secret_key_file: keys/s.key_secret, allowed_clients_dir: keys/ok}}
+""")
+    rig = load_rig(path)
+    assert rig.cameras.ir.source.path == tmp_path / "rigs" / "clips" / "ir.avi"
+    assert rig.inference.register_model == tmp_path / "models" / "r.onnx"
+    assert rig.inference.fuse_model == Path("/abs/f.onnx")
+    assert rig.publisher.curve.server_secret_key_file == tmp_path / "rigs" / "keys" / "s.key_secret"
+
+
+def test_defaults_and_cadence(tmp_path: Path) -> None:
+    rig = parse_rig(MINIMAL, tmp_path / "m.yaml")
+    assert rig.registration.rate_hz == DEFAULT_REGISTRATION_RATE_HZ and rig.registration.every_n_pairs is None
+    assert rig.registration.size == (256, 320)
+    assert rig.registration.prior_homography == ((1, 0, 0), (0, 1, 0), (0, 0, 1))
+    assert rig.publisher.hwm == 2 and rig.metrics.port == 0
+    assert isinstance(rig.cameras.ir, IRCameraConfig)
+    every = parse_rig(MINIMAL + "registration: {every_n_pairs: 3}\n", tmp_path / "m.yaml").registration
+    assert (every.every_n_pairs, every.rate_hz) == (3, None)
+    fixed = parse_rig(MINIMAL.replace("fps: 30}", "fps: 30, thermal: {mode: fixed, low: 7000, high: 9000}}", 1),
+                      tmp_path / "m.yaml")
+    assert fixed.cameras.ir.thermal == FixedWindow(mode="fixed", low=7000, high=9000)
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    rig = parse_rig(MINIMAL, tmp_path / "m.yaml")
+    with pytest.raises(ValueError, match="frozen"):
+        rig.rig_id = "other"
+
+
+def test_check_files_and_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write(tmp_path, MINIMAL, "good.yaml")
+    bad = write(tmp_path, MINIMAL.replace("fps: 30", "fps: 0", 1), "bad.yaml")
+    assert check_files([good]) == 0
+    assert check_files([good, bad]) == EXIT_BAD_CONFIG
+    out, err = capsys.readouterr()
+    assert f"{good}: OK" in out
+    assert f"{bad}: 1 error in rig file" in err and "line 3: cameras.ir.fps: Input should be greater than 0" in err
+    schema = RigConfig.model_json_schema()
+    assert set(schema["required"]) == {"rig_id", "cameras"}
+    assert schema["additionalProperties"] is False
+    assert json.loads(json.dumps(schema)) == schema
+
+
+def test_keys_generate_writes_a_usable_curve_pair(tmp_path: Path) -> None:
+    server_pub, server_sec = generate_keys(tmp_path, "server")
+    client_pub, client_sec = generate_keys(tmp_path / "clients", "cam1")
+    assert client_pub == tmp_path / "clients" / "cam1.key"
+    assert os.stat(server_sec).st_mode & 0o777 == 0o600
+    with pytest.raises(FileExistsError):
+        generate_keys(tmp_path, "server")
+    s_public, s_secret = zmq.auth.load_certificate(server_sec)
+    c_public, c_secret = zmq.auth.load_certificate(client_sec)
+    assert zmq.auth.load_certificate(server_pub) == (s_public, None)
+    # A CURVE handshake only completes when each side's secret key matches its public key.
+    ctx = zmq.Context.instance()
+    server, client = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        server.curve_server, server.curve_secretkey, server.curve_publickey = True, s_secret, s_public
+        port = server.bind_to_random_port("tcp://127.0.0.1")
+        client.curve_serverkey, client.curve_publickey, client.curve_secretkey = s_public, c_public, c_secret
+        client.connect(f"tcp://127.0.0.1:{port}")
+        client.send(b"hello")
+        assert server.poll(5000), "no message over CURVE: the generated keys do not form valid pairs"
+        assert server.recv() == b"hello"
+    finally:
+        server.close(0)
+        client.close(0)

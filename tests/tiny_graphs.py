@@ -1,0 +1,91 @@
+"""Tiny real ONNX graphs that honour the busref artifact contract, for runtime tests.
+
+``fuse``: ``fused = max(vis, ir)`` (any H, W). ``register``: constant ``theta`` and the
+matching ``affine_grid`` (fixed H, W), so a test knows exactly what registration must do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.artifact import METADATA_KEY, ArtifactMetadata, TensorSpec
+from runtime.registration import affine_grid
+
+onnx = pytest.importorskip("onnx", reason="building test graphs needs the 'onnx' package")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+OPSET = 17
+
+
+def metadata(graph: str, *, registration_size: tuple[int, int] | None = None, **overrides: object) -> str:
+    io = {
+        "register": (["vis", "ir"], ["theta", "grid"]),
+        "fuse": (["vis", "ir"], ["fused"]),
+    }[graph]
+    fields: dict[str, object] = {
+        "graph": graph,
+        "model_name": f"tiny-{graph}",
+        "model_id": f"tiny-{graph}-000000000000",
+        "checkpoint_sha256": "0" * 64,
+        "opset": OPSET,
+        "inputs": [TensorSpec(name=n, shape=[1, 1, "H", "W"]) for n in io[0]],
+        "outputs": [TensorSpec(name=n, shape=[1]) for n in io[1]],
+        "registration_size": registration_size,
+        **overrides,
+    }
+    return ArtifactMetadata(**fields).to_json()
+
+
+def _save(model: onnx.ModelProto, path: Path, meta: str | None) -> Path:
+    if meta is not None:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, meta
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_fuse(path: Path, *, meta: str | None = None) -> Path:
+    """``fused = max(vis, ir)`` with symbolic H, W."""
+    shape = [1, 1, "H", "W"]
+    graph = helper.make_graph(
+        [helper.make_node("Max", ["vis", "ir"], ["fused"])],
+        "tiny_fuse",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("vis", "ir")],
+        [helper.make_tensor_value_info("fused", TensorProto.FLOAT, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return _save(model, path, metadata("fuse") if meta is None else meta)
+
+
+def write_register(path: Path, theta: np.ndarray, hw: tuple[int, int], *, meta: str | None = None) -> Path:
+    """Outputs the constant ``theta`` and its grid; ``vis`` feeds a no-op so both inputs are used."""
+    h, w = hw
+    theta = np.asarray(theta, dtype=np.float32).reshape(1, 2, 3)
+    grid = affine_grid(theta[0], hw)[None]
+    shape = [1, 1, h, w]
+    nodes = [
+        helper.make_node("Constant", [], ["theta_c"], value=numpy_helper.from_array(theta, "theta_c")),
+        helper.make_node("Constant", [], ["grid_c"], value=numpy_helper.from_array(grid, "grid_c")),
+        # 0 * mean(vis - ir) keeps both inputs in the graph without changing the outputs.
+        helper.make_node("Sub", ["vis", "ir"], ["diff"]),
+        helper.make_node("ReduceMean", ["diff"], ["m"], keepdims=0),
+        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.float32(0.0), "zero")),
+        helper.make_node("Mul", ["m", "zero"], ["z"]),
+        helper.make_node("Add", ["theta_c", "z"], ["theta"]),
+        helper.make_node("Add", ["grid_c", "z"], ["grid"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_register",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("vis", "ir")],
+        [
+            helper.make_tensor_value_info("theta", TensorProto.FLOAT, [1, 2, 3]),
+            helper.make_tensor_value_info("grid", TensorProto.FLOAT, [1, h, w, 2]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return _save(model, path, metadata("register", registration_size=hw) if meta is None else meta)
