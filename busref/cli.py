@@ -31,8 +31,6 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "eval": Subcommand("models.cli.evaluate", "evaluate registration or fusion on a data folder", "train"),
     "register": Subcommand("models.cli.register", "register (and fuse) IR images onto visible ones", "train"),
     "fuse": Subcommand("models.cli.fuse", "fuse already aligned IR/visible pairs", "train"),
-    "demo": Subcommand("models.cli.demo", "register + fuse a built-in synthetic sample into a contact sheet",
-                       "train"),
     "export": Subcommand("export.cli", "export a checkpoint to ONNX or an ONNX graph to a TensorRT engine",
                          "train"),
     "run": Subcommand("runtime.cli.run", "run the rig daemon: capture, register, fuse, publish"),

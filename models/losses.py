@@ -63,7 +63,7 @@ def fusion_loss(fused: Tensor, vis: Tensor, ir: Tensor, *, sigma: float = 1.0, g
     wsim = (1 - (ssim(fused, vis) + ssim(fused, ir)) / 2).mean()
     grad = ((laplacian(fused) - enhanced_gradient_target(vis, ir, gamma)) ** 2).mean()
     total = sigma * wsim + grad_weight * grad
-    return total, {"wsim": float(wsim), "grad": float(grad)}
+    return total, {"wsim": float(wsim.detach()), "grad": float(grad.detach())}
 
 
 def masked_ncc(x: Tensor, y: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:

@@ -120,8 +120,8 @@ class RegistrationStep(nn.Module):
         l_coarse = losses.endpoint_loss(reg.coarse_grid, truth, mask, (h, w))
         total = (self.w.mncc * l_mncc + self.w.mg * l_mg + self.w.smooth * l_smooth
                  + self.w.supervised * l_epe + self.w.affine_supervised * l_coarse)
-        return total, {"mncc": -float(l_mncc), "mg": float(l_mg), "epe_px": float(l_epe),
-                       "coarse_epe_px": float(l_coarse)}
+        logs = {"mncc": -l_mncc, "mg": l_mg, "epe_px": l_epe, "coarse_epe_px": l_coarse}
+        return total, {k: float(v.detach()) for k, v in logs.items()}
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, base: float, step: int, steps: int, elapsed_s: float,
@@ -150,6 +150,20 @@ STEPS: dict[str, type[nn.Module]] = {"bus": BusStep, "fusion": FusionStep, "regi
 def trainable_parts(model: BusReF, stage: str) -> list[nn.Module]:
     """The bus is frozen after stage 1; GAF is frozen in stage 3 (paper section 3.2)."""
     return {"bus": [model.bus], "fusion": [model.gaf], "registration": [model.affine, model.deformable]}[stage]
+
+
+def load_earlier_stages(model: BusReF, state: dict[str, torch.Tensor], stage: str, source: Path) -> None:
+    """Load the parts trained by the stages before ``stage`` (the bus; then GAF) from ``state``;
+    the parts this stage trains start fresh, so a changed architecture of those parts does not
+    invalidate an earlier stage's checkpoint."""
+    earlier = STAGES[: STAGES.index(stage)]
+    parts = {"bus": "bus.", "fusion": "gaf."}
+    prefixes = tuple(parts[s] for s in earlier)
+    wanted = {k: v for k, v in state.items() if k.startswith(prefixes)}
+    missing = [k for k in model.state_dict() if k.startswith(prefixes) and k not in wanted]
+    if missing:
+        raise ValueError(f"{source}: lacks {len(missing)} weights of the earlier stages, e.g. {missing[0]}")
+    model.load_state_dict(wanted, strict=False)
 
 
 def freeze_for(model: BusReF, stage: str) -> list[nn.Parameter]:
@@ -226,7 +240,10 @@ def train_stage(stage: str, *, train_pairs: list[PairPaths], val_pairs: list[Pai
         if payload["config"].model != config.model:
             raise ValueError(f"{source}: trained with model config {payload['config'].model}, "
                              f"not the requested {config.model}")
-        model.load_state_dict(payload["model"])
+        if resume is not None:
+            model.load_state_dict(payload["model"])
+        else:
+            load_earlier_stages(model, payload["model"], stage, source)
         if resume is not None:
             if payload["stage"] != stage:
                 raise ValueError(f"{resume}: is a {payload['stage']!r} checkpoint, cannot resume stage {stage!r}")

@@ -19,7 +19,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -156,7 +156,7 @@ class SyntheticSource(_Model):
 
 
 Source = Annotated[
-    Union[V4L2Source, GStreamerSource, VideoSource, FolderSource, SyntheticSource],  # noqa: UP007
+    V4L2Source | GStreamerSource | VideoSource | FolderSource | SyntheticSource,
     Field(discriminator="kind"),
 ]
 
@@ -195,7 +195,7 @@ class PercentileWindow(_Model):
         return self
 
 
-ThermalConfig = Annotated[Union[FixedWindow, PercentileWindow], Field(discriminator="mode")]  # noqa: UP007
+ThermalConfig = Annotated[FixedWindow | PercentileWindow, Field(discriminator="mode")]
 
 # --------------------------------------------------------------------------- cameras
 

@@ -72,6 +72,14 @@ class Histogram:
             self._count += 1
             self._recent.append(seconds)
 
+    def reset(self) -> None:
+        """Forget everything observed (a bench discards its warm-up this way)."""
+        with self._lock:
+            self._counts = [0] * (len(self.buckets) + 1)
+            self._sum = 0.0
+            self._count = 0
+            self._recent.clear()
+
     @property
     def count(self) -> int:
         return self._count

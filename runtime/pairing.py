@@ -5,8 +5,11 @@ frame in time and ``|t_a - t_b| <= max_skew``. Each frame is used at most once, 
 different rates (IR 30 Hz with RGB 60 Hz, a 9 Hz Lepton with 30 Hz RGB) give pairs at the
 slower rate and the surplus frames of the faster camera are dropped and counted.
 
-A pair is decided as soon as a later frame of each camera has arrived (no future frame can
-then be nearer), so pairing adds at most one frame period of the faster camera of latency.
+A pair is decided as soon as no future frame can be nearer: each camera's next frame is
+expected no earlier than ``GUARD`` of its frame period after its latest one (the period is
+estimated from recent timestamps), so a pair is usually decided when its second frame
+arrives instead of one frame period later. Jitter beyond ``1 - GUARD`` of a period can make
+a pair slightly less than optimal, never wrong by more than the max skew.
 
 Latest-pair semantics: a decided pair replaces any pair the consumer has not taken yet
 (counted as ``superseded``); a slow consumer always gets the newest pair, never a backlog.
@@ -15,12 +18,18 @@ Latest-pair semantics: a decided pair replaces any pair the consumer has not tak
 from __future__ import annotations
 
 import bisect
+import itertools
+import statistics
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 from runtime.capture import Frame
 
 IR, RGB = "ir", "rgb"
+#: A camera's next frame is assumed to come at least this fraction of its period after the last.
+GUARD = 0.75
+_PERIOD_WINDOW = 9  # timestamps per camera used to estimate its frame period
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class Pairer:
         self.max_skew_s = max_skew_s
         self.history = history
         self._pending: dict[str, list[Frame]] = {IR: [], RGB: []}
+        self._recent: dict[str, deque[float]] = {c: deque(maxlen=_PERIOD_WINDOW) for c in (IR, RGB)}
         self._latest: FramePair | None = None
         self._cond = threading.Condition()
         self._counts = {"pairs": 0, "unmatched_ir": 0, "unmatched_rgb": 0, "superseded": 0}
@@ -72,6 +82,7 @@ class Pairer:
             pending = self._pending[frame.camera]
             # Timestamps can jitter out of order; keep each camera's list sorted by time.
             bisect.insort(pending, frame, key=lambda f: f.t_capture)
+            self._recent[frame.camera].append(frame.t_capture)
             while len(pending) > self.history:
                 pending.pop(0)
                 self._counts[f"unmatched_{frame.camera}"] += 1
@@ -94,23 +105,30 @@ class Pairer:
 
     # ------------------------------------------------------------------ matching
 
+    def _earliest_next(self, camera: str) -> float:
+        """Earliest capture time the camera's next frame can plausibly have."""
+        recent = sorted(self._recent[camera])
+        if len(recent) < 3:
+            return recent[-1]
+        period = statistics.median(b - a for a, b in itertools.pairwise(recent))
+        return recent[-1] + GUARD * period
+
     def _match(self) -> None:
         """Decide every pair that can be decided now (caller holds the lock)."""
         irs, rgbs = self._pending[IR], self._pending[RGB]
         while irs and rgbs:
             a = irs[0]
-            # Another RGB frame may still arrive nearer to a: wait for one at or after a.
-            if rgbs[-1].t_capture < a.t_capture:
-                return
             b = min(rgbs, key=lambda f: abs(f.t_capture - a.t_capture))
-            if abs(b.t_capture - a.t_capture) > self.max_skew_s:
+            gap = abs(b.t_capture - a.t_capture)
+            if self._earliest_next(RGB) - a.t_capture < gap:
+                return  # a future RGB frame could still be nearer to a
+            if gap > self.max_skew_s:
                 irs.pop(0)
                 self._counts["unmatched_ir"] += 1
                 continue
-            # Likewise a later IR frame may be nearer to b.
-            if irs[-1].t_capture < b.t_capture:
-                return
             nearest = min(irs, key=lambda f: abs(f.t_capture - b.t_capture))
+            if self._earliest_next(IR) - b.t_capture < abs(nearest.t_capture - b.t_capture):
+                return  # likewise a future IR frame could be nearer to b
             if nearest is not a:
                 irs.pop(0)  # a later IR frame suits b better; a has no partner
                 self._counts["unmatched_ir"] += 1

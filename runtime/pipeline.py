@@ -1,12 +1,14 @@
-"""From a frame pair to a published fused frame, on the inference thread.
+"""From a frame pair to a published fused frame: an inference thread and an output thread.
 
-Per pair: IR normalisation -> RGB to YCrCb -> (registration is offered the pair; it runs on
-its own thread) -> warp of the IR with the current registration maps -> ``fuse`` graph on the
-luminance -> fused Y + the RGB chroma (or gray) -> encode -> publish.
+Inference thread, per pair: IR normalisation -> RGB to YCrCb -> (the registration scheduler is
+offered the pair; it runs on its own thread) -> warp of the IR with the current registration
+maps -> ``fuse`` graph on the luminance. Output thread: fused Y + the RGB chroma (or gray) ->
+encode -> publish. Splitting them lets the next fusion start while the last frame is encoded.
 
-The inference thread always takes the *newest* pair from the :class:`~runtime.pairing.Pairer`:
-when inference is slower than the cameras, older pairs are superseded (and counted there),
-never queued, and capture never waits.
+Both hand-overs keep only the newest item: the inference thread takes the newest pair from the
+:class:`~runtime.pairing.Pairer` (older ones are superseded and counted there), the output
+thread the newest fused frame (``counters.output_superseded``). Nothing queues without bound
+and capture never waits for inference.
 """
 
 from __future__ import annotations
@@ -73,13 +75,51 @@ def unit_to_u8(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class PipelineCounters:
-    pairs: int = 0  # pairs processed
+    pairs: int = 0  # pairs taken by the inference thread
     published: int = 0  # fused frames handed to the publisher
     failures: int = 0  # pairs that raised
+    output_superseded: int = 0  # fused frames replaced before the output thread took them
+    unregistered: int = 0  # pairs skipped because no registration was ever accepted
+
+
+@dataclass(frozen=True)
+class Fused:
+    """What the inference thread hands to the output thread for one pair."""
+
+    pair: FramePair
+    state: RegistrationState
+    fused: np.ndarray  # (H_out, W_out) float32 [0, 1] fused luminance
+    registered: np.ndarray  # (H_out, W_out) float32 [0, 1] registered IR
+    cr: np.ndarray
+    cb: np.ndarray
+    started: float  # perf_counter() when the inference thread took the pair
+
+
+class LatestSlot:
+    """A one-item hand-over between two threads: ``put`` replaces, ``take`` waits for an item."""
+
+    def __init__(self) -> None:
+        self._item: Fused | None = None
+        self._cond = threading.Condition()
+
+    def put(self, item: Fused) -> bool:
+        """Store ``item``; True when it replaced one the consumer had not taken."""
+        with self._cond:
+            replaced = self._item is not None
+            self._item = item
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout: float) -> Fused | None:
+        with self._cond:
+            if self._item is None:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
 
 
 class Pipeline:
-    """The per-pair processing and the inference thread that drives it.
+    """The per-pair processing, and the inference and output threads that drive it.
 
     ``to_wall`` converts the capture clock (``time.monotonic``) to Unix time for headers.
     The ``register`` graph runs in :attr:`registration`, a scheduler started with the pipeline.
@@ -120,8 +160,10 @@ class Pipeline:
         self.last_skew_s = 0.0
         self._seq = {"fused": 0, "registered_ir": 0}
         self._publish_times: deque[float] = deque(maxlen=256)
+        self._slot = LatestSlot()
+        self._failure_lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ per pair
 
@@ -129,7 +171,13 @@ class Pipeline:
         self.stages[stage].observe(seconds)
 
     def process(self, pair: FramePair) -> None:
-        """Process one pair to a published frame (the registration is run inline the first time)."""
+        """Process one pair to a published frame on the calling thread."""
+        fused = self.infer(pair)
+        if fused is not None:
+            self.output(fused)
+
+    def infer(self, pair: FramePair) -> Fused | None:
+        """Normalise, register (inline only for the very first pair), warp and fuse one pair."""
         t0 = time.perf_counter()
         ir = self.normaliser(pair.ir.image)
         t1 = time.perf_counter()
@@ -139,24 +187,35 @@ class Pipeline:
         if state is None:
             state = self.registration.register_now(y, ir, pair.rgb.t_capture)
             if state is None:
-                log.warning("the first registration estimate was rejected; retrying on the next pair")
-                return
+                self.counters.unregistered += 1
+                if self.counters.unregistered % _LOG_EVERY_N_FAILURES == 1:
+                    log.warning("no plausible registration yet (%d pairs); nothing is published until one is",
+                                self.counters.unregistered)
+                return None
         else:
             self.registration.offer(y, ir, pair.rgb.t_capture)
-        t3 = time.perf_counter()
+        t_warp = time.perf_counter()  # the one-off inline registration is no stage of its own
         registered = cv2.remap(ir, state.map1, state.map2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                borderValue=0.0)
-        t4 = time.perf_counter()
+        t3 = time.perf_counter()
         vis = to_unit(y, self.out_size)
         fused = self.fuse.run({"vis": vis[None, None], "ir": registered[None, None]})["fused"][0, 0]
-        t5 = time.perf_counter()
-        image = self._compose(fused, cr, cb)
-        t6 = time.perf_counter()
-        self._publish(pair, state, image, registered)
-        t7 = time.perf_counter()
-        for name, seconds in zip(STAGES, (t1 - t0, t2 - t1, t4 - t3, t5 - t4, t6 - t5, t7 - t6, t7 - t0),
-                                 strict=False):
+        t4 = time.perf_counter()
+        for name, seconds in (("thermal", t1 - t0), ("colour", t2 - t1), ("warp", t3 - t_warp),
+                              ("fuse", t4 - t3)):
             self.stages[name].observe(seconds)
+        return Fused(pair, state, fused, registered, cr, cb, t0)
+
+    def output(self, item: Fused) -> None:
+        """Compose, encode and publish one fused frame."""
+        t0 = time.perf_counter()
+        image = self._compose(item.fused, item.cr, item.cb)
+        t1 = time.perf_counter()
+        self._publish(item.pair, item.state, image, item.registered)
+        t2 = time.perf_counter()
+        self.stages["compose"].observe(t1 - t0)
+        self.stages["publish"].observe(t2 - t1)
+        self.stages["total"].observe(t2 - item.started)
 
     def _compose(self, fused: np.ndarray, cr: np.ndarray, cb: np.ndarray) -> np.ndarray:
         """Fused luminance (+ the RGB chroma) at the RGB frame size, uint8."""
@@ -208,33 +267,52 @@ class Pipeline:
     @property
     def fps(self) -> float:
         """Published frames per second over the last ~2 s (0 when nothing was published lately)."""
-        times = [t for t in self._publish_times if t > time.monotonic() - 2.0]
+        # list() copies without running Python code, so the output thread cannot append meanwhile.
+        recent = time.monotonic() - 2.0
+        times = [t for t in list(self._publish_times) if t > recent]
         if len(times) < 2:
             return 0.0
         return (len(times) - 1) / (times[-1] - times[0])
 
-    def _loop(self) -> None:
+    def _guarded(self, work: Callable[[], None]) -> None:
+        """Run one step; one bad pair (odd frame, transient backend error) must not stop the stream."""
+        try:
+            work()
+        except Exception:
+            with self._failure_lock:  # both threads count here
+                self.counters.failures += 1
+                failures = self.counters.failures
+            if failures % _LOG_EVERY_N_FAILURES == 1:
+                log.exception("processing a pair failed (%d failures so far)", failures)
+
+    def _infer_loop(self) -> None:
+        def step(pair: FramePair) -> None:
+            fused = self.infer(pair)
+            if fused is not None and self._slot.put(fused):
+                self.counters.output_superseded += 1
+
         while not self._stop.is_set():
             pair = self.pairer.latest_pair(timeout=0.1)
-            if pair is None:
-                continue
-            self.counters.pairs += 1
-            try:
-                self.process(pair)
-            # One bad pair (odd frame, transient backend error) must not stop the stream.
-            except Exception:
-                self.counters.failures += 1
-                if self.counters.failures % _LOG_EVERY_N_FAILURES == 1:
-                    log.exception("processing a pair failed (%d failures so far)", self.counters.failures)
+            if pair is not None:
+                self.counters.pairs += 1
+                self._guarded(lambda pair=pair: step(pair))
+
+    def _output_loop(self) -> None:
+        while not self._stop.is_set():
+            item = self._slot.take(timeout=0.1)
+            if item is not None:
+                self._guarded(lambda item=item: self.output(item))
 
     def start(self) -> None:
         self.registration.start()
-        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._infer_loop, name="inference", daemon=True),
+                         threading.Thread(target=self._output_loop, name="output", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float = 1.0) -> None:
         self._stop.set()
         deadline = time.monotonic() + timeout
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(max(0.05, deadline - time.monotonic()))
         self.registration.stop(max(0.05, deadline - time.monotonic()))

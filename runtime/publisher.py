@@ -136,16 +136,25 @@ class Publisher:
     def publish_status(self, status: StatusHeader) -> bool:
         return self.send(encode_status(status))
 
-    def close(self) -> None:
-        """Close the socket (no linger), stop the authenticator; safe to call twice."""
+    def close(self, linger_ms: int = 0) -> None:
+        """Close the socket (queued messages get ``linger_ms`` to leave), stop the authenticator.
+
+        Safe to call twice.
+        """
         with self._lock:
             if not self._socket.closed:
-                self._socket.close(linger=0)
+                self._socket.close(linger=linger_ms)
             if self._auth is not None:
                 self._auth.stop()
                 self._auth = None
             if self._own_context and not self._context.closed:
                 self._context.term()
+            # libzmq leaves ipc socket files behind; a stale one confuses whoever looks for the daemon.
+            for endpoint in self.endpoints:
+                path = Path(endpoint.removeprefix("ipc://"))
+                if endpoint.startswith("ipc://") and path.is_socket():
+                    path.unlink(missing_ok=True)
+            self.endpoints = []
 
     def __enter__(self) -> Publisher:
         return self

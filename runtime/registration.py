@@ -277,9 +277,9 @@ class RegistrationFilter:
         """Is ``estimate`` plausible, and how much is it trusted (confidence in [0, 1])?"""
         lim = self.config.plausibility
         g = self.geometry
-        folded, inside = grid_quality(estimate.grid)
-        if not np.all(np.isfinite(estimate.theta)) or folded >= 1.0:
+        if not (np.all(np.isfinite(estimate.theta)) and np.all(np.isfinite(estimate.grid))):
             return Judgement(False, 0.0, NON_FINITE)
+        folded, inside = grid_quality(estimate.grid)
         pixels = g.theta_pixels(estimate.theta)
         rotation, scale = rotation_scale(pixels)
         jump = 0.0
@@ -373,7 +373,9 @@ class RegistrationScheduler:
 
     The pipeline calls :meth:`offer` for every pair (cheap: it only keeps references) and reads
     :attr:`state`; it never waits for registration. ``every_n_pairs`` counts offered pairs;
-    ``rate_hz`` spaces run starts by ``1 / rate_hz`` seconds (back-to-back if a run is slower).
+    ``rate_hz`` starts runs on a fixed ``1 / rate_hz`` schedule (pairs arrive on their own clock,
+    so a start is at the first pair after each due time; the schedule does not drift by that
+    lateness, and runs go back-to-back when one is slower than the period).
     ``observe(stage, seconds)`` receives the duration of each run (stage ``register``).
     """
 
@@ -397,7 +399,7 @@ class RegistrationScheduler:
         self._cond = threading.Condition()
         self._pending: tuple[np.ndarray, np.ndarray, float] | None = None
         self._offered_since_run = 0
-        self._last_start = -math.inf
+        self._next_due = -math.inf
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -408,21 +410,34 @@ class RegistrationScheduler:
     def due(self) -> bool:
         if self.config.every_n_pairs is not None:
             return self._offered_since_run >= self.config.every_n_pairs
-        return self._clock() - self._last_start >= 1.0 / float(self.config.rate_hz or 1.0)
+        return self._clock() >= self._next_due
 
-    def offer(self, vis_y: np.ndarray, ir: np.ndarray, t_capture: float) -> None:
-        """Hand over a pair's full-size luminance and normalised IR (not copied: do not modify them)."""
+    def _started_run(self) -> None:
+        """Book-keeping when a run starts (caller holds the lock)."""
+        self._offered_since_run = 0
+        if self.config.rate_hz is not None:
+            now = self._clock()
+            self._next_due = max(self._next_due + 1.0 / self.config.rate_hz, now)
+
+    def offer(self, vis_y: np.ndarray, ir: np.ndarray, t_capture: float) -> bool:
+        """Hand over a pair's full-size luminance and normalised IR (not copied: do not modify them).
+
+        Returns True when the pair became the next job (it may still be superseded by a newer
+        pair if the thread is busy).
+        """
         with self._cond:
             self._offered_since_run += 1
-            if self.due():
-                self._pending = (vis_y, ir, t_capture)
-                self._cond.notify()
+            if not self.due():
+                return False
+            self._pending = (vis_y, ir, t_capture)
+            self._cond.notify()
+            return True
 
     def register_now(self, vis_y: np.ndarray, ir: np.ndarray, t_capture: float) -> RegistrationState | None:
         """Estimate synchronously on the calling thread (the first pair, before the thread starts)."""
         with self._cond:
-            self._offered_since_run = 0
-            self._last_start = self._clock()
+            self._next_due = self._clock()
+            self._started_run()
         return self._run(vis_y, ir, t_capture)
 
     def _run(self, vis_y: np.ndarray, ir: np.ndarray, t_capture: float) -> RegistrationState | None:
@@ -449,8 +464,7 @@ class RegistrationScheduler:
                 if self._stop.is_set():
                     return
                 job, self._pending = self._pending, None
-                self._offered_since_run = 0
-                self._last_start = self._clock()
+                self._started_run()
             assert job is not None
             self._run(*job)
 

@@ -128,8 +128,24 @@ class _OpenCVCapture(ABC):
         return (True, image, stamp) if ok and image is not None else (False, None, None)
 
 
+def y16_image(raw: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The (height, width) uint16 image in a raw V4L2 Y16 buffer.
+
+    With ``CAP_PROP_CONVERT_RGB`` off, OpenCV's V4L2 backend returns the driver buffer as a
+    (1, bytesused) uint8 array (with it on, it keeps only the high byte of each pixel, as
+    8-bit BGR). Y16 is little-endian 16-bit grey. Images already (H, W) uint16 pass through.
+    """
+    if raw.dtype == np.uint16 and raw.ndim == 2:
+        return raw
+    data = np.ascontiguousarray(raw).reshape(-1)
+    need = width * height * 2
+    if data.dtype != np.uint8 or data.size < need:
+        raise ValueError(f"a {width}x{height} Y16 frame needs {need} bytes, got {data.size} of {data.dtype}")
+    return data[:need].view("<u2").reshape(height, width)
+
+
 class V4L2Capture(_OpenCVCapture):
-    """A V4L2 device (``cv2.CAP_V4L2``); Y16 is delivered unconverted as uint16."""
+    """A V4L2 device (``cv2.CAP_V4L2``); Y16 is delivered unconverted as (H, W) uint16."""
 
     def __init__(self, config: V4L2Source, camera: CameraConfig) -> None:
         super().__init__(f"V4L2 device {config.device}")
@@ -154,11 +170,15 @@ class V4L2Capture(_OpenCVCapture):
 
     def read(self) -> ReadResult:
         ok, image, stamp = self._grab()
-        if ok and self._cap is not None:
-            driver = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-            if stamp is not None and 0.0 <= stamp - driver <= _DRIVER_TS_MAX_AGE_S:
-                stamp = driver
-        return ok, image, stamp
+        cap = self._cap
+        if not ok or image is None or cap is None:
+            return False, None, None
+        if self.config.fourcc == "Y16 ":
+            image = y16_image(image, int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        driver = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0  # the V4L2 buffer timestamp
+        if stamp is not None and 0.0 <= stamp - driver <= _DRIVER_TS_MAX_AGE_S:
+            stamp = driver
+        return True, image, stamp
 
 
 class GStreamerCapture(_OpenCVCapture):

@@ -133,6 +133,8 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
      "line 5: registration: prior_homography is singular"),
     (MINIMAL.replace("rgb: {source: {kind: synthetic}", "rgb: {source: {kind: synthetic, seed: 7}"),
      "line 3: cameras: both synthetic cameras render one scene: source.seed differs (ir 0, rgb 7)"),
+    (MINIMAL.replace("rgb: {source: {kind: synthetic}", "rgb: {source: {kind: synthetic, misalignment: {}}"),
+     "line 3: cameras: rgb.source.misalignment: only the IR camera is misaligned"),
     (MINIMAL.replace("width: 64, height: 48, fps: 30}\n  rgb", "width: 64, height: 48, fps: 30, "
                      "thermal: {mode: percentile, low_pct: 90, high_pct: 10}}\n  rgb"),
      "line 3: cameras.ir.thermal: high_pct (10.0) must be above low_pct (90.0)"),

@@ -4,7 +4,9 @@ Conventions:
 
 * Every image is 2-D luminance ``(H, W)`` on the 8-bit scale: any real dtype, values in [0, 255]
   (fused ``F``, visible ``V``, infrared ``R``, all of one shape). Pass ``255 * y`` for networks'
-  [0, 1] output; histogram-based metrics round to the nearest grey level first.
+  [0, 1] output. Histogram-based metrics (EN, CE, MI) truncate fractional values to grey levels,
+  as VIFB's EN does; the project's RoadScene references for a float fused image (the plain average)
+  match truncation, not rounding (CE 0.85 vs 0.97 against 0.86). Other metrics use the values as given.
 * Definitions follow the MATLAB code of the VIFB benchmark (Zhang et al., "VIFB: A Visible and
   Infrared Image Fusion Benchmark", CVPRW 2020), on which the project's reference numbers are
   calibrated; FMI_w follows Haghighat's fast-FMI code and VIF the LIVE ``vifp_mscale`` code, which
@@ -53,9 +55,13 @@ def check_images(low: float, high: float, min_side: int = 1, **images: np.ndarra
     return out
 
 
+# Values this close below an integer count as that integer: 255 * y can land on 127.99999999999997.
+_LEVEL_TOLERANCE = 1e-6
+
+
 def _grey_levels(image: np.ndarray) -> np.ndarray:
-    """Integer grey levels 0..255 (round half up, as MATLAB's ``round`` on non-negative values)."""
-    return np.clip(np.floor(image + 0.5), 0, GREY_LEVELS - 1).astype(np.intp)
+    """Integer grey levels 0..255, fractional values truncated (VIFB's EN uses ``floor``)."""
+    return np.clip(np.floor(image + _LEVEL_TOLERANCE), 0, GREY_LEVELS - 1).astype(np.intp)
 
 
 def _histogram(levels: np.ndarray) -> np.ndarray:
@@ -63,19 +69,9 @@ def _histogram(levels: np.ndarray) -> np.ndarray:
 
 
 def _entropy_bits(p: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.ndarray:
-    """``-sum p log2|p|`` over ``axis``, zero cells contributing 0.
-
-    ``|p|`` reproduces MATLAB's ``real(-p .* log2(p))`` for the slightly negative cells that the
-    fast-FMI joint-pdf model can produce.
-    """
-    magnitude = np.abs(p)
-    logs = np.log2(magnitude, out=np.zeros_like(magnitude), where=magnitude > 0)
+    """Entropy in bits, ``-sum p log2 p`` over ``axis``, of probabilities ``p >= 0`` (0 log 0 = 0)."""
+    logs = np.log2(p, out=np.zeros_like(p), where=p > 0)
     return -(p * logs).sum(axis=axis)
-
-
-def _filter(image: np.ndarray, kernel: np.ndarray, border: int) -> np.ndarray:
-    """2-D correlation (MATLAB ``filter2``/``imfilter``), output the same size as ``image``."""
-    return cv2.filter2D(image, cv2.CV_64F, kernel, borderType=border)
 
 
 def _filter_valid(image: np.ndarray, kernel_1d: np.ndarray) -> np.ndarray:
@@ -143,7 +139,9 @@ def cross_entropy(fused: np.ndarray, vis: np.ndarray, ir: np.ndarray) -> float:
     """CE: mean over the sources S of ``sum_k P_S(k) log2(P_S(k) / P_F(k))``; lower is better.
 
     256-bin grey-level histograms, bins empty in either image skipped (Bulanon et al. 2009; VIFB
-    ``metricsCross_entropy``, which averages the V->F and R->F terms).
+    ``metricsCross_entropy``, which averages the V->F and R->F terms). The skipping is VIFB's and
+    lets a fused image that lacks most of the sources' grey levels (e.g. a constant) score <= 0,
+    so read CE next to the other metrics.
     """
     f, v, r = check_images(0.0, 255.0, fused=fused, vis=vis, ir=ir)
     p_f = _histogram(_grey_levels(f))
@@ -192,25 +190,26 @@ _DMEY_HALF = np.array(
     ]
 )  # fmt: skip
 _DMEY_REC_LO = np.concatenate([_DMEY_HALF, _DMEY_HALF[-2::-1], [0.0]])
-_DMEY_DEC_LO = _DMEY_REC_LO[::-1].copy()
-# Orthogonal filter bank (MATLAB orthfilt): dec_hi[k] = (-1)^(k+1) rec_lo[k].
-_DMEY_DEC_HI = _DMEY_REC_LO * -((-1.0) ** np.arange(_DMEY_REC_LO.size))
+# Analysis bank as correlation kernels, low-pass then high-pass column. Orthogonal filter bank
+# (MATLAB orthfilt): decomposition low-pass = reversed rec_lo, dec_hi[k] = (-1)^(k+1) rec_lo[k];
+# correlating with the reversed decomposition filters is the convolution that ``dwt`` applies.
+_DMEY_BANK = np.stack([_DMEY_REC_LO, (-((-1.0) ** np.arange(_DMEY_REC_LO.size)) * _DMEY_REC_LO)[::-1]], axis=1)
 
 
-def _analysis_1d(x: np.ndarray, dec: np.ndarray, axis: int) -> np.ndarray:
-    """One DWT analysis branch along ``axis``: filter then keep odd samples (MATLAB ``dwt`` 'sym' mode).
+def _analysis(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Low- and high-pass DWT analysis along ``axis`` (MATLAB ``dwt``, 'sym' extension mode).
 
-    ``out[k] = sum_t dec[t] x[2k + 1 - t]`` with half-sample symmetric extension; the output has
-    ``floor((n + L - 1) / 2)`` samples for a length-``n`` axis and ``L`` taps.
+    ``out[k] = sum_t dec[t] x[2k + 1 - t]`` with half-sample symmetric extension of ``x``; each
+    output has ``floor((n + L - 1) / 2)`` samples for a length-``n`` axis and ``L`` = 62 taps.
     """
-    taps = dec.size
+    taps = _DMEY_BANK.shape[0]
     pad = [(0, 0), (0, 0)]
     pad[axis] = (taps - 1, taps - 1)
-    padded = np.pad(x, pad, mode="symmetric")
-    windows = sliding_window_view(padded, taps, axis=axis)
+    windows = sliding_window_view(np.pad(x, pad, mode="symmetric"), taps, axis=axis)
     index = [slice(None), slice(None)]
     index[axis] = slice(1, None, 2)
-    return windows[tuple(index)] @ dec[::-1]
+    both = windows[tuple(index)] @ _DMEY_BANK
+    return both[..., 0], both[..., 1]
 
 
 def wavelet_feature(image: np.ndarray) -> np.ndarray:
@@ -219,111 +218,186 @@ def wavelet_feature(image: np.ndarray) -> np.ndarray:
     Matches MATLAB ``dwt2(I, 'dmey')`` (symmetric extension; cH is high-pass along rows). Each
     sub-band has ``floor((n + 61) / 2)`` samples per axis. A constant mosaic maps to all ones.
     """
-    low = _analysis_1d(image, _DMEY_DEC_LO, axis=1)
-    high = _analysis_1d(image, _DMEY_DEC_HI, axis=1)
-    mosaic = np.block(
-        [
-            [_analysis_1d(low, _DMEY_DEC_LO, axis=0), _analysis_1d(low, _DMEY_DEC_HI, axis=0)],
-            [_analysis_1d(high, _DMEY_DEC_LO, axis=0), _analysis_1d(high, _DMEY_DEC_HI, axis=0)],
-        ]
-    )
+    low, high = _analysis(image, axis=1)
+    mosaic = np.block([list(_analysis(low, axis=0)), list(_analysis(high, axis=0))])
     lo, hi = mosaic.min(), mosaic.max()
     return np.ones_like(mosaic) if hi == lo else (mosaic - lo) / (hi - lo)
 
 
-def _window_pdfs(windows: np.ndarray) -> np.ndarray:
-    """Each row min-max normalised then divided by its sum; a constant row becomes uniform."""
-    lo = windows.min(axis=1, keepdims=True)
-    span = windows.max(axis=1, keepdims=True) - lo
-    flat = span == 0
-    norm = np.where(flat, 1.0, (windows - lo) / np.where(flat, 1.0, span))
-    return norm / norm.sum(axis=1, keepdims=True)
+_TINY = np.finfo(np.float64).tiny
 
 
-_POSITIONS = np.arange(1.0, 10.0)
+def _log2_square(x: np.ndarray) -> np.ndarray:
+    """``log2(x^2) = 2 log2|x|``, finite (about -1022) at 0 so that ``0 * log`` terms vanish.
 
-
-def _index_std(pdf: np.ndarray) -> np.ndarray:
-    """Population standard deviation of the window position (1..l) distributed as ``pdf``."""
-    mean = pdf @ _POSITIONS[: pdf.shape[1]]
-    second = pdf @ np.square(_POSITIONS[: pdf.shape[1]])
-    return np.sqrt(np.maximum(second - mean * mean, 0.0))
-
-
-def _fmi_windows(a: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """Normalised feature MI of each pair of rows of ``a`` and ``f`` (``(N, l)``, l <= 9); returns ``(N,)``.
-
-    Haghighat & Razian 2014 (fast-FMI): each window becomes a pdf over its l positions (column-major
-    order); the joint pdf is Nelsen's mixture ``phi * H + (1 - phi) * p_f p_a^T`` where ``H`` is the
-    Frechet upper bound (comonotone coupling) when the Pearson correlation ``c`` of the two pdfs is
-    >= 0 and the lower bound (countermonotone) when ``c < 0``, and ``phi = c / corr(H)``. FMI =
-    ``2 MI / (H_a + H_f)``; identical windows score 1, ``MI == 0`` scores 0.
-
-    The lower bound is evaluated as the upper bound with ``a``'s positions reversed (same entropy,
-    ``corr`` negated), so each window needs one ``l x l`` coupling, built as interval overlaps of the
-    two CDFs instead of MATLAB's second differences of ``min(F_i, A_j)`` (equal up to rounding).
+    Squaring is cheaper than ``abs`` and takes the sign off the joint-pdf cells that can be negative.
     """
-    same = np.all(a == f, axis=1)
-    pa, pf = _window_pdfs(a), _window_pdfs(f)
-    da = pa - pa.mean(axis=1, keepdims=True)
-    df = pf - pf.mean(axis=1, keepdims=True)
+    return np.log2(x * x + _TINY)
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """Per-window quantities of fast-FMI for ``N`` windows of ``l`` feature values."""
+
+    pdf: np.ndarray  # (N, l) min-max normalised values over their sum; uniform for a constant window
+    log_pdf: np.ndarray  # (N, l) log2(pdf), finite where pdf == 0 (only ever multiplied by 0 there)
+    entropy: np.ndarray  # (N,) bits
+    mean: np.ndarray  # (N,) mean window position, positions numbered 1..l
+    std: np.ndarray  # (N,) population standard deviation of the position
+
+    @classmethod
+    def of(cls, raw: np.ndarray, lo: np.ndarray, flat: np.ndarray) -> _Windows:
+        """From the windows ``raw`` with their minima ``lo`` and constant-window flags ``flat`` (both ``(N,)``)."""
+        ones = np.ones(raw.shape[1])
+        shifted = raw - lo[:, None]
+        shifted[flat] = 1.0
+        # Dividing by the span before normalising, as MATLAB does, cancels out.
+        pdf = shifted / (shifted @ ones)[:, None]
+        log_pdf = np.log2(pdf + _TINY)
+        positions = np.cumsum(ones)
+        mean = pdf @ positions
+        variance = pdf @ np.square(positions) - mean * mean
+        entropy = -np.einsum("ij,ij->i", pdf, log_pdf)
+        return cls(pdf, log_pdf, entropy, mean, np.sqrt(np.maximum(variance, 0.0)))
+
+
+def _fmi_windows(a: _Windows, f: _Windows, same: np.ndarray) -> np.ndarray:
+    """Normalised feature MI of each pair of windows (rows of ``a`` and ``f``); returns ``(N,)``.
+
+    Haghighat & Razian 2014 (fast-FMI): each window is a pdf over its m positions; the joint pdf is
+    Nelsen's mixture ``phi * H + (1 - phi) * p_f p_a^T`` where ``H`` is the Frechet upper bound
+    (comonotone coupling) when the Pearson correlation ``c`` of the two pdfs is >= 0 and the lower
+    bound (countermonotone) when ``c < 0``, and ``phi = c / corr(H)``, the correlation of positions
+    under ``H``. FMI = ``2 MI / (H_a + H_f)``; windows flagged ``same`` (identical raw values) score
+    1 and ``MI == 0`` scores 0.
+
+    Same value as the reference loops (to rounding), computed without ``m x m`` arrays: the lower
+    bound is the upper bound with ``a``'s positions reversed (same entropy, correlation negated);
+    the comonotone coupling puts mass only on the <= 2m - 1 cells where the steps of the two CDFs
+    overlap, found by merging the CDFs; and the product part's entropy over all cells has the
+    closed form ``h(1 - phi) + (1 - phi)(H_a + H_f)``, so only the overlap cells need correcting.
+    """
+    n, m = a.pdf.shape
+    average = np.full(m, 1.0 / m)
+    da, df = a.pdf - (a.pdf @ average)[:, None], f.pdf - (f.pdf @ average)[:, None]
     num = np.einsum("ij,ij->i", da, df)
     den = np.sqrt(np.einsum("ij,ij->i", da, da) * np.einsum("ij,ij->i", df, df))
     c = np.divide(num, den, out=np.zeros_like(num), where=num != 0)
-    sd = _index_std(pa) * _index_std(pf)
 
-    pa = np.where((c < 0)[:, None], pa[:, ::-1], pa)
-    ca, cf = np.cumsum(pa, axis=1), np.cumsum(pf, axis=1)
-    upper = np.minimum(cf[:, :, None], ca[:, None, :])
-    n, l = pa.shape
-    cov = upper.sum(axis=(1, 2)) - cf.sum(axis=1) * ca.sum(axis=1)
-    usable = (c != 0) & (sd > 0) & (cov != 0)
-    phi = np.divide(np.abs(c) * sd, cov, out=np.zeros_like(c), where=usable)
+    flip = c < 0
+    pa = np.where(flip[:, None], a.pdf[:, ::-1], a.pdf)
+    log_pa = np.where(flip[:, None], a.log_pdf[:, ::-1], a.log_pdf)
+    mean_a = np.where(flip, m + 1.0 - a.mean, a.mean)
 
-    zero = np.zeros((n, 1))
-    ca_prev = np.concatenate([zero, ca[:, :-1]], axis=1)
-    cf_prev = np.concatenate([zero, cf[:, :-1]], axis=1)
-    joint = upper
-    joint -= np.maximum(cf_prev[:, :, None], ca_prev[:, None, :])
-    np.maximum(joint, 0.0, out=joint)
-    joint *= phi[:, None, None]
-    joint += ((1.0 - phi)[:, None] * pf)[:, :, None] * pa[:, None, :]
+    # Merge the CDFs, f first at ties. Breakpoint k closes the interval ``mass[k]`` that lies in the
+    # f-step ``cell_f[k]`` (f breakpoints before k) and the a-step ``cell_a[k]`` (a breakpoints before k).
+    # Products with a triangular matrix: row-wise cumsum is several times slower on short rows.
+    cumulative = np.triu(np.ones((m, m)))
+    merged = np.concatenate([f.pdf @ cumulative, pa @ cumulative], axis=1)
+    order = np.argsort(merged, axis=1, kind="stable")
+    breakpoints = np.take(merged, order + np.arange(0, n * 2 * m, 2 * m)[:, None])
+    mass = np.empty_like(breakpoints)
+    mass[:, 0] = breakpoints[:, 0]
+    np.subtract(breakpoints[:, 1:], breakpoints[:, :-1], out=mass[:, 1:])
+    # Step indices stay in int8 (m <= 9, products <= 81) until they index: several times faster.
+    from_f = (order < m).view(np.int8)
+    cell_f = np.add.accumulate(from_f, axis=1, dtype=np.int8) - from_f
+    cell_a = np.arange(2 * m, dtype=np.int8) - cell_f
+    # Breakpoints past the last step of one CDF close empty intervals (both CDFs end at 1).
+    np.minimum(cell_f, m - 1, out=cell_f)
+    np.minimum(cell_a, m - 1, out=cell_a)
 
-    h_a, h_f = _entropy_bits(pa, axis=1), _entropy_bits(pf, axis=1)
-    mi = h_a + h_f - _entropy_bits(joint.reshape(n, l * l), axis=1)
-    fmi = np.divide(2.0 * mi, h_a + h_f, out=np.zeros_like(mi), where=(mi != 0) & (h_a + h_f > 0))
+    positions = ((cell_f + 1) * (cell_a + 1)).astype(np.float64)
+    cov = np.einsum("ij,ij->i", mass, positions) - f.mean * mean_a
+    scale = f.std * a.std
+    phi = np.divide(np.abs(c) * scale, cov, out=np.zeros_like(c), where=(c != 0) & (scale > 0) & (cov > 0))
+    rest = 1.0 - phi
+    log_rest = 0.5 * _log2_square(rest)
+
+    rows = np.arange(0, n * m, m)[:, None]
+    cell_f = cell_f + rows
+    cell_a = cell_a + rows
+    independent = (rest[:, None] * np.take(f.pdf, cell_f)) * np.take(pa, cell_a)
+    joint = phi[:, None] * mass + independent
+    # Entropy of the independent part over all m x m cells, then swap in the overlap cells' true
+    # summands: -joint log2|joint| instead of -independent (log2 rest + log2 p_f + log2 p_a).
+    ones = np.ones(2 * m)
+    log_product = np.take(f.log_pdf, cell_f) + np.take(log_pa, cell_a)
+    joint_entropy = (
+        rest * (a.entropy + f.entropy - log_rest)
+        + (independent * log_product) @ ones
+        + log_rest * (independent @ ones)
+        - 0.5 * ((joint * _log2_square(joint)) @ ones)
+    )
+
+    marginal = a.entropy + f.entropy
+    mi = marginal - joint_entropy
+    fmi = np.divide(2.0 * mi, marginal, out=np.zeros_like(mi), where=(mi != 0) & (marginal > 0))
     return np.where(same, 1.0, fmi)
 
 
-def _column_major_windows(feature: np.ndarray, window: int) -> np.ndarray:
-    """All ``window x window`` patches as rows ``(N, window^2)``, each in MATLAB's ``(:)`` order."""
-    patches = sliding_window_view(feature, (window, window)).transpose(0, 1, 3, 2)
-    return patches.reshape(-1, window * window)
+class _WindowTable:
+    """All ``window x window`` patches of a feature map, enumerated column by column.
+
+    The map is stored transposed so that a run of consecutive patches comes from a contiguous band
+    and each patch flattens row-major into MATLAB's column-major ``(:)`` order; the patch order does
+    not matter for a mean. ``lo`` and ``flat`` (patch minimum, constant patch) are ``(N,)``.
+    """
+
+    def __init__(self, feature: np.ndarray, window: int) -> None:
+        self.window = window
+        self.columns = np.ascontiguousarray(feature.T)
+        self.per_column = self.columns.shape[1] - window + 1
+        kernel = np.ones((window, window), np.uint8)
+        valid = (slice(0, self.columns.shape[0] - window + 1), slice(0, self.per_column))
+        lo = cv2.erode(self.columns, kernel, anchor=(0, 0))[valid]
+        self.flat = (cv2.dilate(self.columns, kernel, anchor=(0, 0))[valid] == lo).ravel()
+        self.lo = lo.ravel()
+        self.n_columns = lo.shape[0]
+
+    def __len__(self) -> int:
+        return self.lo.size
+
+    def same_as(self, other: _WindowTable) -> np.ndarray:
+        """``(N,)`` flags of patches identical in both maps."""
+        equal = (self.columns == other.columns).astype(np.uint8)
+        kernel = np.ones((self.window, self.window), np.uint8)
+        return cv2.erode(equal, kernel, anchor=(0, 0))[: self.n_columns, : self.per_column].ravel() == 1
+
+    def windows(self, first_column: int, stop_column: int) -> _Windows:
+        """Stats of the patches starting in map columns ``[first_column, stop_column)``."""
+        band = self.columns[first_column : stop_column + self.window - 1]
+        raw = sliding_window_view(band, (self.window, self.window)).reshape(-1, self.window * self.window)
+        rows = slice(first_column * self.per_column, stop_column * self.per_column)
+        return _Windows.of(raw, self.lo[rows], self.flat[rows])
 
 
-_FMI_CHUNK = 16384
+# Patches per block: small enough for the ``(N, 2 window^2)`` temporaries to stay in cache.
+_FMI_BLOCK = 2048
 
 
 def fmi_wavelet(fused: np.ndarray, vis: np.ndarray, ir: np.ndarray, window: int = 3) -> float:
     """FMI_w: mean over sliding windows of ``(FMI(V, F) + FMI(R, F)) / 2`` on dmey wavelet features.
 
     Haghighat & Razian 2014 "Fast-FMI" with feature 'wavelet' and ``window`` = 3 (their
-    ``fmi(V, R, F, 'wavelet', 3)``): the features are :func:`wavelet_feature` mosaics, every
-    ``window x window`` position of the mosaic is scored by :func:`_fmi_windows`, and the scores are
-    averaged. In [0, 1]; higher is better.
+    ``fmi(V, R, F, 'wavelet', 3)``; 2 is also accepted): the features are :func:`wavelet_feature`
+    mosaics, every ``window x window`` position of the mosaic is scored by :func:`_fmi_windows`,
+    and the scores are averaged. In [0, 1]; higher is better.
     """
-    if window < 2 or window > 3:
-        # Windows larger than 3x3 would need a longer position table; the metric is defined for 3.
+    if window not in (2, 3):
         raise ValueError(f"window must be 2 or 3, got {window}")
     f, v, r = check_images(0.0, 255.0, fused=fused, vis=vis, ir=ir)
-    feat_f = _column_major_windows(wavelet_feature(f), window)
+    fused_table, *source_tables = (_WindowTable(wavelet_feature(image), window) for image in (f, v, r))
+    same = [table.same_as(fused_table) for table in source_tables]
+    step = max(1, _FMI_BLOCK // fused_table.per_column)
     total = 0.0
-    for source in (v, r):
-        feat_s = _column_major_windows(wavelet_feature(source), window)
-        for start in range(0, feat_f.shape[0], _FMI_CHUNK):
-            stop = start + _FMI_CHUNK
-            total += float(_fmi_windows(feat_s[start:stop], feat_f[start:stop]).sum())
-    return total / (2 * feat_f.shape[0])
+    for first in range(0, fused_table.n_columns, step):
+        stop = min(first + step, fused_table.n_columns)
+        rows = slice(first * fused_table.per_column, stop * fused_table.per_column)
+        fused_windows = fused_table.windows(first, stop)
+        for table, same_windows in zip(source_tables, same, strict=True):
+            total += float(_fmi_windows(table.windows(first, stop), fused_windows, same_windows[rows]).sum())
+    return total / (2 * len(fused_table))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,10 +409,14 @@ _SOBEL_Y = _SOBEL_X.T.copy()
 
 
 def _sobel_zero_padded(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sobel responses with zero padding (MATLAB ``filter2``/``conv2`` 'same'): the frame counts as an edge."""
+    """Sobel responses with zero padding (MATLAB ``filter2``/``conv2`` 'same'): the frame counts as an edge.
+
+    ``conv2`` flips both kernels, negating both responses, which changes neither magnitude nor
+    ``atan(Sy / Sx)``; so plain correlation serves both MATLAB codes.
+    """
     return (
-        _filter(image, _SOBEL_X, cv2.BORDER_CONSTANT),
-        _filter(image, _SOBEL_Y, cv2.BORDER_CONSTANT),
+        cv2.filter2D(image, cv2.CV_64F, _SOBEL_X, borderType=cv2.BORDER_CONSTANT),
+        cv2.filter2D(image, cv2.CV_64F, _SOBEL_Y, borderType=cv2.BORDER_CONSTANT),
     )
 
 
@@ -355,9 +433,7 @@ def _edge_strength_orientation(image: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.hypot(sx, sy), angle
 
 
-def _edge_preservation(
-    g_s: np.ndarray, a_s: np.ndarray, g_f: np.ndarray, a_f: np.ndarray
-) -> np.ndarray:
+def _edge_preservation(g_s: np.ndarray, a_s: np.ndarray, g_f: np.ndarray, a_f: np.ndarray) -> np.ndarray:
     """Per-pixel ``Q^{SF} = Q_g Q_a`` of how well F preserves a source's edges."""
     strong, weak = np.maximum(g_s, g_f), np.minimum(g_s, g_f)
     ratio = np.divide(weak, strong, out=np.ones_like(strong), where=strong > 0)
@@ -497,7 +573,7 @@ def _mannos_sakrison_csf(shape: tuple[int, int]) -> np.ndarray:
 
 
 def chen_varshney(
-    fused: np.ndarray, vis: np.ndarray, ir: np.ndarray, window: int = 16, alpha: float = 1.0
+    fused: np.ndarray, vis: np.ndarray, ir: np.ndarray, window: int = 16, alpha: float = 5.0
 ) -> float:
     """Q_cv: Chen-Varshney perceptual distortion, lower is better (0 when F = V = R).
 
@@ -506,8 +582,8 @@ def chen_varshney(
     bottom are zero-padded), the saliency of source S is ``lambda_S = sum g_S^alpha`` over the tile's
     zero-padded Sobel magnitudes, and the distortion ``D_S`` is the tile mean of ``(S - F)`` filtered
     by the Mannos-Sakrison CSF in the frequency domain. ``Q_cv = sum(lambda_V D_V + lambda_R D_R) /
-    sum(lambda_V + lambda_R)``. ``alpha`` = 1 is the project's calibration (the VIFB file sets 5);
-    NaN when neither source has an edge.
+    sum(lambda_V + lambda_R)``. ``alpha`` = 5 as in the VIFB file (it matches the project's RoadScene
+    reference numbers; alpha = 1 roughly halves the score). NaN when neither source has an edge.
     """
     f, v, r = check_images(0.0, 255.0, fused=fused, vis=vis, ir=ir)
     f = _normalise_0_255(f)

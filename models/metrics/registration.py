@@ -64,11 +64,11 @@ def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     undefined (a method whose output is blank has no correlation with the target).
     """
     va, vb = _pair(a, b, mask)
-    da, db = va - va.mean(), vb - vb.mean()
-    denominator = float(np.sqrt(np.sum(da * da) * np.sum(db * db)))
-    if denominator == 0.0:
+    # Tested on the range, not the variance: a constant minus its float mean need not be 0.
+    if np.ptp(va) == 0.0 or np.ptp(vb) == 0.0:
         return 0.0
-    return float(np.sum(da * db) / denominator)
+    da, db = va - va.mean(), vb - vb.mean()
+    return float(np.sum(da * db) / np.sqrt(np.sum(da * da) * np.sum(db * db)))
 
 
 def mse(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:

@@ -6,49 +6,80 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.networks.layers import DynamicConv2d, act, conv, coordinates, separable
+from models.networks.layers import DynamicConv2d, Matcher, act, conv, coordinates
 from models.networks.reconstructor import Features
-
-IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
 class _Stage(nn.Module):
-    """Large 7x7 conv (1x1 reduce + depthwise 7x7, for speed) + dynamic 3x3 conv, then down x2."""
+    """Large 7x7 conv (1x1 reduce + depthwise 7x7, for speed) + dynamic 3x3 conv (Chen et al.)."""
 
     def __init__(self, cin: int, cout: int, kernels: int) -> None:
         super().__init__()
-        self.large = nn.Sequential(nn.Conv2d(cin + 2, cout, 1), act(), conv(cout, cout, k=7, groups=cout), act())
+        self.large = nn.Sequential(nn.Conv2d(cin, cout, 1), act(), conv(cout, cout, k=7, groups=cout), act())
         self.dynamic = DynamicConv2d(cout, cout, 3, kernels)
-        self.down = nn.Sequential(act(), separable(cout, cout, stride=2), act())
+        self.out = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.dynamic(self.large(torch.cat((x, coordinates(x)), dim=1))))
+        return self.out(self.dynamic(self.large(x)))
+
+
+def fit_affine(points: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted least-squares affine ``theta`` (B, 2, 3) with ``theta [p; 1] ~ target``.
+
+    ``points``, ``targets`` (B, N, 2), ``weights`` (B, N) >= 0. The 3x3 normal equations are
+    inverted by the adjugate (explicit formula), which exports to ONNX (``linalg.solve`` does not).
+    """
+    ones = torch.ones_like(points[..., :1])
+    a = torch.cat((points, ones), dim=-1)  # (B, N, 3)
+    aw = a * weights[..., None]
+    m = aw.transpose(1, 2) @ a + 1e-6 * torch.eye(3, dtype=a.dtype, device=a.device)  # (B, 3, 3)
+    rhs = aw.transpose(1, 2) @ targets  # (B, 3, 2)
+    m00, m01, m02 = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
+    m10, m11, m12 = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
+    m20, m21, m22 = m[:, 2, 0], m[:, 2, 1], m[:, 2, 2]
+    c00, c01, c02 = m11 * m22 - m12 * m21, m02 * m21 - m01 * m22, m01 * m12 - m02 * m11
+    c10, c11, c12 = m12 * m20 - m10 * m22, m00 * m22 - m02 * m20, m02 * m10 - m00 * m12
+    c20, c21, c22 = m10 * m21 - m11 * m20, m01 * m20 - m00 * m21, m00 * m11 - m01 * m10
+    det = m00 * c00 + m01 * c10 + m02 * c20
+    adj = torch.stack((c00, c01, c02, c10, c11, c12, c20, c21, c22), dim=-1).view(-1, 3, 3)
+    solution = (adj / det[:, None, None]) @ rhs  # (B, 3, 2)
+    return solution.transpose(1, 2)
 
 
 class AffineNet(nn.Module):
     """F1..F4 of the reference (visible) and moving (IR) image -> ``theta`` (B, 2, 3).
 
     ``theta`` is in normalised coordinates (``F.affine_grid``, align_corners=True) and maps a
-    reference location to the moving location it samples. Stages run at 1/4, 1/8, 1/16 and
-    1/32 (F1 is average-pooled to 1/4 first: the full 1/2 resolution costs too much for the
-    10 ms budget); global average + max pooling and an MLP give ``theta``. The last layer starts
-    at zero with the identity as bias, so an untrained net returns the identity transform.
+    reference location to the moving location it samples.
+
+    At 1/16 resolution (F3 and F4 average-pooled) a learned cost volume (radius 4: +-64 px at
+    the registration size) and the features go through stages of a large 7x7 conv and a dynamic
+    convolution (the paper's Affine Net) to a per-location displacement and confidence; the
+    global step that turns them into ``theta`` is a confidence-weighted least-squares affine fit
+    instead of pooling + MLP: pooling discards the positions that rotation and scale depend on,
+    and in our first training run the pooled MLP did not learn (validation EPE stayed at the
+    identity's). The displacement head starts at zero, so an untrained net returns the identity.
     """
 
-    def __init__(self, bus_width: int, width: int = 32, kernels: int = 4) -> None:
+    def __init__(self, bus_width: int, width: int = 32, kernels: int = 4, radius: int = 4) -> None:
         super().__init__()
         c = bus_width
-        self.s1 = _Stage(6 * c, width, kernels)  # F1 (pooled) + F2 at 1/4 -> 1/8
-        self.s2 = _Stage(width + 16 * c, width, kernels)  # + F3, F4 at 1/8 -> 1/16
-        self.s3 = _Stage(width, width, kernels)  # 1/16 -> 1/32
-        self.mlp = nn.Sequential(nn.Linear(2 * width, width), nn.ReLU(inplace=True), nn.Linear(width, 6))
-        nn.init.zeros_(self.mlp[-1].weight)
-        with torch.no_grad():
-            self.mlp[-1].bias.copy_(torch.tensor(IDENTITY_THETA))
+        self.matcher = Matcher(8 * c, 2 * width, radius)
+        self.s1 = _Stage(self.matcher.channels + 16 * c + 2, width, kernels)
+        self.s2 = _Stage(width, width, kernels)
+        self.head = conv(width, 3)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, fx: Features, fy: Features) -> torch.Tensor:
-        x = self.s1(torch.cat((F.avg_pool2d(fx.f1, 2), F.avg_pool2d(fy.f1, 2), fx.f2, fy.f2), dim=1))
-        x = self.s2(torch.cat((x, fx.f3, fy.f3, fx.f4, fy.f4), dim=1))
-        x = self.s3(x)
-        pooled = torch.cat((F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)), dim=1).flatten(1)
-        return self.mlp(pooled).view(-1, 2, 3)
+        x = F.avg_pool2d(torch.cat((fx.f3, fx.f4), dim=1), 2)
+        y = F.avg_pool2d(torch.cat((fy.f3, fy.f4), dim=1), 2)
+        cost = self.matcher(x, y)
+        feats = torch.cat((cost, x, y, coordinates(x)), dim=1)
+        out = self.head(self.s2(self.s1(feats)))
+        b, _, h, w = out.shape
+        points = coordinates(out).flatten(2).transpose(1, 2)  # (B, N, 2) normalised
+        # Displacement in normalised units; the 1/16 grid spacing is 2/(w-1) of them.
+        flow = out[:, :2].flatten(2).transpose(1, 2) * 0.1
+        weights = torch.sigmoid(out[:, 2].flatten(1)) + 1e-3
+        return fit_affine(points, points + flow, weights)

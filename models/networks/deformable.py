@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.networks.layers import act, conv, separable
+from models.networks.layers import Matcher, act, conv, separable
 from models.networks.reconstructor import Features
 
 
@@ -26,18 +26,23 @@ class DeformableNet(nn.Module):
         super().__init__()
         c = bus_width
         chans = (c, 2 * c, 4 * c, 4 * c)
+        # Learned cost volumes on F2 (1/4, +-12 px) and F3 (1/8, +-24 px): the residual after the
+        # affine is local, and comparing IR with visible needs learned projections.
+        self.matchers = nn.ModuleList([nn.Identity(), Matcher(2 * c, width, 3), Matcher(4 * c, width, 3), nn.Identity()])
+        extra = [0, 49, 49, 0]
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(2 * ci, width, 1), act(), separable(width, width), act(),
+            nn.Sequential(nn.Conv2d(2 * ci + e, width, 1), act(), separable(width, width), act(),
                           separable(width, width), act(), conv(width, 2))
-            for ci in chans
+            for ci, e in zip(chans, extra, strict=True)
         )
         self.mix = conv(8, 2)
         nn.init.zeros_(self.mix.weight)
         nn.init.zeros_(self.mix.bias)
 
     def forward(self, fx: Features, fy: Features, size: tuple[int, int]) -> torch.Tensor:
-        proposals = [
-            F.interpolate(branch(torch.cat((a, b), dim=1)), size=size, mode="bilinear", align_corners=True)
-            for branch, a, b in zip(self.branches, fx, fy, strict=True)
-        ]
+        proposals = []
+        for branch, matcher, a, b in zip(self.branches, self.matchers, fx, fy, strict=True):
+            inputs = (a, b) if isinstance(matcher, nn.Identity) else (a, b, matcher(a, b))
+            proposal = branch(torch.cat(inputs, dim=1))
+            proposals.append(F.interpolate(proposal, size=size, mode="bilinear", align_corners=True))
         return self.mix(torch.cat(proposals, dim=1))

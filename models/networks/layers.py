@@ -81,3 +81,34 @@ def coordinates(x: torch.Tensor) -> torch.Tensor:
     u = ramp(x, 3).expand(b, 1, h, w)
     v = ramp(x, 2).expand(b, 1, h, w)
     return torch.cat((u, v), dim=1)
+
+
+def correlation(fa: torch.Tensor, fb: torch.Tensor, radius: int) -> torch.Tensor:
+    """Local cost volume: ``out[:, k, y, x] = mean_c fa[:, c, y, x] * fb[:, c, y + dy, x + dx]``
+    for the ``(2r+1)^2`` offsets ``(dy, dx)`` in row-major order, zero outside ``fb``.
+
+    ``(B, C, H, W) x 2 -> (B, (2r+1)^2, H, W)``. Plain slicing, so it exports to ONNX.
+    """
+    h, w = fa.shape[-2:]
+    padded = F.pad(fb, (radius, radius, radius, radius))
+    return torch.cat([(fa * padded[:, :, dy:dy + h, dx:dx + w]).mean(dim=1, keepdim=True)
+                      for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)], dim=1)
+
+
+class Matcher(nn.Module):
+    """Learned per-modality 1x1 projections, L2-normalised, then a local cost volume.
+
+    The bus features are not modality-invariant (the bus is an auto-encoder); the projections
+    let the registration nets learn what to compare across IR and visible.
+    """
+
+    def __init__(self, cin: int, cproj: int, radius: int) -> None:
+        super().__init__()
+        self.px, self.py = nn.Conv2d(cin, cproj, 1), nn.Conv2d(cin, cproj, 1)
+        self.radius = radius
+        self.channels = (2 * radius + 1) ** 2
+
+    def forward(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        a = F.normalize(self.px(fx), dim=1)
+        b = F.normalize(self.py(fy), dim=1)
+        return correlation(a, b, self.radius) * a.shape[1]

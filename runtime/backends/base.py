@@ -49,6 +49,11 @@ class InferenceBackend(Protocol):
         ...
 
 
+def artifact_facts(backend: InferenceBackend, graph: GraphKind, path: object) -> dict[str, Any]:
+    """The part of ``describe()`` every backend shares: which graph, which model, which file."""
+    return {"backend": backend.name, "graph": graph, "model_id": backend.metadata.model_id, "path": str(path)}
+
+
 def check_io(graph: GraphKind, inputs: Iterable[str], outputs: Iterable[str], *, source: str) -> None:
     """Refuse a graph whose input/output names are not the contract's for ``graph``."""
     want_in, want_out = GRAPH_IO[graph]

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime.artifact import METADATA_KEY, ArtifactError, ArtifactMetadata, GraphKind, check_compatible
-from runtime.backends.base import GRAPH_IO, ModelMissing, check_io
+from runtime.backends.base import GRAPH_IO, ModelMissing, artifact_facts, check_io
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,7 @@ class OnnxRuntimeBackend:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "backend": self.name,
-            "graph": self.graph,
-            "model_id": self.metadata.model_id,
-            "path": str(self.path),
+            **artifact_facts(self, self.graph, self.path),
             "providers": self.providers,
             "device": self.device,
             "threads": self.threads,

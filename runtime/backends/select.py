@@ -2,7 +2,8 @@
 
 ``runtime.backends.tensorrt`` is imported only when an engine is configured (``importlib``), so
 installs without TensorRT never touch it. That module provides ``TensorRTBackend(engine_path,
-*, graph)``; its load failures (``EngineMismatch`` and the like) are expected to subclass
+*, graph, onnx_path)`` (``onnx_path`` lets it refuse an engine built from another version of the
+graph); its load failures (``EngineMismatch`` and the like) are expected to subclass
 :class:`~runtime.backends.base.BackendUnavailable` or :class:`~runtime.artifact.ArtifactError`.
 """
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 BackendChoice = Literal["auto", "onnxruntime", "tensorrt"]
 
 
-def _open_tensorrt(engine_path: Path, graph: GraphKind) -> InferenceBackend:
+def _open_tensorrt(engine_path: Path, graph: GraphKind, onnx_path: Path) -> InferenceBackend:
     """The TensorRT backend for ``engine_path``, or :class:`BackendUnavailable` saying why not."""
     try:
         module = importlib.import_module("runtime.backends.tensorrt")
@@ -32,7 +33,7 @@ def _open_tensorrt(engine_path: Path, graph: GraphKind) -> InferenceBackend:
         raise BackendUnavailable(f"the TensorRT backend cannot be imported ({exc})") from exc
     mismatch = getattr(module, "EngineMismatch", BackendUnavailable)
     try:
-        return module.TensorRTBackend(engine_path, graph=graph)
+        return module.TensorRTBackend(engine_path, graph=graph, onnx_path=onnx_path)
     except (BackendUnavailable, ArtifactError, ImportError, mismatch) as exc:
         raise BackendUnavailable(f"{engine_path}: {exc}") from exc
 
@@ -57,7 +58,7 @@ def open_backend(
     if choice in ("auto", "tensorrt"):
         if engine_path is not None:
             try:
-                backend = _open_tensorrt(Path(engine_path), graph)
+                backend = _open_tensorrt(Path(engine_path), graph, Path(onnx_path))
             except BackendUnavailable as exc:
                 if not allow_fallback:
                     raise

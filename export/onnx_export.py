@@ -1,0 +1,225 @@
+"""Checkpoint -> ``register.onnx`` + ``fuse.onnx``, verified against PyTorch before they are written.
+
+Per graph: trace with the TorchScript exporter (``dynamo=False``: the dynamo exporter does not
+keep the symbolic H/W of the fuse graph through ``pixel_unshuffle``), pin the declared I/O
+shapes to the contract (:mod:`runtime.artifact`), full ``onnx.checker``, write the metadata and
+graph digest (:mod:`export.onnx_check`), then run the file with the runtime's own ONNX Runtime
+backend against PyTorch on sample pairs. Only when every output of both graphs is within
+:data:`TOLERANCE` are the files renamed into place, so a failed export never leaves a graph
+that the daemon would load.
+
+The ``register`` graph is exported at the checkpoint's registration size (its dynamic
+convolution builds per-sample kernels from the batch size, which the tracer cannot keep
+symbolic next to a symbolic H/W); the ``fuse`` graph has dynamic H and W (multiples of 8).
+The warp (GridSample) and every grid computation stay float32: the whole graph is float32.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from busref import __version__
+from export.onnx_check import OPSET, check_graph_file, check_opset, set_metadata
+from export.samples import SamplePair, sample_pairs
+from models.checkpoint import file_sha256, load_model
+from models.networks import BusReF
+from models.networks.busref import FuseGraph, RegisterGraph
+from runtime.artifact import ArtifactError, ArtifactMetadata, GraphKind, TensorSpec
+from runtime.backends.base import GRAPH_IO
+from runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "busref"
+#: Largest |ONNX Runtime - PyTorch| accepted per output element (float32 end to end).
+TOLERANCE = 1e-4
+#: Export order: the quick fuse graph first, so a failing verification stops before the long trace.
+GRAPHS: tuple[GraphKind, ...] = ("fuse", "register")
+
+
+class ExportError(RuntimeError):
+    """An export failed or did not verify; the message names the graph and the numbers."""
+
+
+@dataclass
+class GraphReport:
+    """What was exported and how closely ONNX Runtime matched PyTorch (max |diff| per output)."""
+
+    graph: GraphKind
+    path: Path
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    pairs: int = 0
+
+    @property
+    def worst(self) -> float:
+        return max(self.max_abs_diff.values(), default=0.0)
+
+
+def tensor_specs(graph: GraphKind, registration_size: tuple[int, int]) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The contract's inputs and outputs of ``graph`` with their declared shapes."""
+    if graph == "register":
+        h, w = registration_size
+        image = [1, 1, h, w]
+        return (
+            [TensorSpec(name="vis", shape=image, description="visible luminance (Y) in [0, 1]"),
+             TensorSpec(name="ir", shape=image, description="moving thermal IR in [0, 1]")],
+            [TensorSpec(name="theta", shape=[1, 2, 3], description="coarse affine, normalised, align_corners=True"),
+             TensorSpec(name="grid", shape=[1, h, w, 2],
+                        description="sampling grid reference -> IR, normalised, x first")],
+        )
+    image = [1, 1, "H", "W"]
+    return (
+        [TensorSpec(name="vis", shape=image, description="visible luminance (Y) in [0, 1], H, W multiples of 8"),
+         TensorSpec(name="ir", shape=image, description="registered IR in [0, 1]")],
+        [TensorSpec(name="fused", shape=image, description="fused luminance in [0, 1]")],
+    )
+
+
+def build_metadata(graph: GraphKind, payload: dict[str, Any], checkpoint_sha256: str, opset: int,
+                   registration_size: tuple[int, int]) -> ArtifactMetadata:
+    inputs, outputs = tensor_specs(graph, registration_size)
+    split = payload.get("split") or {}
+    return ArtifactMetadata(
+        graph=graph,
+        model_name=MODEL_NAME,
+        model_id=f"{MODEL_NAME}-{checkpoint_sha256[:12]}",
+        checkpoint_sha256=checkpoint_sha256,
+        opset=opset,
+        inputs=inputs,
+        outputs=outputs,
+        registration_size=registration_size if graph == "register" else None,
+        training_split=str(split.get("name", "")),
+        training_split_sha256=str(split.get("sha256", "")),
+        busref_version=__version__,
+        exporter_versions={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+    )
+
+
+def _pin_shapes(model: onnx.ModelProto, metadata: ArtifactMetadata) -> None:
+    """Declare the contract's shapes on the graph I/O (the tracer names some dims itself, e.g.
+    the fuse output's batch, which is 1 by construction)."""
+    declared = {s.name: s.shape for s in [*metadata.inputs, *metadata.outputs]}
+    for value in [*model.graph.input, *model.graph.output]:
+        shape = value.type.tensor_type.shape
+        del shape.dim[:]
+        for size in declared[value.name]:
+            dim = shape.dim.add()
+            if isinstance(size, str):
+                dim.dim_param = size
+            else:
+                dim.dim_value = size
+
+
+def trace_graph(model: BusReF, graph: GraphKind, metadata: ArtifactMetadata) -> onnx.ModelProto:
+    """The ONNX model of ``graph`` (metadata and digest written, fully checked)."""
+    h, w = model.config.registration_size
+    example = (torch.rand(1, 1, h, w), torch.rand(1, 1, h, w))
+    inputs, outputs = GRAPH_IO[graph]
+    module = RegisterGraph(model) if graph == "register" else FuseGraph(model)
+    dynamic = None
+    if graph == "fuse":
+        dynamic = {name: {2: "H", 3: "W"} for name in (*inputs, *outputs)}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The models' Python-level shape checks become constants in the trace (expected), the
+        # TorchScript exporter announces its deprecation, and strided slices are left unfolded;
+        # none of it is actionable here (the checker and the ORT comparison below are the test).
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
+        torch.onnx.export(module.eval(), example, buffer, input_names=list(inputs), output_names=list(outputs),
+                          opset_version=metadata.opset, dynamic_axes=dynamic, do_constant_folding=True,
+                          dynamo=False)
+    proto = onnx.load_model_from_string(buffer.getvalue())
+    _pin_shapes(proto, metadata)
+    proto.producer_name, proto.producer_version = "busref", __version__
+    onnx.checker.check_model(proto, full_check=True)
+    set_metadata(proto, metadata)
+    return proto
+
+
+def graph_feeds(graph: GraphKind, pairs: list[SamplePair], registration_size: tuple[int, int]
+                ) -> list[dict[str, np.ndarray]]:
+    """Inputs to verify ``graph`` on: ``register`` at its size; ``fuse`` at each pair's own size
+    (cropped to /8) and at the registration size, so its dynamic H/W is exercised."""
+    def feed(p: SamplePair) -> dict[str, np.ndarray]:
+        return {"vis": p.vis[None, None].astype(np.float32), "ir": p.ir[None, None].astype(np.float32)}
+
+    small = [feed(p.resized(registration_size)) for p in pairs]
+    return small if graph == "register" else [feed(p.cropped8()) for p in pairs] + small
+
+
+@torch.no_grad()
+def compare_with_torch(model: BusReF, graph: GraphKind, onnx_path: Path,
+                       feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Max |ONNX Runtime - PyTorch| per output over ``feeds`` (ORT as the daemon runs it)."""
+    backend = OnnxRuntimeBackend(onnx_path, graph=graph)
+    module = (RegisterGraph(model) if graph == "register" else FuseGraph(model)).eval()
+    names = GRAPH_IO[graph][1]
+    worst = dict.fromkeys(names, 0.0)
+    for f in feeds:
+        got = backend.run(f)
+        want = module(torch.from_numpy(f["vis"]), torch.from_numpy(f["ir"]))
+        want = want if isinstance(want, tuple) else (want,)
+        for name, ref in zip(names, want, strict=True):
+            if got[name].shape != tuple(ref.shape):
+                raise ExportError(f"{graph}: output {name} has shape {got[name].shape} in ONNX Runtime, "
+                                  f"{tuple(ref.shape)} in PyTorch")
+            worst[name] = max(worst[name], float(np.abs(got[name] - ref.numpy()).max()))
+    return worst
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int = OPSET,
+                      verify_data: str | Path | None = None, verify_pairs: int = 4,
+                      tolerance: float = TOLERANCE) -> list[GraphReport]:
+    """Write ``out_dir/register.onnx`` and ``out_dir/fuse.onnx`` from ``checkpoint``, verified.
+
+    ``verify_data``: a pair folder (see :mod:`export.samples`) whose first ``verify_pairs`` pairs
+    are run through ONNX Runtime and PyTorch; None = the built-in synthetic pairs. Raises
+    :class:`ExportError` (nothing written) when an output differs by more than ``tolerance``.
+    """
+    check_opset(opset)
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    model, payload = load_model(checkpoint)
+    sha = file_sha256(checkpoint)
+    reg_hw = tuple(model.config.registration_size)
+    pairs = sample_pairs(verify_data, verify_pairs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reports: list[GraphReport] = []
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for graph in GRAPHS:
+            meta = build_metadata(graph, payload, sha, opset, reg_hw)
+            final = out_dir / f"{graph}.onnx"
+            tmp = out_dir / f".{graph}.onnx.tmp"
+            staged.append((tmp, final))
+            onnx.save_model(trace_graph(model, graph, meta), str(tmp))
+            check_graph_file(tmp, graph=graph, checkpoint_sha256=sha)
+            feeds = graph_feeds(graph, pairs, reg_hw)
+            report = GraphReport(graph, final, compare_with_torch(model, graph, tmp, feeds),
+                                 sorted({f["vis"].shape[2:] for f in feeds}), len(pairs))
+            log.info("%s: ONNX Runtime vs PyTorch on %d inputs: %s", graph, len(feeds),
+                     ", ".join(f"{k} {v:.2e}" for k, v in report.max_abs_diff.items()))
+            if report.worst > tolerance:
+                raise ExportError(f"{graph}: ONNX Runtime differs from PyTorch by up to {report.worst:.3g} "
+                                  f"(tolerance {tolerance:g}) per output {report.max_abs_diff}; nothing written")
+            reports.append(report)
+        for tmp, final in staged:
+            tmp.replace(final)
+    except ArtifactError as exc:
+        raise ExportError(f"the exported graph does not pass its own checks: {exc}") from exc
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    return reports

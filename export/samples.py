@@ -1,0 +1,96 @@
+"""Sample image pairs for verifying exported graphs and engines. No torch.
+
+Either real pairs from a folder (the RoadScene layout ``cropinfrared/`` + ``crop_LR_visible/``,
+or ``ir/`` + ``vis/``; paired by file stem) or, when none is given, frames of the built-in
+synthetic street (:mod:`runtime.synthetic`) rendered the way the daemon sees a rig: visible
+luminance = Y of OpenCV's BGR2YCrCb, IR = raw counts through the percentile window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from rig_config.schema import Misalignment, PercentileWindow
+from runtime.synthetic import IRRenderer, RGBRenderer, Scene
+from runtime.thermal import ThermalNormaliser
+
+#: Folder pairs (ir, vis) a sample folder may use, first match wins.
+LAYOUTS = (("cropinfrared", "crop_LR_visible"), ("ir", "vis"))
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class SamplePair:
+    """``vis`` and ``ir``: (H, W) float32 in [0, 1], the same size."""
+
+    name: str
+    vis: np.ndarray
+    ir: np.ndarray
+
+    def resized(self, hw: tuple[int, int]) -> SamplePair:
+        """Both images at (H, W), area-resampled (how the daemon shrinks frames for registration)."""
+        size = (hw[1], hw[0])
+        return SamplePair(self.name, cv2.resize(self.vis, size, interpolation=cv2.INTER_AREA),
+                          cv2.resize(self.ir, size, interpolation=cv2.INTER_AREA))
+
+    def cropped8(self) -> SamplePair:
+        """Top-left crop to multiples of 8 (the fuse graph's granularity)."""
+        h, w = self.vis.shape
+        h, w = h - h % 8, w - w % 8
+        return SamplePair(self.name, self.vis[:h, :w].copy(), self.ir[:h, :w].copy())
+
+
+def synthetic_pairs(count: int = 2, hw: tuple[int, int] = (512, 640)) -> list[SamplePair]:
+    """``count`` frames of the synthetic street at (H, W), one second apart."""
+    h, w = hw
+    scene = Scene(seed=0)
+    rgb = RGBRenderer(scene, w, h)
+    ir = IRRenderer(scene, w, h, Misalignment())
+    normalise = ThermalNormaliser(PercentileWindow(mode="percentile"))
+    pairs = []
+    for i in range(count):
+        y = cv2.cvtColor(rgb.render(float(i), i), cv2.COLOR_BGR2YCrCb)[:, :, 0]
+        pairs.append(SamplePair(f"synthetic-{i}", y.astype(np.float32) / 255.0, normalise(ir.render(float(i), i))))
+    return pairs
+
+
+def _read_unit(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise ValueError(f"{path}: cannot read this image (missing, unreadable or not an image)")
+    return image.astype(np.float32) / 255.0
+
+
+def folder_pairs(folder: str | Path, limit: int = 4) -> list[SamplePair]:
+    """The first ``limit`` pairs (sorted by name) of a pair folder; ValueError naming it otherwise."""
+    folder = Path(folder)
+    for ir_name, vis_name in LAYOUTS:
+        ir_dir, vis_dir = folder / ir_name, folder / vis_name
+        if ir_dir.is_dir() and vis_dir.is_dir():
+            break
+    else:
+        layouts = " or ".join(f"{a}/ + {b}/" for a, b in LAYOUTS)
+        raise ValueError(f"{folder}: not a pair folder (expected {layouts})")
+    vis_by_stem = {p.stem: p for p in vis_dir.iterdir() if p.suffix.lower() in SUFFIXES}
+    pairs = []
+    for ir_path in sorted(p for p in ir_dir.iterdir() if p.suffix.lower() in SUFFIXES):
+        if len(pairs) == limit:
+            break
+        if ir_path.stem not in vis_by_stem:
+            continue
+        vis, ir = _read_unit(vis_by_stem[ir_path.stem]), _read_unit(ir_path)
+        if vis.shape != ir.shape:
+            raise ValueError(f"{ir_path} and {vis_by_stem[ir_path.stem]} differ in size: aligned pairs needed")
+        pairs.append(SamplePair(ir_path.stem, vis, ir))
+    if not pairs:
+        raise ValueError(f"{folder}: no IR/visible pairs with matching names in {ir_dir.name}/ and {vis_dir.name}/")
+    return pairs
+
+
+def sample_pairs(folder: str | Path | None, limit: int = 4) -> list[SamplePair]:
+    """Pairs from ``folder`` when given, else two synthetic frames."""
+    return folder_pairs(folder, limit) if folder is not None else synthetic_pairs()

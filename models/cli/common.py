@@ -1,0 +1,40 @@
+"""Arguments and loading shared by the eval / register / fuse commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from models.data import PairPaths, list_pairs, pair_index, roadscene_pairs
+
+#: The shipped checkpoint (MODEL_CARD.md).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "weights" / "busref.pt"
+
+
+def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                        help=f"trained BusReF checkpoint (default: the shipped {DEFAULT_CHECKPOINT.name})")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, *, default_split: str = "test") -> None:
+    group = parser.add_argument_group("data (a RoadScene-layout folder, or two aligned pair folders)")
+    group.add_argument("--data", type=Path, help="folder with cropinfrared/, crop_LR_visible/ and split.json")
+    group.add_argument("--split", default=default_split, help=f"split of split.json (default: {default_split})")
+    group.add_argument("--ir", type=Path, help="IR folder (paired with --vis by file stem)")
+    group.add_argument("--vis", type=Path, help="visible folder")
+    group.add_argument("--limit", type=int, help="use only the first N pairs")
+
+
+def select_pairs(args: argparse.Namespace) -> tuple[list[PairPaths], list[int]]:
+    """The pairs the arguments name and their protocol indices (position among all pairs)."""
+    if args.data is not None:
+        all_pairs = roadscene_pairs(args.data)
+        pairs = roadscene_pairs(args.data, args.split)
+    elif args.ir is not None and args.vis is not None:
+        all_pairs = pairs = list_pairs(args.ir, args.vis)
+    else:
+        raise ValueError("give --data DIR, or both --ir DIR and --vis DIR")
+    if args.limit:
+        pairs = pairs[: args.limit]
+    return pairs, pair_index(pairs, all_pairs)

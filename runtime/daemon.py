@@ -1,0 +1,289 @@
+"""The rig daemon: wire capture, pairing, registration, fusion and publishing together, and stop them.
+
+Startup order makes failures cheap and clear: models first (nothing is bound yet), then the
+publisher and metrics sockets, then the cameras, which must each deliver a frame within the
+startup timeout. Each failure is a :class:`StartupError` carrying its exit code
+(:mod:`runtime.exit_codes`). After startup nothing exits on its own: a camera that disappears
+is reopened by its capture thread while the status topic reports ``degraded``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from rig_config.schema import RigConfig
+from runtime import exit_codes
+from runtime.artifact import ArtifactError, GraphKind
+from runtime.backends.base import BackendUnavailable, InferenceBackend, ModelMissing
+from runtime.backends.select import open_backend
+from runtime.capture import CaptureThread
+from runtime.metrics import Family, HistogramFamily, MetricsServer, render
+from runtime.pairing import Pairer
+from runtime.pipeline import Pipeline
+from runtime.publisher import CurveServerKeys, Publisher, PublisherError
+from runtime.wire import StatusHeader
+
+log = logging.getLogger(__name__)
+
+STATUS_PERIOD_S = 1.0
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start; ``exit_code`` says why (see :mod:`runtime.exit_codes`)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def open_graph(config: RigConfig, graph: GraphKind) -> InferenceBackend:
+    """The backend for one of the rig's graphs; :class:`StartupError` (exit 3 or 6) when it cannot load."""
+    inf = config.inference
+    onnx_path, engine = (
+        (inf.register_model, inf.register_engine) if graph == "register" else (inf.fuse_model, inf.fuse_engine)
+    )
+    threads = inf.threads
+    if graph == "register" and threads == 0:
+        # Registration runs a few times a second beside the fuse graph: a second pool as wide
+        # as the CPU would only fight the fuse pool for the same cores.
+        threads = 1
+    try:
+        return open_backend(graph, onnx_path, engine, choice=inf.backend, threads=threads)
+    except ModelMissing as exc:
+        raise StartupError(f"{exc} (set inference.{graph}_model in the rig file, or put the graph there)",
+                           exit_codes.MISSING_MODEL) from None
+    except (ArtifactError, BackendUnavailable) as exc:
+        raise StartupError(str(exc), exit_codes.BAD_MODEL) from None
+
+
+def _warm_up(backend: InferenceBackend, hw: tuple[int, int]) -> None:
+    """One run at the real size: shape mismatches fail at startup, and the first frame is not slow."""
+    zeros = np.zeros((1, 1, *hw), dtype=np.float32)
+    try:
+        backend.run({"vis": zeros, "ir": zeros})
+    # Whatever the backend raises for a wrong input size, the user needs the size and the file.
+    except Exception as exc:
+        raise StartupError(f"{backend.describe().get('path')}: cannot run at (H, W) = {hw}: {exc}",
+                           exit_codes.BAD_MODEL) from None
+
+
+class Daemon:
+    """Everything ``busref run`` runs. ``start`` (raises :class:`StartupError`), then ``stop``.
+
+    ``endpoints`` overrides the rig's publisher endpoints (bench, tests); ``metrics_port``
+    overrides ``metrics.port`` (None keeps it); ``interrupt`` aborts a startup wait.
+    """
+
+    def __init__(
+        self,
+        config: RigConfig,
+        *,
+        camera_timeout_s: float = 10.0,
+        endpoints: Sequence[str] | None = None,
+        metrics_port: int | None = None,
+        interrupt: threading.Event | None = None,
+    ) -> None:
+        self.config = config
+        self.camera_timeout_s = camera_timeout_s
+        self.endpoints = list(endpoints or config.publisher.endpoints)
+        self.metrics_port = config.metrics.port if metrics_port is None else metrics_port
+        self.interrupt = interrupt or threading.Event()
+        self.publisher: Publisher | None = None
+        self.metrics: MetricsServer | None = None
+        self.pipeline: Pipeline | None = None
+        self.pairer = Pairer(config.pairing.max_skew_ms / 1000.0)
+        self.captures: dict[str, CaptureThread] = {}
+        self.backends: dict[str, InferenceBackend] = {}
+        # Capture times are monotonic; headers carry Unix time. One fixed offset per run keeps
+        # them consistent with each other even if the wall clock is stepped meanwhile.
+        self._wall_offset = time.time() - time.monotonic()
+        self._started = time.monotonic()
+        self._status_stop = threading.Event()
+        self._status_thread: threading.Thread | None = None
+
+    def to_wall(self, t_monotonic: float) -> float:
+        return t_monotonic + self._wall_offset
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        cfg = self.config
+        self.backends = {"register": open_graph(cfg, "register"), "fuse": open_graph(cfg, "fuse")}
+        reg_meta = self.backends["register"].metadata
+        if reg_meta.registration_size is not None and tuple(reg_meta.registration_size) != cfg.registration.size:
+            log.warning("the register graph was trained at %s, the rig runs it at %s",
+                        reg_meta.registration_size, cfg.registration.size)
+        curve = None
+        if cfg.publisher.curve.enabled:
+            try:
+                curve = CurveServerKeys.from_files(cfg.publisher.curve.server_secret_key_file,
+                                                   cfg.publisher.curve.allowed_clients_dir)
+            except PublisherError as exc:
+                raise StartupError(str(exc), exit_codes.BAD_CONFIG) from None
+        # A frame and its registered-IR companion leave back to back, with a status now and then:
+        # the queue holds ``hwm`` pairs' worth of them, so a burst never drops its own tail.
+        per_pair = 2 if cfg.publisher.publish_registered_ir else 1
+        try:
+            self.publisher = Publisher(self.endpoints, hwm=cfg.publisher.hwm * per_pair + 1, curve=curve)
+        except PublisherError as exc:
+            raise StartupError(str(exc), exit_codes.BIND_FAILED) from None
+        self.pipeline = Pipeline(cfg, register=self.backends["register"], fuse=self.backends["fuse"],
+                                 publisher=self.publisher, pairer=self.pairer, to_wall=self.to_wall)
+        _warm_up(self.backends["register"], cfg.registration.size)
+        _warm_up(self.backends["fuse"], self.pipeline.out_size[::-1])
+        if self.metrics_port:
+            try:
+                self.metrics = MetricsServer(cfg.metrics.host, self.metrics_port, self.metrics_text)
+            except OSError as exc:
+                raise StartupError(f"cannot serve metrics on {cfg.metrics.host}:{self.metrics_port}: {exc}",
+                                   exit_codes.BIND_FAILED) from None
+        self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
+        self._status_thread.start()
+        for name in ("ir", "rgb"):
+            camera = getattr(cfg.cameras, name)
+            self.captures[name] = CaptureThread(name, camera, self.pairer.add)
+            self.captures[name].start()
+        self._wait_for_cameras()
+        self.pipeline.start()
+        log.info("rig %s running: %s", cfg.rig_id, {g: b.describe() for g, b in self.backends.items()})
+
+    def _wait_for_cameras(self) -> None:
+        deadline = time.monotonic() + self.camera_timeout_s
+        while True:
+            silent = [name for name, c in self.captures.items() if c.stats.frames == 0]
+            if not silent or self.interrupt.is_set():
+                return
+            if time.monotonic() >= deadline:
+                reasons = "; ".join(f"{n}: {self.captures[n].stats.last_error or 'no frame yet'}" for n in silent)
+                raise StartupError(f"no frame within {self.camera_timeout_s:g} s from camera(s) {reasons}",
+                                   exit_codes.NO_CAMERA)
+            self.interrupt.wait(0.02)
+
+    def stop(self, timeout_s: float = 1.5) -> None:
+        """Stop every thread and close the sockets within about ``timeout_s``; safe after a failed start."""
+        deadline = time.monotonic() + timeout_s
+
+        def left() -> float:
+            return max(0.05, deadline - time.monotonic())
+
+        for capture in self.captures.values():
+            capture.stop(timeout=left() / 2)
+        if self.pipeline is not None:
+            self.pipeline.stop(timeout=left() / 2)
+        self._status_stop.set()
+        if self._status_thread is not None:
+            self._status_thread.join(left() / 2)
+        if self.publisher is not None:
+            self.publisher.publish_status(self.status(state="stopping"))
+            self.publisher.close(linger_ms=100)
+        if self.metrics is not None:
+            self.metrics.close()
+        log.info("rig %s stopped", self.config.rig_id)
+
+    # ------------------------------------------------------------------ status and metrics
+
+    def _status_loop(self) -> None:
+        while not self._status_stop.wait(STATUS_PERIOD_S):
+            if self.publisher is not None:
+                self.publisher.publish_status(self.status())
+
+    def state(self) -> Literal["starting", "running", "degraded"]:
+        if self.pipeline is None or self.pipeline.counters.published == 0:
+            return "starting"
+        if any(not c.stats.connected for c in self.captures.values()) or self.pipeline.fps == 0.0:
+            return "degraded"
+        return "running"
+
+    def families(self) -> list[Family]:
+        """Every counter and gauge, gathered from the components now."""
+        fams: list[Family] = []
+
+        def add(name: str, kind: Literal["counter", "gauge"], help_: str,
+                samples: list[tuple[dict[str, str], float]]) -> None:
+            fams.append(Family(f"busref_{name}", kind, help_, samples))
+
+        caps = {n: c.stats for n, c in self.captures.items()}
+        capture_fields: tuple[tuple[str, Literal["counter", "gauge"], str], ...] = (
+            ("frames", "counter", "frames captured"),
+            ("drops", "counter", "captured frames dropped before pairing"),
+            ("failures", "counter", "camera open/read failures"),
+            ("reconnects", "counter", "camera reopens after a failure"),
+            ("connected", "gauge", "1 while the camera delivers"),
+        )
+        for field, kind, help_ in capture_fields:
+            suffix = "_total" if kind == "counter" else ""
+            add(f"capture_{field}{suffix}", kind, help_,
+                [({"camera": n}, float(getattr(s, field))) for n, s in caps.items()])
+        pairing = self.pairer.stats
+        add("pairs_total", "counter", "IR/RGB pairs formed", [({}, pairing.pairs)])
+        add("unmatched_frames_total", "counter", "frames dropped without a partner within max skew",
+            [({"camera": "ir"}, pairing.unmatched_ir), ({"camera": "rgb"}, pairing.unmatched_rgb)])
+        add("stale_pairs_dropped_total", "counter", "pairs superseded before inference took them",
+            [({}, pairing.superseded)])
+        add("pair_skew_seconds", "gauge", "skew of the last pair (t_ir - t_rgb)",
+            [({}, pairing.last_skew_s or 0.0)])
+        pub = self.publisher
+        add("publish_dropped_total", "counter", "messages ZeroMQ refused",
+            [({}, pub.dropped if pub else 0)])
+        pipe = self.pipeline
+        if pipe is not None:
+            add("frames_published_total", "counter", "fused frames published", [({}, pipe.counters.published)])
+            add("pair_failures_total", "counter", "pairs whose processing raised", [({}, pipe.counters.failures)])
+            add("output_superseded_total", "counter", "fused frames replaced before they were encoded",
+                [({}, pipe.counters.output_superseded)])
+            add("unregistered_pairs_total", "counter", "pairs skipped while no registration was accepted",
+                [({}, pipe.counters.unregistered)])
+            add("fps", "gauge", "fused frames published per second (last 2 s)", [({}, pipe.fps)])
+            sched = pipe.registration
+            add("registration_runs_total", "counter", "register graph runs", [({}, sched.runs)])
+            add("registration_rejected_total", "counter", "estimates rejected as implausible",
+                [({}, sched.filter.rejected)])
+            state = sched.state
+            if state is not None:
+                age = time.monotonic() - state.t_capture
+                add("registration_age_seconds", "gauge", "age of the registration in force", [({}, age)])
+                add("registration_confidence", "gauge", "confidence of the registration in force",
+                    [({}, state.confidence)])
+        return fams
+
+    def histograms(self) -> list[HistogramFamily]:
+        if self.pipeline is None:
+            return []
+        return [
+            HistogramFamily("busref_stage_seconds", "per-stage latency", "stage", self.pipeline.stages),
+            HistogramFamily("busref_capture_to_publish_seconds", "older capture of the pair to publish", "",
+                            {"all": self.pipeline.capture_to_publish}),
+        ]
+
+    def metrics_text(self) -> str:
+        return render(self.families(), self.histograms())
+
+    def status(self, state: Literal["stopping"] | None = None) -> StatusHeader:
+        counters: dict[str, int] = {}
+        gauges: dict[str, float] = {}
+        for fam in self.families():
+            for labels, value in fam.samples:
+                key = "_".join([fam.name.removeprefix("busref_"), *labels.values()])
+                if fam.kind == "counter":
+                    counters[key] = int(value)
+                else:
+                    gauges[key] = float(value)
+        if self.pipeline is not None:
+            for q, v in self.pipeline.capture_to_publish.percentiles().items():
+                if v == v:  # not NaN
+                    gauges[f"capture_to_publish_{q}_ms"] = v * 1000.0
+        return StatusHeader(
+            rig_id=self.config.rig_id,
+            t_publish=time.time(),
+            uptime_s=time.monotonic() - self._started,
+            state=state or self.state(),
+            counters=counters,
+            gauges=gauges,
+            backends={g: b.describe() for g, b in self.backends.items()},
+        )

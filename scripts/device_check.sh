@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The GPU check of issue 5, in one short run on a machine with an NVIDIA GPU:
+#   export the graphs (ONNX Runtime vs PyTorch), then 'busref doctor': GPU and CUDA buffer
+#   round trip, ONNX Runtime CUDA vs CPU parity, TensorRT build + verify + timing at 640x512.
+# Whatever the machine lacks (TensorRT, onnxruntime-gpu, pydantic...) is reported as skipped,
+# never as a crash. Python wheels the image lacks may be carried in .whl/ (installed to /tmp).
+# usage: scripts/device_check.sh [OUT_DIR]      (default: $OUT, else /tmp/busref-device-check)
+# exit status: that of 'busref doctor' (0 = nothing failed), or 1 if the export failed.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+out="${1:-${OUT:-/tmp/busref-device-check}}"
+py="${PYTHON:-python3}"
+mkdir -p "$out"
+exec > >(tee "$out/device_check.log") 2>&1
+export PYTHONUNBUFFERED=1
+
+section() { printf '\n== %s\n' "$*"; }
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+    section "carried wheels"
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/busref-site \
+        .whl/*.whl && export PYTHONPATH="/tmp/busref-site${PYTHONPATH:+:$PYTHONPATH}"
+    ls .whl
+fi
+
+section "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader 2>&1 \
+    || echo "nvidia-smi: not available"
+"$py" - <<'EOF'
+import importlib, platform
+print("python", platform.python_version())
+for name in ("torch", "onnx", "onnxruntime", "pydantic", "cv2", "yaml", "tensorrt", "cuda.bindings"):
+    try:
+        print(f"{name:14s}", getattr(importlib.import_module(name), "__version__", "installed"))
+    except Exception as exc:
+        print(f"{name:14s} missing ({type(exc).__name__}: {exc})")
+EOF
+
+section "checkpoint"
+checkpoint=weights/busref.pt
+if [ ! -f "$checkpoint" ]; then
+    checkpoint=/tmp/busref-device-check.pt
+    echo "weights/busref.pt is absent: exporting an untrained model (numbers check the path, not quality)"
+    "$py" - "$checkpoint" <<'EOF' || { echo "cannot make a checkpoint (torch or pydantic missing?)"; exit 1; }
+import sys, torch
+from models.checkpoint import save_checkpoint
+from models.config import TrainConfig
+from models.networks import BusReF
+torch.manual_seed(0)
+config = TrainConfig()
+save_checkpoint(sys.argv[1], model=BusReF(config.model), config=config, stage="registration", step=0,
+                split_name="none", split_sha256="", metrics={})
+EOF
+fi
+echo "$checkpoint"
+
+section "export onnx (ONNX Runtime vs PyTorch)"
+started=$SECONDS
+if ! "$py" export/export_onnx.py --checkpoint "$checkpoint" --out "$out/onnx"; then
+    echo "export failed: nothing to check on the GPU"
+    exit 1
+fi
+echo "export took $((SECONDS - started)) s"
+
+section "busref doctor"
+"$py" -m busref doctor --weights "$out/onnx" --engine-dir "$out/engines" --json "$out/doctor.json" --iterations 200
+status=$?
+section "done: doctor exit status $status; files in $out"
+exit "$status"

@@ -1,0 +1,106 @@
+"""The eval, register and fuse commands on 3 RoadScene pairs: files, conventions, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from busref.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def three_pairs(tmp_path_factory, roadscene):
+    root = tmp_path_factory.mktemp("pairs")
+    names = json.loads((roadscene / "split.json").read_text())["test"][:3]
+    for sub in ("cropinfrared", "crop_LR_visible"):
+        (root / sub).mkdir()
+        for n in names:
+            shutil.copy(roadscene / sub / f"{n}.jpg", root / sub / f"{n}.jpg")
+    return root, names
+
+
+def test_eval_registration_writes_tables(trained_checkpoint, roadscene, tmp_path, capsys):
+    code = main(["eval", "registration", "--data", str(roadscene), "--split", "test", "--limit", "3",
+                 "--methods", "busref,identity,ecc", "--checkpoint", str(trained_checkpoint), "--out", str(tmp_path),
+                 "--no-progress"])
+    assert code == 0
+    report = json.loads((tmp_path / "registration_moderate.json").read_text())
+    assert report["protocol"] == "irvis-reg-v1" and report["n_pairs"] == 3
+    summary = report["results"]["identity"]["summary"]
+    assert {"MNCC", "EPE_mean", "NCC", "MMSE"} <= set(summary["mean"]) and 0 <= summary["success_2px"] <= 1
+    assert "| busref |" in capsys.readouterr().out
+
+
+def test_eval_fusion(trained_checkpoint, roadscene, tmp_path):
+    assert main(["eval", "fusion", "--data", str(roadscene), "--limit", "2", "--methods", "gaf,average",
+                 "--checkpoint", str(trained_checkpoint), "--out", str(tmp_path), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "fusion.json").read_text())["results"]["gaf"]["summary"]["mean"]
+    assert {"EI", "CE", "SF", "FMI_w", "Q_cv", "Qabf", "VIF"} <= set(summary)
+
+
+def test_register_writes_every_file_in_the_protocol_convention(trained_checkpoint, three_pairs, tmp_path):
+    root, names = three_pairs
+    out = tmp_path / "reg"
+    assert main(["register", "--vis", str(root / "crop_LR_visible"), "--ir", str(root / "cropinfrared"),
+                 "--out", str(out), "--checkpoint", str(trained_checkpoint), "--contact-sheet"]) == 0
+    for n in names:
+        vis = cv2.imread(str(root / "crop_LR_visible" / f"{n}.jpg"))
+        h, w = vis.shape[:2]
+        reg = cv2.imread(str(out / "registered" / f"{n}.png"), cv2.IMREAD_UNCHANGED)
+        fused = cv2.imread(str(out / "fused" / f"{n}.png"), cv2.IMREAD_UNCHANGED)
+        grid = np.load(out / "grid" / f"{n}.npy")
+        theta = json.loads((out / "theta" / f"{n}.json").read_text())
+        assert reg.shape == (h, w) and reg.dtype == np.uint8
+        assert fused.shape == (h, w, 3)
+        assert grid.shape == (h, w, 2) and grid.dtype == np.float32
+        assert np.array(theta["affine_pixels"]).shape == (2, 3)
+        # The grid is in IR pixel coordinates: the registered image is the IR sampled at it.
+        ir = cv2.imread(str(root / "cropinfrared" / f"{n}.jpg"), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+        resampled = cv2.remap(ir, grid[..., 0], grid[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        inner = (slice(h // 4, 3 * h // 4), slice(w // 4, 3 * w // 4))
+        assert np.abs(resampled[inner] - reg[inner].astype(np.float32)).mean() < 2.0
+    assert cv2.imread(str(out / "contact_sheet.png")) is not None
+
+
+def test_fuse_command(trained_checkpoint, three_pairs, tmp_path):
+    root, names = three_pairs
+    assert main(["fuse", "--vis", str(root / "crop_LR_visible"), "--ir", str(root / "cropinfrared"),
+                 "--out", str(tmp_path), "--checkpoint", str(trained_checkpoint)]) == 0
+    assert sorted(p.stem for p in tmp_path.glob("*.png")) == sorted(names)
+
+
+def test_missing_partner_is_named(trained_checkpoint, three_pairs, tmp_path, caplog):
+    root, names = three_pairs
+    ir = tmp_path / "ir"
+    shutil.copytree(root / "cropinfrared", ir)
+    (ir / f"{names[0]}.jpg").unlink()
+    code = main(["fuse", "--vis", str(root / "crop_LR_visible"), "--ir", str(ir), "--out", str(tmp_path / "o"),
+                 "--checkpoint", str(trained_checkpoint)])
+    assert code == 2
+    assert f"{names[0]}.jpg (no partner" in caplog.text
+
+
+def test_unreadable_image_is_named_and_the_rest_is_written(trained_checkpoint, three_pairs, tmp_path, caplog):
+    root, names = three_pairs
+    ir = tmp_path / "ir"
+    shutil.copytree(root / "cropinfrared", ir)
+    (ir / f"{names[1]}.jpg").write_bytes(b"garbage")
+    out = tmp_path / "o"
+    code = main(["register", "--vis", str(root / "crop_LR_visible"), "--ir", str(ir), "--out", str(out),
+                 "--checkpoint", str(trained_checkpoint)])
+    assert code == 1
+    assert f"{names[1]}.jpg: cannot read this image" in caplog.text
+    assert (out / "fused" / f"{names[0]}.png").is_file() and (out / "fused" / f"{names[2]}.png").is_file()
+
+
+def test_missing_checkpoint_is_a_clear_error(three_pairs, tmp_path, caplog):
+    root, _ = three_pairs
+    code = main(["fuse", "--vis", str(root / "crop_LR_visible"), "--ir", str(root / "cropinfrared"),
+                 "--out", str(tmp_path), "--checkpoint", str(tmp_path / "nope.pt")])
+    assert code == 2 and "nope.pt: no such checkpoint" in caplog.text

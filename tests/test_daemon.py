@@ -1,0 +1,288 @@
+"""End to end: the daemon on the demo rig (tiny real ONNX graphs), real sockets, real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+import zmq.auth
+from tiny_graphs import write_fuse, write_register
+
+from rig_config import DEMO_RIG, load_rig
+from runtime import exit_codes
+from runtime.client import CurveClientKeys, Subscriber
+from runtime.daemon import Daemon
+from runtime.wire import FrameHeader
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("graphs")
+    size = tuple(load_rig(DEMO_RIG).registration.size)
+    return {
+        "register": write_register(folder / "register.onnx", np.array([[1, 0, 0.0], [0, 1, 0.0]]), size),
+        "fuse": write_fuse(folder / "fuse.onnx"),
+    }
+
+
+def demo_rig(folder: Path, graphs: dict[str, Path], **sections: dict[str, Any]) -> Path:
+    """demo.yaml with the tiny graphs, a tcp and an ipc endpoint, and ``sections`` merged in."""
+    data = yaml.safe_load(DEMO_RIG.read_text())
+    data["inference"].update(register_model=str(graphs["register"]), fuse_model=str(graphs["fuse"]))
+    data["publisher"]["endpoints"] = [f"tcp://127.0.0.1:{free_port()}", f"ipc://{folder}/fused.sock"]
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    path = folder / "rig.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def take(sub: Subscriber, n: int, timeout_s: float = 10.0) -> list[tuple[str, FrameHeader, np.ndarray]]:
+    got = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < n and time.monotonic() < deadline:
+        item = sub.recv(timeout_s=0.2)
+        if item is not None:
+            got.append(item)
+    assert len(got) == n, f"received {len(got)} of {n} frames in {timeout_s} s"
+    return got
+
+
+@pytest.fixture
+def running(tmp_path: Path, graphs: dict[str, Path]):
+    """A started in-process daemon on the demo rig (raw frames + registered IR, metrics on)."""
+    rig = demo_rig(tmp_path, graphs, publisher={"encoding": "raw", "publish_registered_ir": True})
+    daemon = Daemon(load_rig(rig), metrics_port=free_port())
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+def test_publishes_valid_sensible_frames_on_tcp_and_ipc(running: Daemon) -> None:
+    tcp, ipc = running.publisher.endpoints
+    assert tcp.startswith("tcp://") and ipc.startswith("ipc://")
+    for endpoint in (tcp, ipc):
+        with Subscriber(endpoint, topics=("fused", "registered_ir"), rcvhwm=100) as sub:
+            frames = take(sub, 12)
+        before = time.time()
+        for topic, header, image in frames:
+            assert header.rig_id == "demo" and (header.width, header.height) == (640, 512)
+            assert header.encoding == ("bgr8" if topic == "fused" else "mono8")
+            assert header.registration.source == "fine" and header.registration.affine is not None
+            assert header.t_capture_rgb <= header.t_publish <= before
+            assert abs(header.skew_ms) <= 20 and header.model_id.startswith("tiny-register")
+            assert image.std() > 5  # a scene, not a blank frame
+        by_seq: dict[int, dict[str, np.ndarray]] = {}
+        for topic, header, image in frames:
+            by_seq.setdefault(header.seq, {})[topic] = image
+        pairs = [v for v in by_seq.values() if len(v) == 2]
+        assert pairs, "no fused frame arrived together with its registered IR"
+        for pair in pairs:
+            # the tiny fuse graph is max(vis, ir): the fused luminance is never darker than the IR
+            fused_y = cv2.cvtColor(pair["fused"], cv2.COLOR_BGR2YCrCb)[:, :, 0].astype(int)
+            assert np.mean(fused_y >= pair["registered_ir"].astype(int) - 3) > 0.99
+            assert np.abs(pair["fused"][:, :, 0].astype(int) - pair["fused"][:, :, 2]).mean() > 1  # colour
+
+
+def test_metrics_and_status(running: Daemon) -> None:
+    with Subscriber(running.publisher.endpoints[1]) as sub:
+        take(sub, 1)
+        deadline = time.monotonic() + 3
+        while sub.last_status is None and time.monotonic() < deadline:
+            sub.recv(timeout_s=0.1)
+    status = sub.last_status
+    assert status is not None and status.state in ("running", "starting")
+    assert status.counters["frames_published_total"] > 0 and "registration_age_seconds" in status.gauges
+    assert status.backends["fuse"]["backend"] == "onnxruntime"
+    text = urllib.request.urlopen(f"http://127.0.0.1:{running.metrics.port}/metrics", timeout=5).read().decode()
+    assert 'busref_stage_seconds_bucket{stage="fuse",le="+Inf"}' in text
+    assert "busref_fps " in text and 'busref_capture_frames_total{camera="ir"}' in text
+
+
+def test_a_stalled_subscriber_does_not_slow_the_daemon(running: Daemon) -> None:
+    ipc = running.publisher.endpoints[1]
+    with Subscriber(ipc, rcvhwm=1) as stalled:
+        take(stalled, 1)  # joined; it reads nothing from now on while ~1 MB frames keep coming
+        published, started = running.pipeline.counters.published, time.monotonic()
+        time.sleep(1.5)
+        rate = (running.pipeline.counters.published - published) / (time.monotonic() - started)
+        assert rate >= 24, f"published {rate:.1f} fps while a subscriber was stalled (cameras: 30)"
+        with Subscriber(ipc, rcvhwm=100) as reader:
+            _, header, _ = take(reader, 3)[-1]
+            assert time.time() - header.t_capture_rgb < 0.5  # a new reader gets current frames
+        take(stalled, 10)  # what was queued for it, then current frames again
+        assert stalled.stats.lost > 20  # what it missed shows as seq gaps
+
+
+def test_curve_admits_only_the_allowed_client(tmp_path: Path, graphs: dict[str, Path]) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    server_pub, server_secret = zmq.auth.create_certificates(tmp_path, "server")
+    _, client_secret = zmq.auth.create_certificates(allowed, "client")
+    _, stranger_secret = zmq.auth.create_certificates(tmp_path, "stranger")
+    curve = {"enabled": True, "server_secret_key_file": server_secret, "allowed_clients_dir": str(allowed)}
+    rig = demo_rig(tmp_path, graphs, publisher={"curve": curve})
+    daemon = Daemon(load_rig(rig))
+    daemon.start()
+    try:
+        tcp = daemon.publisher.endpoints[0]
+        good = CurveClientKeys.from_files(server_pub, client_secret)
+        bad = CurveClientKeys.from_files(server_pub, stranger_secret)
+        with Subscriber(tcp, curve=bad) as stranger, Subscriber(tcp) as plain, \
+                Subscriber(tcp, curve=good) as friend:
+            take(friend, 3)
+            assert stranger.recv(timeout_s=0.5) is None and plain.recv(timeout_s=0.1) is None
+            assert stranger.stats.received == plain.stats.received == 0
+            assert stranger.last_status is None  # not even the heartbeat
+    finally:
+        daemon.stop()
+
+
+def busref(*args: str, **kwargs: Any) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "busref", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_busref_run_publishes_and_stops_cleanly_on_sigterm(tmp_path: Path, graphs: dict[str, Path]) -> None:
+    rig = demo_rig(tmp_path, graphs)
+    endpoints = load_rig(rig).publisher.endpoints
+    proc = busref("run", "--rig", str(rig), "--log-json")
+    try:
+        with Subscriber(endpoints[1]) as sub:
+            frames = take(sub, 5, timeout_s=30)
+        assert all(h.encoding == "jpeg" and img.shape == (512, 640, 3) for _, h, img in frames)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+        assert time.monotonic() - started < 2.0
+    finally:
+        proc.kill()
+    assert proc.returncode == exit_codes.OK, stderr
+    assert '"msg": "received SIGTERM, stopping"' in stderr and "Traceback" not in stderr
+    assert not Path(endpoints[1].removeprefix("ipc://")).exists()  # ipc socket removed
+    with socket.socket() as s:  # tcp port released
+        s.bind(("127.0.0.1", int(endpoints[0].rsplit(":", 1)[1])))
+
+
+@pytest.mark.parametrize(
+    "edit,code,message",
+    [
+        (lambda d: d["pairing"].update(max_skew_ms=-5), exit_codes.BAD_CONFIG,
+         "pairing.max_skew_ms: Input should be greater than 0"),
+        (lambda d: d["inference"].update(fuse_model="/nonexistent/fuse.onnx"), exit_codes.MISSING_MODEL,
+         "fuse model does not exist"),
+        (lambda d: d["cameras"]["rgb"].update(source={"kind": "v4l2", "device": "/dev/video-none"}),
+         exit_codes.NO_CAMERA, "no frame within 0.5 s from camera(s) rgb"),
+    ],
+)
+def test_startup_failures_give_one_clear_error_and_their_exit_code(
+    edit: Any, code: int, message: str, tmp_path: Path, graphs: dict[str, Path]
+) -> None:
+    rig = demo_rig(tmp_path, graphs)
+    data = yaml.safe_load(rig.read_text())
+    edit(data)
+    rig.write_text(yaml.safe_dump(data))
+    proc = busref("run", "--rig", str(rig), "--camera-timeout", "0.5")
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert message in stderr and "Traceback" not in stderr
+    assert sum("ERROR" in line for line in stderr.splitlines()) == 1
+
+
+def test_busy_port_is_exit_code_5(tmp_path: Path, graphs: dict[str, Path]) -> None:
+    rig = demo_rig(tmp_path, graphs)
+    port = int(load_rig(rig).publisher.endpoints[0].rsplit(":", 1)[1])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        proc = busref("run", "--rig", str(rig))
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == exit_codes.BIND_FAILED, stderr
+    assert "cannot bind tcp://127.0.0.1" in stderr
+
+
+def cli_args(module: Any, *argv: str) -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_watch_saves_frames_video_and_contact_sheet(running: Daemon, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from runtime.cli import watch
+
+    args = cli_args(watch, running.publisher.endpoints[1], "--seconds", "1.5", "--save-dir", str(tmp_path / "f"),
+                    "--video", str(tmp_path / "clip.avi"), "--contact-sheet", str(tmp_path / "sheet.jpg"),
+                    "--sheet-frames", "6")
+    assert watch.run(args) == exit_codes.OK
+    out = capsys.readouterr().out
+    assert "fps" in out and "capture->receive p50" in out
+    saved = sorted((tmp_path / "f").glob("*.jpg"))
+    assert len(saved) >= 20 and cv2.imread(str(saved[0])).shape == (512, 640, 3)
+    sheet = cv2.imread(str(tmp_path / "sheet.jpg"))
+    assert sheet is not None and sheet.shape[1] == 4 * 320 and sheet.shape[0] == 2 * 256
+    video = cv2.VideoCapture(str(tmp_path / "clip.avi"))
+    assert video.get(cv2.CAP_PROP_FRAME_COUNT) == len(saved)
+
+
+def test_watch_reports_no_data(tmp_path: Path) -> None:
+    from runtime.cli import watch
+
+    args = cli_args(watch, f"ipc://{tmp_path}/nobody.sock", "--seconds", "0.5")
+    assert watch.run(args) == exit_codes.NO_DATA
+
+
+@pytest.mark.slow
+def test_bench_writes_json(tmp_path: Path, graphs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from runtime.cli import bench
+
+    rig = demo_rig(tmp_path, graphs)
+    args = cli_args(bench, "--rig", str(rig), "--seconds", "1.5", "--warmup", "0.5", "--json", str(tmp_path / "b.json"))
+    assert bench.run(args) == exit_codes.OK
+    results = json.loads((tmp_path / "b.json").read_text())
+    assert results["fps"] > 20 and results["received_fps"] > 20
+    assert results["stages_ms"]["fuse"]["n"] > 20 and results["registration_hz"] > 3
+    assert results["capture_to_publish_ms"]["p99"] < 200
+    assert "targets" in capsys.readouterr().out
+
+
+def test_calibrate_writes_the_corrected_prior(tmp_path: Path, graphs: dict[str, Path]) -> None:
+    from runtime.cli import calibrate
+    from runtime.registration import pixels_to_theta
+
+    size = tuple(load_rig(DEMO_RIG).registration.size)
+    shift = np.array([[1, 0, 6.0], [0, 1, -4.0], [0, 0, 1]])  # the network says: sample 6 px right, 4 up
+    theta = pixels_to_theta(shift, (640, 512), size)
+    register = write_register(tmp_path / "shift.onnx", theta, size)
+    rig = demo_rig(tmp_path, {**graphs, "register": register})
+    out = tmp_path / "calibrated.yaml"
+    args = cli_args(calibrate, "--rig", str(rig), "--pairs", "4", "--interval", "0.05", "--out", str(out))
+    assert calibrate.run(args) == exit_codes.OK
+    calibrated = load_rig(out)
+    np.testing.assert_allclose(np.array(calibrated.registration.prior_homography),
+                               np.linalg.inv(shift), atol=1e-3)
+    assert calibrated.inference.register_model == register  # paths kept (absolute)

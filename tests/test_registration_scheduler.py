@@ -1,0 +1,267 @@
+"""Registration: geometry conventions, warp maps, plausibility/EMA/hold, and the scheduler thread."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from tiny_graphs import write_register
+
+from rig_config.schema import Plausibility, RegistrationConfig
+from runtime.backends.onnxruntime import OnnxRuntimeBackend
+from runtime.registration import (
+    RELOCK_AFTER,
+    Estimate,
+    RegistrationFilter,
+    RegistrationGeometry,
+    RegistrationScheduler,
+    affine_grid,
+    grid_quality,
+    identity_theta,
+    pixels_to_theta,
+    rgb_to_norm,
+    stretch_prior,
+)
+
+RGB = (160, 128)
+REG = (64, 80)
+
+
+def geometry(prior: np.ndarray | None = None, ir_size: tuple[int, int] = RGB) -> RegistrationGeometry:
+    return RegistrationGeometry(rgb_size=RGB, ir_size=ir_size, reg_hw=REG, out_size=RGB,
+                                prior=np.eye(3) if prior is None else prior)
+
+
+def float_maps(g: RegistrationGeometry, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    m1, m2 = g.maps(grid)
+    return cv2.convertMaps(m1, m2, cv2.CV_32FC1)
+
+
+def translation_theta(dx_px: float, dy_px: float, g: RegistrationGeometry) -> np.ndarray:
+    """theta that samples the canvas ``(dx, dy)`` RGB pixels away from each reference pixel."""
+    return pixels_to_theta(np.array([[1, 0, dx_px], [0, 1, dy_px], [0, 0, 1.0]]), g.rgb_size, g.reg_hw)
+
+
+def texture(size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noise = rng.random((size[1] // 8, size[0] // 8)).astype(np.float32)
+    return cv2.resize(noise, size, interpolation=cv2.INTER_CUBIC)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def test_norm_convention_matches_cv2_resize_and_align_corners() -> None:
+    n = rgb_to_norm((REG[1], REG[0]), REG)  # registration size = frame size: plain align_corners
+    corners = n @ np.array([[0, 0, 1], [REG[1] - 1, REG[0] - 1, 1]], dtype=float).T
+    np.testing.assert_allclose(corners[:2].T, [[-1, -1], [1, 1]])
+    # at half size, RGB pixel 0.5 is the centre of registration pixel 0 (cv2.resize's convention)
+    half = rgb_to_norm((2 * REG[1], 2 * REG[0]), REG) @ np.array([0.5, 0.5, 1.0])
+    np.testing.assert_allclose(half[:2], [-1, -1], atol=1e-12)
+
+
+def test_affine_grid_matches_theta_at_the_corners() -> None:
+    theta = np.array([[0.9, 0.1, 0.05], [-0.1, 1.1, -0.2]])
+    grid = affine_grid(theta, REG)
+    for (y, x), (gx, gy) in {(0, 0): (-1, -1), (0, REG[1] - 1): (1, -1), (REG[0] - 1, 0): (-1, 1)}.items():
+        np.testing.assert_allclose(grid[y, x], theta @ [gx, gy, 1], atol=1e-6)
+
+
+def test_identity_maps_are_the_identity() -> None:
+    g = geometry()
+    x, y = float_maps(g, affine_grid(identity_theta(), REG))
+    gx, gy = np.meshgrid(np.arange(RGB[0]), np.arange(RGB[1]))
+    # exact inside; the outermost half registration pixel is clamped by bilinear upsampling
+    np.testing.assert_allclose(x[2:-2, 2:-2], gx[2:-2, 2:-2], atol=1 / 32)
+    np.testing.assert_allclose(y[2:-2, 2:-2], gy[2:-2, 2:-2], atol=1 / 32)
+
+
+def test_prior_is_applied_first_and_theta_on_top() -> None:
+    prior = np.array([[1, 0, 10.0], [0, 1, 5.0], [0, 0, 1]])  # IR pixel (0, 0) is RGB pixel (10, 5)
+    g = geometry(prior)
+    theta = translation_theta(3.0, -2.0, g)
+    x, y = float_maps(g, affine_grid(theta, REG))
+    # RGB (50, 40) -> canvas (53, 38) -> IR (43, 33)
+    assert x[40, 50] == pytest.approx(43.0, abs=0.05) and y[40, 50] == pytest.approx(33.0, abs=0.05)
+    np.testing.assert_allclose(g.frame_to_ir(theta) @ [50, 40, 1], [43, 33, 1], atol=1e-9)
+
+
+def test_stretch_prior_maps_a_smaller_ir_frame_onto_the_rgb_frame() -> None:
+    ir_size = (RGB[0] // 2, RGB[1] // 2)
+    g = geometry(stretch_prior(ir_size, RGB), ir_size=ir_size)
+    x, y = float_maps(g, affine_grid(identity_theta(), REG))
+    assert x[64, 100] == pytest.approx(100 * (ir_size[0] - 1) / (RGB[0] - 1), abs=0.05)
+    assert y[64, 100] == pytest.approx(64 * (ir_size[1] - 1) / (RGB[1] - 1), abs=0.05)
+
+
+def test_network_inputs_and_warp_realign_a_shifted_ir() -> None:
+    """IR content sits 6 px right, 4 px down of the RGB content; the right theta realigns it."""
+    g = geometry()
+    scene = texture((RGB[0] + 20, RGB[1] + 20))
+    rgb = scene[10:10 + RGB[1], 10:10 + RGB[0]]
+    ir = scene[6:6 + RGB[1], 4:4 + RGB[0]]  # IR pixel (x, y) shows scene (x + 4, y + 6) = RGB (x - 6, y - 4)
+    inputs = g.network_inputs((rgb * 255).astype(np.uint8), ir)
+    assert inputs["vis"].shape == inputs["ir"].shape == (1, 1, *REG)
+    m1, m2 = g.maps(affine_grid(translation_theta(6.0, 4.0, g), REG))
+    warped = cv2.remap(ir, m1, m2, cv2.INTER_LINEAR)
+    inner = np.s_[8:-8, 8:-8]
+    assert np.abs(warped[inner] - rgb[inner]).max() < 0.02
+    assert np.abs(ir[inner] - rgb[inner]).mean() > 5 * np.abs(warped[inner] - rgb[inner]).mean()
+
+
+def test_grid_quality_flags_folds_and_nans() -> None:
+    good = affine_grid(identity_theta(), REG)
+    assert grid_quality(good) == (0.0, 1.0)
+    assert grid_quality(good[:, ::-1])[0] == 1.0  # mirrored: every cell folded
+    bad = good.copy()
+    bad[3, 3] = np.nan
+    assert grid_quality(bad) == (1.0, 0.0)
+
+
+# --------------------------------------------------------------------------- filter
+
+
+def config(**overrides: object) -> RegistrationConfig:
+    return RegistrationConfig(**{"size": REG, "every_n_pairs": 1, **overrides})
+
+
+def estimate(g: RegistrationGeometry, dx: float = 0.0, t: float = 0.0, rotation_deg: float = 0.0) -> Estimate:
+    c, s = np.cos(np.radians(rotation_deg)), np.sin(np.radians(rotation_deg))
+    cx, cy = (RGB[0] - 1) / 2, (RGB[1] - 1) / 2
+    rot = np.array([[c, -s, cx - c * cx + s * cy], [s, c, cy - s * cx - c * cy], [0, 0, 1]])
+    pixels = rot @ np.array([[1, 0, dx], [0, 1, 0], [0, 0, 1.0]])
+    theta = pixels_to_theta(pixels, RGB, REG)
+    return Estimate(theta=theta, grid=affine_grid(theta, REG), t_capture=t)
+
+
+def test_first_estimate_accepted_then_smoothed() -> None:
+    g = geometry()
+    f = RegistrationFilter(config(smoothing=0.5), g)
+    first = f.update(estimate(g, dx=4.0, t=1.0))
+    assert first is not None and first.source == "fine" and first.confidence == pytest.approx(1.0)
+    second = f.update(estimate(g, dx=8.0, t=2.0))
+    assert second is not None and second.version == first.version + 1 and second.t_capture == 2.0
+    assert g.theta_pixels(second.theta)[0, 2] == pytest.approx(6.0)  # EMA: half way
+    np.testing.assert_allclose(second.frame_to_ir @ [10, 10, 1], [16, 10, 1], atol=1e-9)
+
+
+def test_implausible_jump_is_rejected_and_the_last_good_held() -> None:
+    g = geometry()
+    f = RegistrationFilter(config(plausibility=Plausibility(max_jump_px=10)), g)
+    good = f.update(estimate(g, dx=2.0, t=1.0))
+    assert good is not None
+    held = f.update(estimate(g, dx=30.0, t=2.0))
+    assert held is not None and held.source == "held" and f.rejected == 1
+    np.testing.assert_array_equal(held.theta, good.theta)
+    assert held.t_capture == 1.0 and held.map1 is good.map1  # maps not rebuilt
+    again = f.update(estimate(g, dx=-25.0, t=3.0))
+    assert again is not None and again.confidence < held.confidence < good.confidence
+
+
+def test_rotation_and_folds_are_rejected() -> None:
+    g = geometry()
+    f = RegistrationFilter(config(plausibility=Plausibility(max_rotation_deg=5)), g)
+    assert f.update(estimate(g, rotation_deg=8.0)) is None  # nothing good to hold yet
+    assert "rotation" in f.judge(estimate(g, rotation_deg=8.0)).reason
+    folded = estimate(g)
+    folded = Estimate(folded.theta, folded.grid[:, ::-1].copy(), 0.0)
+    assert not f.judge(folded).accepted and "folded" in f.judge(folded).reason
+    assert f.update(estimate(g, rotation_deg=3.0)) is not None
+
+
+def test_consistent_rejections_relock() -> None:
+    g = geometry()
+    f = RegistrationFilter(config(smoothing=0.5, plausibility=Plausibility(max_jump_px=10)), g)
+    f.update(estimate(g, dx=0.0))
+    states = [f.update(estimate(g, dx=25.0, t=float(i))) for i in range(RELOCK_AFTER)]
+    assert [s.source for s in states[:-1]] == ["held"] * (RELOCK_AFTER - 1)
+    assert states[-1].source == "fine"
+    assert g.theta_pixels(states[-1].theta)[0, 2] == pytest.approx(25.0)  # taken as is, not averaged
+
+
+def test_without_hold_last_good_implausible_estimates_are_used() -> None:
+    g = geometry()
+    f = RegistrationFilter(config(smoothing=1.0, hold_last_good=False,
+                                  plausibility=Plausibility(max_jump_px=10)), g)
+    f.update(estimate(g))
+    state = f.update(estimate(g, dx=30.0))
+    assert state is not None and state.source == "fine" and state.confidence == 0.0
+    assert g.theta_pixels(state.theta)[0, 2] == pytest.approx(30.0)
+
+
+def test_coarse_mode_uses_the_affine_only() -> None:
+    g = geometry()
+    f = RegistrationFilter(config(deformable=False), g)
+    e = estimate(g, dx=3.0)
+    wobbly = e.grid + 0.01 * np.sin(np.arange(REG[1]))[None, :, None].astype(np.float32)
+    state = f.update(Estimate(e.theta, wobbly, 0.0))
+    assert state is not None and state.source == "coarse"
+    np.testing.assert_allclose(state.grid, affine_grid(e.theta, REG), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- scheduler
+
+
+@pytest.fixture
+def register_backend(tmp_path: Path) -> OnnxRuntimeBackend:
+    g = geometry()
+    path = write_register(tmp_path / "register.onnx", translation_theta(2.0, 1.0, g), REG)
+    return OnnxRuntimeBackend(path, graph="register", threads=1)
+
+
+def drive(scheduler: RegistrationScheduler, offers: int, advance: Callable[[], None] | None = None) -> int:
+    """Offer ``offers`` pairs, waiting for each scheduled run to finish; returns scheduled count."""
+    y = np.zeros((RGB[1], RGB[0]), np.uint8)
+    ir = np.zeros((RGB[1], RGB[0]), np.float32)
+    scheduled = 0
+    for i in range(offers):
+        if advance is not None:
+            advance()
+        runs = scheduler.runs
+        if scheduler.offer(y, ir, float(i)):
+            scheduled += 1
+            deadline = time.monotonic() + 5
+            while scheduler.runs == runs and time.monotonic() < deadline:
+                time.sleep(0.002)
+    return scheduled
+
+
+def test_every_n_pairs(register_backend: OnnxRuntimeBackend) -> None:
+    s = RegistrationScheduler(register_backend, config(every_n_pairs=3), geometry())
+    s.start()
+    try:
+        assert drive(s, 9) == 3 and s.runs == 3
+    finally:
+        s.stop()
+    state = s.state
+    assert state is not None and state.t_capture in (2.0, 5.0, 8.0)
+    np.testing.assert_allclose(state.frame_to_ir @ [20, 20, 1], [22, 21, 1], atol=1e-4)
+
+
+def test_rate_hz_on_a_steady_schedule(register_backend: OnnxRuntimeBackend) -> None:
+    now = [0.0]
+
+    def advance() -> None:
+        now[0] += 1 / 30  # pairs at 30 Hz on a simulated clock
+
+    s = RegistrationScheduler(register_backend, RegistrationConfig(size=REG, rate_hz=6.0), geometry(),
+                              clock=lambda: now[0])
+    s.start()
+    try:
+        scheduled = drive(s, 90, advance)  # 3 s of pairs
+    finally:
+        s.stop()
+    assert scheduled in (18, 19)  # 6 Hz, not the 5 Hz that waiting a full period after each late start gives
+
+
+def test_a_failing_run_keeps_the_current_state(tmp_path: Path) -> None:
+    g = geometry()
+    path = write_register(tmp_path / "small.onnx", identity_theta(), (32, 40))  # wrong fixed size
+    backend = OnnxRuntimeBackend(path, graph="register")
+    s = RegistrationScheduler(backend, config(), g)
+    assert s.register_now(np.zeros((RGB[1], RGB[0]), np.uint8), np.zeros((RGB[1], RGB[0]), np.float32), 0.0) is None
+    assert s.errors == 1 and s.runs == 1

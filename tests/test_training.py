@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from models.networks import BusReF
+from models.train import STEPS, freeze_for
+
+
+def _fit(stage: str, tiny_config, size: tuple[int, int], steps: int = 25) -> tuple[float, float]:
+    torch.manual_seed(0)
+    model = BusReF(tiny_config.model)
+    params = freeze_for(model, stage)
+    step = STEPS[stage](model, tiny_config)
+    g = torch.Generator().manual_seed(1)
+    base = torch.nn.functional.interpolate(torch.rand(2, 1, size[0] // 8, size[1] // 8, generator=g), size=size,
+                                           mode="bilinear", align_corners=False)
+    vis, ir = base, (1 - base) * 0.8 + 0.1
+    opt = torch.optim.Adam(params, lr=3e-3)
+    reseed = getattr(step, "generator", None)  # registration draws misalignments: keep them fixed
+    if reseed is not None:
+        reseed.manual_seed(5)
+    first = float(step(vis, ir)[0].detach())
+    for _ in range(steps):
+        if reseed is not None:
+            reseed.manual_seed(5)
+        loss, _ = step(vis, ir)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if reseed is not None:
+        reseed.manual_seed(5)
+    return first, float(step(vis, ir)[0].detach())
+
+
+@pytest.mark.parametrize("stage", ["bus", "fusion"])
+def test_a_few_steps_lower_the_loss(stage, tiny_config):
+    first, last = _fit(stage, tiny_config, (32, 32))
+    assert last < first
+
+
+def test_a_few_registration_steps_lower_the_loss(tiny_config):
+    first, last = _fit("registration", tiny_config, (64, 80), steps=15)
+    assert last < first
+
+
+def test_freeze_leaves_only_the_stage_trainable(tiny_config):
+    model = BusReF(tiny_config.model)
+    freeze_for(model, "registration")
+    assert not any(p.requires_grad for p in model.bus.parameters())
+    assert not any(p.requires_grad for p in model.gaf.parameters())
+    assert all(p.requires_grad for p in model.affine.parameters())
+
+
+def test_checkpoint_carries_metadata_and_refuses_bad_files(tmp_path, tiny_config):
+    model = BusReF(tiny_config.model)
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, model=model, config=tiny_config, stage="fusion", step=3, split_name="train",
+                    split_sha256="ab" * 32, metrics={"val": 1.0})
+    payload = load_checkpoint(path)
+    assert payload["stage"] == "fusion" and payload["split"]["sha256"] == "ab" * 32
+    assert payload["config"] == tiny_config and payload["commit"]
+    with pytest.raises(CheckpointError, match="a 'registration' one is needed"):
+        load_model(path, expect_stage="registration")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt: not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.slow
+def test_three_stages_and_resume(trained_checkpoint, tiny_config, roadscene):
+    from models.data import roadscene_pairs
+    from models.train import train_stage
+
+    payload = load_checkpoint(trained_checkpoint)
+    assert payload["stage"] == "registration" and payload["step"] == 2
+    assert "val_moderate_mncc" in payload["metrics"]
+    more = tiny_config.model_copy(update={"registration": tiny_config.registration.model_copy(update={"steps": 3})})
+    pairs = roadscene_pairs(roadscene, "train")[:4]
+    out = train_stage("registration", train_pairs=pairs[:3], val_pairs=pairs[3:], val_indices=[3],
+                      split_name="train", config=more, out_dir=trained_checkpoint.parent / "resumed",
+                      resume=trained_checkpoint)
+    assert load_checkpoint(out)["step"] == 3
