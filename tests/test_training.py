@@ -64,7 +64,7 @@ def test_checkpoint_carries_metadata_and_refuses_bad_files(tmp_path, tiny_config
     with pytest.raises(CheckpointError, match="a 'registration' one is needed"):
         load_model(path, expect_stage="registration")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.pt: not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match=r"junk\.pt: not a readable checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")

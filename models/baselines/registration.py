@@ -221,7 +221,7 @@ class MattesMIAffine:
     pixel. The IR's zero padding is masked out of the metric (see :func:`_content_mask`).
     Metric samples are drawn at random with ``seed`` (SimpleITK reads seed 0 as "wall clock",
     hence >= 1), a share ``sampling`` per level; the registration runs single-threaded so the
-    result is the same on every machine. Returns ``None`` when SimpleITK raises (e.g. every
+    result is the same on every machine and every run. Returns ``None`` when SimpleITK raises (e.g. every
     sample mapped outside the moving image) or the affine is implausible.
     """
 
@@ -244,12 +244,24 @@ class MattesMIAffine:
 
     def register(self, vis: np.ndarray, ir: np.ndarray) -> np.ndarray | None:
         vis32, ir32 = _check_pair(vis, ir)
+        # The Mattes metric splits its samples over ITK's global default thread count (the
+        # method's own SetNumberOfThreads does not reach it) and the split changes the result
+        # even with a fixed seed, so pin it to one thread for this call.
+        threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        try:
+            matrix = self._estimate(vis32, ir32)
+        finally:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+        return None if matrix is None else _checked_affine_grid(self.name, matrix, vis32.shape)
+
+    def _estimate(self, vis32: np.ndarray, ir32: np.ndarray) -> np.ndarray | None:
+        """The fitted affine as a 2x3 pixel matrix (reference -> moving), or ``None``."""
         fixed = sitk.GetImageFromArray(vis32)
         moving = sitk.GetImageFromArray(ir32)
         initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(2),
                                                     sitk.CenteredTransformInitializerFilter.GEOMETRY)
         method = sitk.ImageRegistrationMethod()
-        method.SetNumberOfThreads(1)
         method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=self.bins)
         if self.mask_padding:
             method.SetMetricMovingMask(sitk.GetImageFromArray(_content_mask(ir32, self.mask_margin)))
@@ -272,8 +284,7 @@ class MattesMIAffine:
             return None
         # The transform is affine, so the images of three points determine its 2x3 matrix.
         origin, unit_x, unit_y = (np.array(transform.TransformPoint(p)) for p in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0)))
-        matrix = np.column_stack((unit_x - origin, unit_y - origin, origin))
-        return _checked_affine_grid(self.name, matrix, vis32.shape)
+        return np.column_stack((unit_x - origin, unit_y - origin, origin))
 
 
 _METHODS: dict[str, Callable[[], RegistrationMethod]] = {

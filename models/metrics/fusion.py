@@ -382,7 +382,8 @@ def fmi_wavelet(fused: np.ndarray, vis: np.ndarray, ir: np.ndarray, window: int 
     Haghighat & Razian 2014 "Fast-FMI" with feature 'wavelet' and ``window`` = 3 (their
     ``fmi(V, R, F, 'wavelet', 3)``; 2 is also accepted): the features are :func:`wavelet_feature`
     mosaics, every ``window x window`` position of the mosaic is scored by :func:`_fmi_windows`,
-    and the scores are averaged. In [0, 1]; higher is better.
+    and the scores are averaged. Normally in [0, 1] (the joint-pdf model is not a true pdf at the
+    extremes); higher is better.
     """
     if window not in (2, 3):
         raise ValueError(f"window must be 2 or 3, got {window}")
@@ -535,8 +536,10 @@ def vif(fused: np.ndarray, vis: np.ndarray, ir: np.ndarray) -> float:
     Sheikh & Bovik 2006 ("Image information and visual quality"), LIVE ``vifp_mscale``: four scales
     with Gaussian windows of 17, 9, 5, 3 taps (sigma = taps / 5), noise variance 2, each source as
     the reference and F as the distorted image. This is not Han et al.'s VIFF (the fusion-specific
-    variant) that some fusion papers report. Scales too small for their window are skipped; a
-    source with no texture at all (zero denominator) gives NaN.
+    variant) that some fusion papers report. Evaluators that report ``VIF(V, F) + VIF(R, F)`` give
+    twice this value: the project's RoadScene reference of 0.66 for Laplacian-pyramid fusion is that
+    sum (this mean gives 0.33). Scales too small for their window are skipped; a source with no
+    texture at all (zero denominator) gives NaN.
     """
     f, v, r = check_images(0.0, 255.0, min_side=17, fused=fused, vis=vis, ir=ir)
     scores = []
@@ -580,8 +583,8 @@ def chen_varshney(
     Chen & Varshney 2007 as Liu's ``metricChen`` in VIFB ``metricsQcv``: each image is min-max
     stretched to integer levels 0..255; per ``window x window`` tile (partial tiles at the right and
     bottom are zero-padded), the saliency of source S is ``lambda_S = sum g_S^alpha`` over the tile's
-    zero-padded Sobel magnitudes, and the distortion ``D_S`` is the tile mean of ``(S - F)`` filtered
-    by the Mannos-Sakrison CSF in the frequency domain. ``Q_cv = sum(lambda_V D_V + lambda_R D_R) /
+    zero-padded Sobel magnitudes, and the distortion ``D_S`` is the tile mean of the square of
+    ``S - F`` filtered by the Mannos-Sakrison CSF in the frequency domain. ``Q_cv = sum(lambda_V D_V + lambda_R D_R) /
     sum(lambda_V + lambda_R)``. ``alpha`` = 5 as in the VIFB file (it matches the project's RoadScene
     reference numbers; alpha = 1 roughly halves the score). NaN when neither source has an edge.
     """

@@ -77,7 +77,6 @@ class AffineNet(nn.Module):
         cost = self.matcher(x, y)
         feats = torch.cat((cost, x, y, coordinates(x)), dim=1)
         out = self.head(self.s2(self.s1(feats)))
-        b, _, h, w = out.shape
         points = coordinates(out).flatten(2).transpose(1, 2)  # (B, N, 2) normalised
         # Displacement in normalised units; the 1/16 grid spacing is 2/(w-1) of them.
         flow = out[:, :2].flatten(2).transpose(1, 2) * 0.1

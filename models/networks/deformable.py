@@ -28,7 +28,9 @@ class DeformableNet(nn.Module):
         chans = (c, 2 * c, 4 * c, 4 * c)
         # Learned cost volumes on F2 (1/4, +-12 px) and F3 (1/8, +-24 px): the residual after the
         # affine is local, and comparing IR with visible needs learned projections.
-        self.matchers = nn.ModuleList([nn.Identity(), Matcher(2 * c, width, 3), Matcher(4 * c, width, 3), nn.Identity()])
+        self.matchers = nn.ModuleList(
+            [nn.Identity(), Matcher(2 * c, width, 3), Matcher(4 * c, width, 3), nn.Identity()]
+        )
         extra = [0, 49, 49, 0]
         self.branches = nn.ModuleList(
             nn.Sequential(nn.Conv2d(2 * ci + e, width, 1), act(), separable(width, width), act(),
