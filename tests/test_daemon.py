@@ -286,3 +286,20 @@ def test_calibrate_writes_the_corrected_prior(tmp_path: Path, graphs: dict[str, 
     np.testing.assert_allclose(np.array(calibrated.registration.prior_homography),
                                np.linalg.inv(shift), atol=1e-3)
     assert calibrated.inference.register_model == register  # paths kept (absolute)
+
+
+def test_the_shipped_graphs_run_on_the_demo_rig(tmp_path: Path) -> None:
+    from rig_config import default_model_path
+
+    if not (default_model_path("register").is_file() and default_model_path("fuse").is_file()):
+        pytest.skip("weights/register.onnx and weights/fuse.onnx are not there (export them first)")
+    daemon = Daemon(load_rig(DEMO_RIG), endpoints=[f"ipc://{tmp_path}/shipped.sock"])
+    daemon.start()
+    try:
+        with Subscriber(daemon.publisher.endpoints[0]) as sub:
+            frames = take(sub, 3, timeout_s=20)
+    finally:
+        daemon.stop()
+    meta = daemon.backends["register"].metadata
+    assert all(h.model_id == f"{meta.model_id}+{daemon.backends['fuse'].metadata.model_id}" for _, h, _ in frames)
+    assert all(img.shape == (512, 640, 3) and img.std() > 5 for _, _, img in frames)

@@ -8,8 +8,10 @@ wrong direction (moving -> reference) would be off by about 7 px, far above the 
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from models.baselines.registration import (
     EccGradient,
@@ -141,3 +143,17 @@ def test_make_method_builds_each_baseline_and_lists_valid_names_on_error() -> No
 def test_mi_refuses_seed_zero_which_simpleitk_reads_as_wall_clock() -> None:
     with pytest.raises(ValueError, match="seed"):
         MattesMIAffine(seed=0)
+
+
+def test_mi_is_repeatable_and_restores_itks_thread_count(shifted_pair) -> None:
+    vis, ir, _, _ = shifted_pair
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    first, second = MattesMIAffine().register(vis, ir), MattesMIAffine().register(vis, ir)
+    assert first is not None and second is not None
+    np.testing.assert_array_equal(first, second)
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads
+
+
+def test_ecc_refuses_a_schedule_that_does_not_end_affine() -> None:
+    with pytest.raises(ValueError, match="MOTION_AFFINE"):
+        EccGradient(motions=(cv2.MOTION_AFFINE, cv2.MOTION_EUCLIDEAN))

@@ -218,11 +218,14 @@ class MattesMIAffine:
     Fixed = visible, moving = IR, spacing 1 and origin 0 so physical points are pixel
     coordinates ``(x, y)``. A SimpleITK transform maps fixed points to moving points, which is
     exactly the grid direction, so the grid is the final transform applied to every reference
-    pixel. The IR's zero padding is masked out of the metric (see :func:`_content_mask`).
+    pixel. The IR's zero padding is masked out of the metric (see :func:`_content_mask`):
+    on 20 RoadScene training pairs (moderate level) that took the mean EPE from 22.5 px to
+    8.2 px; a step of 0.5 px and sampling all / half / a quarter of the pixels at the shrink
+    factors 4 / 2 / 1 were the steadiest settings there (a quarter at every level: 9.7 px).
     Metric samples are drawn at random with ``seed`` (SimpleITK reads seed 0 as "wall clock",
-    hence >= 1), a share ``sampling`` per level; the registration runs single-threaded so the
-    result is the same on every machine and every run. Returns ``None`` when SimpleITK raises (e.g. every
-    sample mapped outside the moving image) or the affine is implausible.
+    hence >= 1); the registration runs single-threaded so that the result is the same on every
+    machine and every run. Returns ``None`` when SimpleITK raises (e.g. every sample mapped
+    outside the moving image) or the affine is implausible.
     """
 
     name: str = field(default="mi", init=False)
