@@ -202,7 +202,8 @@ class RegistrationGeometry:
     def from_config(
         cls, config: RegistrationConfig, *, rgb_size: Size, ir_size: Size, out_size: Size
     ) -> RegistrationGeometry:
-        prior = getattr(config, "prior_homography", None)
+        # None (requested of rig_config: "no calibration") means the same field of view.
+        prior = config.prior_homography
         matrix = stretch_prior(ir_size, rgb_size) if prior is None else np.asarray(prior, dtype=np.float64)
         return cls(rgb_size=rgb_size, ir_size=ir_size, reg_hw=tuple(config.size), out_size=out_size,
                    prior=matrix)
