@@ -263,6 +263,14 @@ def test_fusion_metrics_reports_every_registered_metric_with_its_direction() -> 
     assert lower_is_better == {"CE", "Q_cv"}
 
 
+def test_fusion_metrics_truncates_to_grey_levels_unless_told_not_to() -> None:
+    x, y = _texture(20), _texture(21)
+    fused = (x + y) / 2  # half the pixels end in .5
+    assert fusion_metrics(fused, x, y) == fusion_metrics(np.floor(fused), x, y)
+    assert fusion_metrics(fused, x, y, quantise=False)["EI"] == edge_intensity(fused)
+    assert fusion_metrics(fused, x, y, quantise=False)["EI"] != fusion_metrics(fused, x, y)["EI"]
+
+
 def test_perfect_fusion_beats_a_blank_image_on_every_metric_but_ce() -> None:
     x = _texture(13)
     perfect, blank = fusion_metrics(x, x, x), fusion_metrics(np.full_like(x, 128.0), x, x)
