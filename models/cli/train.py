@@ -7,8 +7,9 @@ import logging
 from pathlib import Path
 
 from models.checkpoint import STAGES, CheckpointError
+from models.cli.common import add_data_arguments, select_pairs
 from models.config import load_train_config
-from models.data import DataError, list_pairs, pair_index, roadscene_pairs
+from models.data import DataError
 from models.train import select_device, train_stage
 
 log = logging.getLogger(__name__)
@@ -26,13 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  busref train registration --data ../shared/data/roadscene --init runs/demo/fusion.pt --out runs/demo"
     )
     parser.add_argument("stage", choices=STAGES, help="which stage to train")
-    src = parser.add_argument_group("data (a RoadScene-layout folder, or two pair folders)")
-    src.add_argument("--data", type=Path, help="folder with cropinfrared/, crop_LR_visible/ and split.json")
-    src.add_argument("--split", default="train", help="split of split.json to train on (default: train)")
-    src.add_argument("--ir", type=Path, help="IR image folder (paired with --vis by file stem)")
-    src.add_argument("--vis", type=Path, help="visible image folder")
-    src.add_argument("--val-pairs", type=int, default=8,
-                     help="hold out the last N training pairs for validation (default: 8)")
+    add_data_arguments(parser, default_split="train")
+    parser.add_argument("--val-pairs", type=int, default=8,
+                        help="hold out the last N training pairs for validation (default: 8)")
     parser.add_argument("--config", type=Path, help="training config YAML (default: built-in defaults)")
     parser.add_argument("--out", type=Path, default=Path("runs/default"), help="output folder (default: runs/default)")
     parser.add_argument("--init", type=Path, help="checkpoint of the previous stage")
@@ -48,20 +45,13 @@ def run(args: argparse.Namespace) -> int:
         if args.steps:
             stage_cfg = getattr(config, args.stage).model_copy(update={"steps": args.steps})
             config = config.model_copy(update={args.stage: stage_cfg})
-        if args.data is not None:
-            all_pairs = roadscene_pairs(args.data)
-            pairs = roadscene_pairs(args.data, args.split)
-        elif args.ir is not None and args.vis is not None:
-            all_pairs = pairs = list_pairs(args.ir, args.vis)
-        else:
-            log.error("give --data DIR, or both --ir DIR and --vis DIR")
-            return 2
+        pairs, indices = select_pairs(args)
         if len(pairs) <= args.val_pairs:
             log.error("only %d pairs: too few to hold out %d for validation (--val-pairs)", len(pairs), args.val_pairs)
             return 2
         train, val = pairs[: len(pairs) - args.val_pairs], pairs[len(pairs) - args.val_pairs :]
         log.info("%d training pairs, %d validation pairs (held out from %r)", len(train), len(val), args.split)
-        train_stage(args.stage, train_pairs=train, val_pairs=val, val_indices=pair_index(val, all_pairs),
+        train_stage(args.stage, train_pairs=train, val_pairs=val, val_indices=indices[len(train):],
                     split_name=args.split if args.data is not None else "all", config=config, out_dir=args.out,
                     init=args.init, resume=args.resume, device=select_device(args.device),
                     max_minutes=args.max_minutes)
