@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.geometry import normalised_to_pixel, warp
+from models.geometry import normalised_to_pixel
 from models.networks import BusReF
 
 
@@ -54,12 +54,6 @@ class BusReFRegistration:
 
     def register(self, vis: np.ndarray, ir: np.ndarray) -> np.ndarray:
         return self.estimate(vis, ir).grid
-
-
-def warp_image(image: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Exact bilinear warp (zero padding, the protocol's grid_sample convention) of (H, W)."""
-    out = warp(to_tensor(image).double(), torch.from_numpy(grid).double()[None])
-    return out[0, 0].numpy()
 
 
 @torch.no_grad()

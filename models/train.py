@@ -29,9 +29,10 @@ from models import losses
 from models.checkpoint import STAGES, load_checkpoint, load_model, save_checkpoint
 from models.config import StageConfig, TrainConfig
 from models.data import CropDataset, LoadedPair, PairPaths, load_pairs, split_sha256
+from models.evaluation import evaluate_registration
 from models.geometry import pixel_to_normalised, warp_normalised
-from models.inference import BusReFRegistration, warp_image
-from models.misalignment import level_by_name, misalign, protocol_pair, random_draws
+from models.inference import BusReFRegistration
+from models.misalignment import level_by_name, misalign, random_draws
 from models.networks import BusReF
 
 log = logging.getLogger(__name__)
@@ -186,20 +187,12 @@ def stage_dataset(stage: str, pairs: list[LoadedPair], sc: StageConfig, cfg: Tra
 @torch.no_grad()
 def validate_registration(model: BusReF, pairs: list[LoadedPair], indices: list[int], level: str,
                           device: torch.device) -> dict[str, float]:
-    """Protocol ``irvis-reg-v1`` on held-out pairs: mean MNCC and mean EPE (px, full size)."""
-    method = BusReFRegistration(model, device)
-    mnccs, epes = [], []
-    for pair, index in zip(pairs, indices, strict=True):
-        p = protocol_pair(index, pair.ir.astype(np.float64), level)
-        grid = method.register(pair.vis, p.moving)
-        registered = warp_image(p.moving, grid)
-        m = p.mask
-        a, b = registered[m], pair.ir[m].astype(np.float64)
-        a, b = a - a.mean(), b - b.mean()
-        mnccs.append(float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12)))
-        epes.append(float(np.linalg.norm(grid - p.inverse, axis=-1)[m].mean()))
+    """Protocol ``irvis-reg-v1`` on held-out pairs (the eval code): mean MNCC and EPE (px, full size)."""
+    results = evaluate_registration({"busref": BusReFRegistration(model, device)}, pairs, indices, level,
+                                    progress=False)
     model.train()
-    return {f"val_{level}_mncc": float(np.mean(mnccs)), f"val_{level}_epe": float(np.mean(epes))}
+    mean = results["busref"]["summary"]["mean"]
+    return {f"val_{level}_mncc": mean["MNCC"], f"val_{level}_epe": mean["EPE_mean"]}
 
 
 @torch.no_grad()

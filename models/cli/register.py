@@ -14,7 +14,8 @@ from models.cli.batch import add_pair_arguments, merge_luminance, pairs_from_arg
 from models.cli.common import add_checkpoint_argument
 from models.data import DataError, PairPaths, read_gray
 from models.geometry import theta_to_pixel_affine
-from models.inference import BusReFRegistration, fuse_luminance, warp_image
+from models.inference import BusReFRegistration, fuse_luminance
+from models.metrics.registration import warp_numpy
 from models.train import select_device
 from models.visualise import contact_sheet, edge_overlay
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         vis_y, ycc = split_luminance(vis_bgr)
         ir = read_gray(pair.ir)
         result = method.estimate(vis_y, ir)
-        registered = warp_image(ir, result.grid).astype(np.float32)
+        registered = warp_numpy(ir.astype(np.float64), result.grid.astype(np.float64)).astype(np.float32)
         fused = merge_luminance(fuse_luminance(model, vis_y, registered, device), ycc)
         write_png(args.out / "registered" / f"{pair.name}.png", registered)
         write_png(args.out / "fused" / f"{pair.name}.png", fused)
