@@ -14,9 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from busref import __version__
-
-#: Exit code when a subcommand's optional dependencies are missing.
-EXIT_MISSING_DEPENDENCY = 3
+from runtime import exit_codes  # imports nothing else: no torch, no numpy
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,7 @@ def _load(name: str):
         hint = f" Install it with: pip install 'busref[{sub.extra}]'." if sub.extra else ""
         print(f"busref {name}: needs the Python package '{missing}', which is not installed.{hint}",
               file=sys.stderr)
-        raise SystemExit(EXIT_MISSING_DEPENDENCY) from None
+        raise SystemExit(exit_codes.MISSING_DEPENDENCY) from None
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

@@ -2,6 +2,8 @@
 
     python examples/hog_detector.py tcp://127.0.0.1:5555 [--seconds 30] [--scale 0.5]
 
+(with busref installed; from a checkout without installing, prefix ``PYTHONPATH=.``)
+
 A downstream consumer as it should be written: latest-only (a detector slower than the stream
 always works on the newest frame instead of a growing backlog), and it says when the stream
 goes silent. The detector ships inside OpenCV, so there is nothing to download. OpenCV 5 moved
@@ -24,11 +26,15 @@ from runtime.client import SilenceError, Subscriber
 
 
 def people_detector() -> cv2.HOGDescriptor:
+    """OpenCV's default people detector; exits with what to install where this OpenCV lacks it."""
     if not hasattr(cv2, "HOGDescriptor"):
-        sys.exit(f"OpenCV {cv2.__version__} has no HOGDescriptor: install opencv-contrib-python "
-                 "(pip uninstall opencv-python && pip install opencv-contrib-python) or OpenCV 4.x")
+        # One sentence instead of an AttributeError traceback: the fix is an install, not code.
+        sys.exit(f"OpenCV {cv2.__version__} has no HOGDescriptor (OpenCV 5 moved it to the contrib modules): "
+                 "pip uninstall opencv-python && pip install opencv-contrib-python, "
+                 "or install OpenCV 4.x with pip install 'opencv-python<5'.")
     hog = cv2.HOGDescriptor()
-    hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+    # The static method as a class attribute: the HOGDescriptor_getDefaultPeopleDetector alias is legacy.
+    hog.setSVMDetector(cv2.HOGDescriptor.getDefaultPeopleDetector())
     return hog
 
 

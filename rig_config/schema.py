@@ -10,7 +10,8 @@ Conventions
     * Relative paths resolve against the folder of the rig file when it is loaded with
       :func:`rig_config.load_rig` (validation context ``{"base_dir": folder}``).
     * ``registration.prior_homography`` maps IR pixel coordinates to RGB pixel coordinates
-      (``x_rgb ~ H @ [x_ir, y_ir, 1]``), at the cameras' configured sizes.
+      (``x_rgb ~ H @ [x_ir, y_ir, 1]``), at the cameras' configured sizes. Unset, it is the
+      same-field-of-view map :func:`same_view_homography` (:attr:`RigConfig.prior_homography`).
 """
 
 from __future__ import annotations
@@ -260,7 +261,17 @@ class Plausibility(_Model):
 
 
 Matrix3 = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]
-_IDENTITY: Matrix3 = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+def same_view_homography(ir_size: tuple[int, int], rgb_size: tuple[int, int]) -> Matrix3:
+    """IR->RGB pixel homography of two cameras with the same field of view (sizes as (width, height)).
+
+    The IR image rectangle is stretched onto the RGB one, per axis, with pixel centres at integer
+    coordinates (the edges at -0.5 and W - 0.5, as ``cv2.resize`` has them):
+    ``x_rgb = (x_ir + 0.5) * W_rgb / W_ir - 0.5``. Equal sizes give the identity.
+    """
+    sx, sy = rgb_size[0] / ir_size[0], rgb_size[1] / ir_size[1]
+    return ((sx, 0.0, 0.5 * sx - 0.5), (0.0, sy, 0.5 * sy - 0.5), (0.0, 0.0, 1.0))
 
 
 class RegistrationConfig(_Model):
@@ -276,7 +287,9 @@ class RegistrationConfig(_Model):
     smoothing: float = Field(0.5, gt=0, le=1,
                              description="EMA weight of a new accepted estimate (1 = no smoothing)")
     deformable: bool = Field(True, description="use the fine (deformable) grid; False = affine only")
-    prior_homography: Matrix3 = Field(_IDENTITY, description="IR->RGB pixel homography from calibration")
+    prior_homography: Matrix3 | None = Field(
+        None, description="IR->RGB pixel homography from calibration (busref calibrate); unset = the "
+                          "cameras see the same field of view (the IR image stretched onto the RGB image)")
     hold_last_good: bool = Field(True, description="keep the last accepted estimate when a new one "
                                                    "is implausible")
     plausibility: Plausibility = Plausibility()
@@ -293,6 +306,8 @@ class RegistrationConfig(_Model):
         if self.every_n_pairs is not None and self.rate_hz is not None:
             raise ValueError("set either every_n_pairs or rate_hz, not both")
         h = self.prior_homography
+        if h is None:  # the same-view default is finite and invertible by construction
+            return self
         if not all(math.isfinite(v) for row in h for v in row):
             raise ValueError("prior_homography has a non-finite entry")
         det = (h[0][0] * (h[1][1] * h[2][2] - h[1][2] * h[2][1])
@@ -390,3 +405,13 @@ class RigConfig(_Model):
     publisher: PublisherConfig = PublisherConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @property
+    def prior_homography(self) -> Matrix3:
+        """The IR->RGB prior in force: ``registration.prior_homography`` when the file sets it,
+        else the same-field-of-view map between the two cameras' configured sizes."""
+        explicit = self.registration.prior_homography
+        if explicit is not None:
+            return explicit
+        cams = self.cameras
+        return same_view_homography((cams.ir.width, cams.ir.height), (cams.rgb.width, cams.rgb.height))

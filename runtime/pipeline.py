@@ -144,10 +144,7 @@ class Pipeline:
         self.rgb_size = (cams.rgb.width, cams.rgb.height)
         self.out_size = fuse_size(self.rgb_size, config.fusion.size)
         self.stages = {name: Histogram() for name in STAGES}
-        geometry = RegistrationGeometry.from_config(
-            config.registration, rgb_size=self.rgb_size, ir_size=(cams.ir.width, cams.ir.height),
-            out_size=self.out_size,
-        )
+        geometry = RegistrationGeometry.from_config(config, out_size=self.out_size)
         self.registration = RegistrationScheduler(register, config.registration, geometry, observe=self.observe)
         self.normaliser = ThermalNormaliser(cams.ir.thermal)
         self.model_id = f"{register.metadata.model_id}+{fuse.metadata.model_id}"

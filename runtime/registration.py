@@ -2,9 +2,10 @@
 
 Coordinate conventions (all sizes as (width, height) for frames, (H, W) for network tensors):
 
-* The IR->RGB prior homography ``P`` (from calibration) maps IR pixels to RGB pixels; it is
-  applied first: the ``register`` network sees the IR already warped by ``P`` into the RGB
-  frame's geometry (the "pre-warped canvas"), at the registration size.
+* The IR->RGB prior homography ``P`` (``RigConfig.prior_homography``: calibrated, else the
+  same-field-of-view default) maps IR pixels to RGB pixels; it is applied first: the ``register``
+  network sees the IR already warped by ``P`` into the RGB frame's geometry (the "pre-warped
+  canvas"), at the registration size.
 * Both network inputs are made at the registration size with OpenCV's half-pixel convention
   (``cv2.resize``): RGB pixel ``x`` <-> registration pixel ``(x + 0.5) * W_reg / W_rgb - 0.5``.
 * The network's normalised coordinates follow ``align_corners=True`` at the registration size:
@@ -29,7 +30,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from rig_config.schema import RegistrationConfig
+from rig_config.schema import RegistrationConfig, RigConfig
 from runtime.backends.base import InferenceBackend
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,6 @@ def rgb_to_reg(rgb_size: Size, reg_hw: tuple[int, int]) -> np.ndarray:
     h_r, w_r = reg_hw
     sx, sy = w_r / w_rgb, h_r / h_rgb
     return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
-
-
-def stretch_prior(ir_size: Size, rgb_size: Size) -> np.ndarray:
-    """The IR->RGB homography of cameras with the same field of view: corner pixels onto corner pixels."""
-    return np.diag([(rgb_size[0] - 1) / (ir_size[0] - 1), (rgb_size[1] - 1) / (ir_size[1] - 1), 1.0])
 
 
 def identity_theta() -> np.ndarray:
@@ -199,14 +195,12 @@ class RegistrationGeometry:
     prior: np.ndarray  # 3x3 IR pixel -> RGB pixel
 
     @classmethod
-    def from_config(
-        cls, config: RegistrationConfig, *, rgb_size: Size, ir_size: Size, out_size: Size
-    ) -> RegistrationGeometry:
-        # None (requested of rig_config: "no calibration") means the same field of view.
-        prior = config.prior_homography
-        matrix = stretch_prior(ir_size, rgb_size) if prior is None else np.asarray(prior, dtype=np.float64)
-        return cls(rgb_size=rgb_size, ir_size=ir_size, reg_hw=tuple(config.size), out_size=out_size,
-                   prior=matrix)
+    def from_config(cls, config: RigConfig, *, out_size: Size) -> RegistrationGeometry:
+        """The rig's geometry; the prior is the resolved one (calibrated, or the same-view default)."""
+        cams = config.cameras
+        return cls(rgb_size=(cams.rgb.width, cams.rgb.height), ir_size=(cams.ir.width, cams.ir.height),
+                   reg_hw=tuple(config.registration.size), out_size=out_size,
+                   prior=np.asarray(config.prior_homography, dtype=np.float64))
 
     @property
     def ir_to_canvas(self) -> np.ndarray:

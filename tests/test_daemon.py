@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -133,6 +134,22 @@ def test_a_stalled_subscriber_does_not_slow_the_daemon(running: Daemon) -> None:
         assert stalled.stats.lost > 20  # what it missed shows as seq gaps
 
 
+def test_hog_example_detects_on_the_stream_or_says_what_to_install(running: Daemon) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "hog_detector.py"), running.publisher.endpoints[1],
+         "--seconds", "1", "--scale", "0.5"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])},
+        capture_output=True, text=True, timeout=60)
+    if hasattr(cv2, "HOGDescriptor"):  # the example sees the same OpenCV as this test
+        assert proc.returncode == 0, proc.stderr
+        lines = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert lines and all(isinstance(line["people"], list) and line["seq"] >= 0 for line in lines)
+    else:  # e.g. OpenCV 5 without the contrib modules
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert proc.stderr.strip().count("\n") == 0, proc.stderr  # one line, no traceback
+        assert "pip install opencv-contrib-python" in proc.stderr and "OpenCV 4.x" in proc.stderr
+
+
 def test_curve_admits_only_the_allowed_client(tmp_path: Path, graphs: dict[str, Path]) -> None:
     allowed = tmp_path / "allowed"
     allowed.mkdir()
@@ -256,8 +273,6 @@ def test_watch_reports_no_data(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_writes_json(tmp_path: Path, graphs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    import json
-
     from runtime.cli import bench
 
     rig = demo_rig(tmp_path, graphs)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from tiny_graphs import write_register
 
+from rig_config import RigConfig
 from rig_config.schema import Plausibility, RegistrationConfig
 from runtime.backends.onnxruntime import OnnxRuntimeBackend
 from runtime.registration import (
@@ -24,7 +25,6 @@ from runtime.registration import (
     identity_theta,
     pixels_to_theta,
     rgb_to_norm,
-    stretch_prior,
 )
 
 RGB = (160, 128)
@@ -90,12 +90,20 @@ def test_prior_is_applied_first_and_theta_on_top() -> None:
     np.testing.assert_allclose(g.frame_to_ir(theta) @ [50, 40, 1], [43, 33, 1], atol=1e-9)
 
 
-def test_stretch_prior_maps_a_smaller_ir_frame_onto_the_rgb_frame() -> None:
+def test_an_unset_prior_maps_a_smaller_ir_frame_onto_the_rgb_frame() -> None:
     ir_size = (RGB[0] // 2, RGB[1] // 2)
-    g = geometry(stretch_prior(ir_size, RGB), ir_size=ir_size)
+    camera = {"source": {"kind": "synthetic"}, "fps": 30}
+    config = RigConfig.model_validate({
+        "rig_id": "t",
+        "cameras": {"ir": {**camera, "width": ir_size[0], "height": ir_size[1]},
+                    "rgb": {**camera, "width": RGB[0], "height": RGB[1]}},
+        "registration": {"size": REG},
+    })
+    g = RegistrationGeometry.from_config(config, out_size=RGB)
     x, y = float_maps(g, affine_grid(identity_theta(), REG))
-    assert x[64, 100] == pytest.approx(100 * (ir_size[0] - 1) / (RGB[0] - 1), abs=0.05)
-    assert y[64, 100] == pytest.approx(64 * (ir_size[1] - 1) / (RGB[1] - 1), abs=0.05)
+    # Pixel centres: RGB pixel x shows IR pixel (x + 0.5) * W_ir / W_rgb - 0.5.
+    assert x[64, 100] == pytest.approx((100 + 0.5) * ir_size[0] / RGB[0] - 0.5, abs=0.05)
+    assert y[64, 100] == pytest.approx((64 + 0.5) * ir_size[1] / RGB[1] - 0.5, abs=0.05)
 
 
 def test_network_inputs_and_warp_realign_a_shifted_ir() -> None:

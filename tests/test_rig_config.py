@@ -20,8 +20,10 @@ from rig_config.schema import (
     PercentileWindow,
     SyntheticSource,
     V4L2Source,
+    same_view_homography,
 )
-from runtime.cli.config import EXIT_BAD_CONFIG, check_files
+from runtime import exit_codes
+from runtime.cli.config import check_files
 from runtime.cli.keys import generate_keys
 
 REPO = Path(__file__).resolve().parent.parent
@@ -170,7 +172,7 @@ def test_defaults_and_cadence(tmp_path: Path) -> None:
     rig = parse_rig(MINIMAL, tmp_path / "m.yaml")
     assert rig.registration.rate_hz == DEFAULT_REGISTRATION_RATE_HZ and rig.registration.every_n_pairs is None
     assert rig.registration.size == (256, 320)
-    assert rig.registration.prior_homography == ((1, 0, 0), (0, 1, 0), (0, 0, 1))
+    assert rig.registration.prior_homography is None
     assert rig.publisher.hwm == 2 and rig.metrics.port == 0
     assert isinstance(rig.cameras.ir, IRCameraConfig)
     every = parse_rig(MINIMAL + "registration: {every_n_pairs: 3}\n", tmp_path / "m.yaml").registration
@@ -178,6 +180,38 @@ def test_defaults_and_cadence(tmp_path: Path) -> None:
     fixed = parse_rig(MINIMAL.replace("fps: 30}", "fps: 30, thermal: {mode: fixed, low: 7000, high: 9000}}", 1),
                       tmp_path / "m.yaml")
     assert fixed.cameras.ir.thermal == FixedWindow(mode="fixed", low=7000, high=9000)
+
+
+IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+def test_unset_prior_is_the_identity_for_equal_sizes(tmp_path: Path) -> None:
+    assert parse_rig(MINIMAL, tmp_path / "m.yaml").prior_homography == IDENTITY
+    explicit_null = parse_rig(MINIMAL + "registration: {prior_homography: null}\n", tmp_path / "m.yaml")
+    assert explicit_null.prior_homography == IDENTITY
+
+
+def test_unset_prior_stretches_the_ir_image_onto_the_rgb_image(tmp_path: Path) -> None:
+    text = MINIMAL.replace("width: 64, height: 48", "width: 640, height: 512", 1)
+    text = text.replace("width: 64, height: 48", "width: 1280, height: 720", 1)
+    rig = parse_rig(text, tmp_path / "m.yaml")
+    sx, sy = 1280 / 640, 720 / 512
+    assert rig.prior_homography == ((sx, 0.0, 0.5 * sx - 0.5), (0.0, sy, 0.5 * sy - 0.5), (0.0, 0.0, 1.0))
+    # Pixel-centre convention: the IR image's edges land on the RGB image's edges.
+    h = rig.prior_homography
+    for x_ir, x_rgb in ((-0.5, -0.5), (639.5, 1279.5), (319.5, 639.5)):
+        assert h[0][0] * x_ir + h[0][2] == pytest.approx(x_rgb)
+    assert h[1][1] * 511.5 + h[1][2] == pytest.approx(719.5)
+    # The shipped USB rig is such a pair of cameras with its prior left unset.
+    assert load_rig(REPO / "rig_config" / "usb_thermal_rgb.yaml").prior_homography == h
+    assert same_view_homography((640, 512), (1280, 720)) == h
+
+
+def test_an_explicit_prior_wins(tmp_path: Path) -> None:
+    text = MINIMAL.replace("width: 64, height: 48", "width: 32, height: 24", 1)
+    prior = ((1.0, 0.0, 4.0), (0.0, 1.0, -2.0), (0.0, 0.0, 1.0))
+    rig = parse_rig(text + f"registration: {{prior_homography: {[list(r) for r in prior]}}}\n", tmp_path / "m.yaml")
+    assert rig.prior_homography == rig.registration.prior_homography == prior
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:
@@ -190,7 +224,7 @@ def test_check_files_and_schema(tmp_path: Path, capsys: pytest.CaptureFixture[st
     good = write(tmp_path, MINIMAL, "good.yaml")
     bad = write(tmp_path, MINIMAL.replace("fps: 30", "fps: 0", 1), "bad.yaml")
     assert check_files([good]) == 0
-    assert check_files([good, bad]) == EXIT_BAD_CONFIG
+    assert check_files([good, bad]) == exit_codes.BAD_CONFIG
     out, err = capsys.readouterr()
     assert f"{good}: OK" in out
     assert f"{bad}: 1 error in rig file" in err and "line 3: cameras.ir.fps: Input should be greater than 0" in err

@@ -3,8 +3,12 @@
 Each of N pairs (spaced over time so the scene differs) is registered with the rig's current
 prior; the coarse affine corrections are combined by an element-wise median, estimates far from
 it are discarded as outliers (robust to moments where the scene gives the network little to
-work with), and the median of the rest updates the prior: ``P_new = A^-1 @ P``. The new prior
-is written into a copy of the rig file, which is validated before it is kept.
+work with), and the median of the rest updates the prior: ``P_new = A^-1 @ P`` (``P`` the rig's
+prior in force: its ``registration.prior_homography``, or the same-field-of-view default).
+
+The new prior is written into a copy of the rig file that differs from it only in that entry:
+comments, layout and relative paths stay as the user wrote them. The copy is validated, and
+checked to describe the same rig, before it is written.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import yaml
 
-from rig_config import RigConfig, RigConfigError, load_rig
+from rig_config import RigConfig, RigConfigError, parse_rig
+from rig_config.schema import Matrix3
 from runtime import exit_codes
 from runtime.capture import CaptureThread
 from runtime.cli.run import add_rig_argument, load_or_report
@@ -100,15 +105,96 @@ def robust_median(corrections: list[np.ndarray], size: tuple[int, int]) -> tuple
     return median, report
 
 
+#: First line of a calibrated copy; a later calibration of that copy replaces it.
+PROVENANCE = "# prior_homography calibrated by 'busref calibrate'"
+
+
+def _yaml_number(value: float) -> str:
+    """``value`` as text PyYAML reads back as the same float (it wants a '.' before an exponent)."""
+    text = repr(value)
+    return text.replace("e", ".0e") if "e" in text and "." not in text else text
+
+
+def _last_line_end(text: str, node: yaml.Node) -> int:
+    """Index just past the line on which ``node`` ends (its trailing comment included)."""
+    # A block collection's end mark lies after the comments that follow it: use its last leaf.
+    while isinstance(node, yaml.CollectionNode) and not node.flow_style and node.value:
+        last = node.value[-1]
+        node = last[1] if isinstance(node, yaml.MappingNode) else last
+    end = node.end_mark.index
+    if end > 0 and text[end - 1] == "\n":  # block scalars (|, >) end after their line break
+        return end
+    newline = text.find("\n", end)
+    return len(text) if newline < 0 else newline + 1
+
+
+def _add_entry(text: str, mapping: yaml.MappingNode, entry: str) -> str:
+    """``text`` with the one-line ``entry`` ("key: value") appended to ``mapping``."""
+    if mapping.flow_style:
+        close = mapping.end_mark.index - 1  # the closing brace
+        return text[:close] + (", " if mapping.value else "") + entry + text[close:]
+    at = _last_line_end(text, mapping.value[-1][1])
+    indent = " " * mapping.value[0][0].start_mark.column
+    return text[:at] + ("" if text[:at].endswith("\n") else "\n") + indent + entry + "\n" + text[at:]
+
+
+def set_prior_homography(text: str, prior: Matrix3) -> str:
+    """Rig file ``text`` with ``registration.prior_homography`` set to ``prior``, nothing else changed.
+
+    An existing 3x3 keeps its layout (each number is replaced where it stands); a missing entry
+    is added as the last line of the ``registration`` block (or a new block at the end).
+    """
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    flow = "[" + ", ".join("[" + ", ".join(_yaml_number(v) for v in row) + "]" for row in prior) + "]"
+    registration = next((v for k, v in root.value if k.value == "registration"), None)
+    if not isinstance(registration, yaml.MappingNode):
+        return _add_entry(text, root, f"registration: {{prior_homography: {flow}}}")
+    current = next((v for k, v in registration.value if k.value == "prior_homography"), None)
+    if current is None:
+        return _add_entry(text, registration, f"prior_homography: {flow}")
+    if isinstance(current, yaml.SequenceNode):
+        # From the end backwards, so the earlier indices stay valid.
+        leaves = [(leaf, value) for row, values in zip(current.value, prior, strict=True)
+                  for leaf, value in zip(row.value, values, strict=True)]
+        for leaf, value in reversed(leaves):
+            text = text[:leaf.start_mark.index] + _yaml_number(value) + text[leaf.end_mark.index:]
+        return text
+    # An explicit null ("prior_homography:" or "prior_homography: null") becomes the matrix.
+    start, end = current.start_mark.index, current.end_mark.index
+    return text[:start] + (flow if end > start else f" {flow}") + text[end:]
+
+
+def _differences(a: Any, b: Any, where: str = "") -> list[tuple[str, Any, Any]]:
+    """``(field.path, a_value, b_value)`` for every leaf where the nested dicts ``a`` and ``b`` differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for key in sorted(a.keys() | b.keys())
+                for d in _differences(a.get(key), b.get(key), f"{where}.{key}" if where else key)]
+    return [] if a == b else [(where, a, b)]
+
+
 def write_rig(config: RigConfig, prior: np.ndarray, source: Path, out: Path) -> None:
-    """Write ``config`` with ``prior`` as a rig file; it keeps what the original set (paths made absolute)."""
-    data = config.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    registration = data.setdefault("registration", {})
-    registration["prior_homography"] = [[round(float(v), 9) for v in row] for row in prior / prior[2, 2]]
-    header = (f"# Calibrated by 'busref calibrate' from {source} on {time.strftime('%Y-%m-%d %H:%M:%S')}.\n"
-              "# Relative paths of the original are absolute here; comments were not carried over.\n")
-    out.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    load_rig(out)  # a calibrated rig that does not load is worse than none
+    """Write the rig file ``source`` (loaded as ``config``) to ``out`` with ``prior`` as its prior.
+
+    Raises :class:`RigConfigError` (and writes nothing) if the copy does not validate or would
+    describe another rig than ``config`` apart from the prior, e.g. a relative path that
+    resolves elsewhere from ``out``'s folder.
+    """
+    matrix = cast(Matrix3, tuple(map(tuple, (prior / prior[2, 2]).round(9).tolist())))
+    text = source.read_text(encoding="utf-8")
+    if text.startswith(PROVENANCE):
+        text = text.partition("\n")[2]
+    text = (f"{PROVENANCE} on {time.strftime('%Y-%m-%d %H:%M:%S')} from {source}\n"
+            + set_prior_homography(text, matrix))
+    written = parse_rig(text, out.resolve())
+    expected = config.model_copy(update={
+        "registration": config.registration.model_copy(update={"prior_homography": matrix})})
+    changed = _differences(expected.model_dump(mode="json"), written.model_dump(mode="json"))
+    if changed:
+        raise RigConfigError(out, [
+            f"{field}: {new!r} when read from {out.parent}, {old!r} in {source} (relative paths resolve "
+            "against the rig file's folder: write --out beside it, or make the path absolute)"
+            for field, old, new in changed])
+    out.write_text(text, encoding="utf-8")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,12 +204,8 @@ def run(args: argparse.Namespace) -> int:
     if args.pairs < 1:
         log.error("--pairs must be at least 1")
         return exit_codes.BAD_CONFIG
-    cams = config.cameras
-    rgb_size = (cams.rgb.width, cams.rgb.height)
-    geometry = RegistrationGeometry.from_config(
-        config.registration, rgb_size=rgb_size, ir_size=(cams.ir.width, cams.ir.height),
-        out_size=fuse_size(rgb_size, config.fusion.size),
-    )
+    rgb_size = (config.cameras.rgb.width, config.cameras.rgb.height)
+    geometry = RegistrationGeometry.from_config(config, out_size=fuse_size(rgb_size, config.fusion.size))
     try:
         corrections = collect(config, geometry, args.pairs, args.interval, args.camera_timeout)
     except StartupError as exc:
@@ -137,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         write_rig(config, prior, args.rig, args.out)
     except RigConfigError as exc:
-        log.error("the calibrated rig does not validate: %s", exc)
+        log.error("the calibrated rig file was not written: %s", exc)
         return exit_codes.FAILURE
     c = report["correction"]
     print(f"{report['inliers']}/{report['pairs']} pairs agree (spread: median {report['spread_px']['median']:.2f} px, "

@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 
 from rig_config import RigConfig, RigConfigError, load_rig
-
-#: Exit status when a rig file does not validate (the daemon uses the same code for bad config).
-EXIT_BAD_CONFIG = 2
+from runtime import exit_codes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,14 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_files(files: list[Path]) -> int:
-    """Print ``FILE: OK`` or the file's errors for each file; 0 if all are valid, else 2."""
-    status = 0
+    """Print ``FILE: OK`` or the file's errors for each file; OK if all are valid, else BAD_CONFIG."""
+    status = exit_codes.OK
     for path in files:
         try:
             load_rig(path)
         except RigConfigError as exc:
             print(exc, file=sys.stderr)
-            status = EXIT_BAD_CONFIG
+            status = exit_codes.BAD_CONFIG
         else:
             print(f"{path}: OK")
     return status
@@ -43,5 +41,5 @@ def check_files(files: list[Path]) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.action == "schema":
         print(json.dumps(RigConfig.model_json_schema(), indent=2))
-        return 0
+        return exit_codes.OK
     return check_files(args.files)

@@ -25,6 +25,8 @@ def add_rig_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = exit_codes.help_table()
     add_rig_argument(parser)
     parser.add_argument("--log-json", action="store_true", help="one JSON object per log line "
                                                                 "(overrides logging.json in the rig file)")
@@ -33,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", action="append", default=None, metavar="ENDPOINT",
                         help="publish here instead of publisher.endpoints (repeatable)")
     parser.add_argument("--camera-timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="exit with code 4 if a camera delivers no frame this long after start")
+                        help=f"exit with code {exit_codes.NO_CAMERA} if a camera delivers no frame this long "
+                             "after start")
 
 
 def load_or_report(path: Path) -> RigConfig | None:
