@@ -121,6 +121,24 @@ def _pin_shapes(model: onnx.ModelProto, metadata: ArtifactMetadata) -> None:
                 dim.dim_value = size
 
 
+def trace_module(module: torch.nn.Module, example: tuple[torch.Tensor, ...], input_names: list[str],
+                 output_names: list[str], *, opset: int = OPSET,
+                 dynamic_axes: dict[str, dict[int, str]] | None = None) -> onnx.ModelProto:
+    """Trace ``module`` (eval mode) on ``example`` to an ONNX model the way every busref graph is
+    traced; no metadata, no checks (:func:`trace_graph` adds them for the contract's graphs)."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The models' Python-level shape checks become constants in the trace (expected), the
+        # TorchScript exporter announces its deprecation, and strided slices are left unfolded;
+        # none of it is actionable here (the callers' checker and ORT comparison are the test).
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
+        torch.onnx.export(module.eval(), example, buffer, input_names=input_names, output_names=output_names,
+                          opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False)
+    return onnx.load_model_from_string(buffer.getvalue())
+
+
 def trace_graph(model: BusReF, graph: GraphKind, metadata: ArtifactMetadata) -> onnx.ModelProto:
     """The ONNX model of ``graph`` (metadata and digest written, fully checked)."""
     h, w = model.config.registration_size
@@ -130,18 +148,7 @@ def trace_graph(model: BusReF, graph: GraphKind, metadata: ArtifactMetadata) -> 
     dynamic = None
     if graph == "fuse":
         dynamic = {name: {2: "H", 3: "W"} for name in (*inputs, *outputs)}
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The models' Python-level shape checks become constants in the trace (expected), the
-        # TorchScript exporter announces its deprecation, and strided slices are left unfolded;
-        # none of it is actionable here (the checker and the ORT comparison below are the test).
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
-        torch.onnx.export(module.eval(), example, buffer, input_names=list(inputs), output_names=list(outputs),
-                          opset_version=metadata.opset, dynamic_axes=dynamic, do_constant_folding=True,
-                          dynamo=False)
-    proto = onnx.load_model_from_string(buffer.getvalue())
+    proto = trace_module(module, example, list(inputs), list(outputs), opset=metadata.opset, dynamic_axes=dynamic)
     _pin_shapes(proto, metadata)
     proto.producer_name, proto.producer_version = "busref", __version__
     onnx.checker.check_model(proto, full_check=True)
