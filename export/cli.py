@@ -10,12 +10,14 @@ import logging
 import sys
 from pathlib import Path
 
+from runtime import exit_codes
+
 log = logging.getLogger("busref.export")
 
 #: Exit status when a graph or an engine does not verify.
-EXIT_VERIFY_FAILED = 1
+EXIT_VERIFY_FAILED = exit_codes.FAILURE
 #: Exit status when the machine cannot do it (no TensorRT, no GPU).
-EXIT_UNAVAILABLE = 3
+EXIT_UNAVAILABLE = exit_codes.UNAVAILABLE
 
 
 def add_onnx_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ BIND_FAILED = 5  # a publisher endpoint or the metrics port cannot be bound
 BAD_MODEL = 6  # a model exists but cannot be loaded, is not a busref graph, or no backend can run it
 NO_DATA = 7  # busref watch / calibrate: no frame or no usable estimate was received
 MISSING_DEPENDENCY = 8  # the subcommand needs an optional Python package that is not installed
+UNAVAILABLE = 9  # busref export engine: this machine has no TensorRT or no usable GPU
 
 #: What each code means, as logged and as listed in docs/runtime.md and ``busref run --help``.
 DESCRIPTIONS: dict[int, str] = {
@@ -30,6 +31,7 @@ DESCRIPTIONS: dict[int, str] = {
     BAD_MODEL: "a model exists but cannot be loaded / is not a busref graph / no backend can run it",
     NO_DATA: "busref watch: no frame was received; busref calibrate: no usable estimate",
     MISSING_DEPENDENCY: "the command needs a Python package that is not installed (the message names the pip extra)",
+    UNAVAILABLE: "busref export engine: this machine has no TensorRT or no usable GPU (the message says which)",
 }
 
 #: Whether a supervisor restarting the daemon can help ("" where the question does not arise).
@@ -43,6 +45,7 @@ RESTART_HELPS: dict[int, str] = {
     BAD_MODEL: "no",
     NO_DATA: "",
     MISSING_DEPENDENCY: "no",
+    UNAVAILABLE: "",
 }
 
 

@@ -15,6 +15,7 @@ from busref.cli import main as busref_main
 from export import build_engine as be
 from export.onnx_check import check_graph_file, set_metadata
 from rig_config import load_rig
+from runtime import exit_codes
 from runtime.artifact import ArtifactMetadata, TensorSpec
 from runtime.engine_header import EngineHeader, EngineTensor, Platform, bytes_sha256
 
@@ -196,7 +197,7 @@ def test_without_tensorrt_one_clear_sentence(tmp_path: Path, capsys: pytest.Capt
     graph = busref_graph(tmp_path)
     status = busref_main(["export", "engine", "--onnx", str(graph), "--out", str(tmp_path / "fuse.engine")])
     err = capsys.readouterr().err.strip()
-    assert status == 3
+    assert status == exit_codes.UNAVAILABLE
     assert err.startswith("Cannot build a TensorRT engine here: TensorRT is not installed")
     assert err.count(". ") == 0 and err.endswith(".")  # one sentence
     assert not (tmp_path / "fuse.engine").exists()
