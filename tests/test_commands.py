@@ -28,8 +28,10 @@ def three_pairs(tmp_path_factory, roadscene):
 def test_eval_registration_writes_tables(trained_checkpoint, roadscene, tmp_path, capsys):
     code = main(["eval", "registration", "--data", str(roadscene), "--split", "test", "--limit", "3",
                  "--methods", "busref,identity,ecc", "--checkpoint", str(trained_checkpoint), "--out", str(tmp_path),
-                 "--no-progress"])
+                 "--no-progress", "--contact-sheet", "2"])
     assert code == 0
+    sheet = cv2.imread(str(tmp_path / "registration_moderate_sheet.png"))
+    assert sheet is not None and sheet.shape[1] == 4 * (256 + 2)  # 4 tiles of the default width
     report = json.loads((tmp_path / "registration_moderate.json").read_text())
     assert report["protocol"] == "irvis-reg-v1" and report["n_pairs"] == 3
     summary = report["results"]["identity"]["summary"]

@@ -6,10 +6,13 @@ import argparse
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from models.baselines.registration import make_method
 from models.checkpoint import CheckpointError, load_model
+from models.cli.batch import write_png
 from models.cli.common import add_checkpoint_argument, add_data_arguments, select_pairs
-from models.data import DataError, load_pairs, split_sha256
+from models.data import DataError, LoadedPair, load_pairs, split_sha256
 from models.evaluation import (
     evaluate_fusion,
     evaluate_registration,
@@ -19,8 +22,10 @@ from models.evaluation import (
 )
 from models.fusion_baselines import average, laplacian_pyramid_maxabs
 from models.inference import BusReFRegistration, fuse_luminance
-from models.misalignment import LEVELS
+from models.metrics.registration import warp_numpy
+from models.misalignment import LEVELS, protocol_pair
 from models.train import select_device
+from models.visualise import contact_sheet, edge_overlay
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "fusion: gaf,average,laplacian (default: all)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="report folder (default: results)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--contact-sheet", type=int, default=0, metavar="N",
+                        help="registration with busref: also write OUT/registration_LEVEL_sheet.png, the first N "
+                             "pairs as visible | edges before | edges after | fused (default: none)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,4 +93,22 @@ def run(args: argparse.Namespace) -> int:
     write_report(report, results, table, meta)
     print(table)
     log.info("wrote %s.json and %s.md", report, report)
+    if args.task == "registration" and args.contact_sheet and "busref" in methods:
+        sheet = registration_sheet(methods["busref"], pairs[: args.contact_sheet], indices, args.level)
+        write_png(report.with_name(report.name + "_sheet.png"), sheet)
+        log.info("wrote %s_sheet.png", report)
     return 0
+
+
+def registration_sheet(method: BusReFRegistration, pairs: list[LoadedPair], indices: list[int],
+                       level: str) -> np.ndarray:
+    """Contact sheet of protocol pairs: visible, its edges against the moving IR (before) and
+    against the registered IR (after: white where both modalities have an edge), fused."""
+    rows, labels = [], []
+    for pair, index in zip(pairs, indices, strict=False):
+        moving = protocol_pair(index, pair.ir.astype(np.float64), level).moving.astype(np.float32)
+        registered = warp_numpy(moving, method.register(pair.vis, moving)).astype(np.float32)
+        fused = fuse_luminance(method.model, pair.vis, registered, method.device)
+        rows.append([pair.vis, edge_overlay(pair.vis, moving), edge_overlay(pair.vis, registered), fused])
+        labels.append(pair.name)
+    return contact_sheet(rows, ("visible", "edges before", "edges after", "fused (GAF)"), row_labels=labels)
