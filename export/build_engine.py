@@ -1,10 +1,12 @@
 """ONNX graph -> self-describing TensorRT engine (``busref export engine``). No torch.
 
 The decisions are pure functions, testable without TensorRT: the optimisation profile
-(:func:`profile_for`, from flags or a rig file), the precision strategy per TensorRT version
-(:func:`precision_plan`), the layers kept in FP32 (:func:`warp_layers`) and whether an existing
-engine is still current (:func:`stale_reason`). :func:`build` applies them through TensorRT's
-Python API; :func:`verify` compares an engine with ONNX Runtime on sample pairs.
+(:func:`profile_for`, from flags or a rig file; :func:`input_shapes` turns it into each input's
+shapes, the ``frame`` graph's IR input getting its own, :func:`ir_profile_for`), the precision
+strategy per TensorRT version (:func:`precision_plan`), the layers kept in FP32
+(:func:`warp_layers`) and whether an existing engine is still current (:func:`stale_reason`).
+:func:`build` applies them through TensorRT's Python API; :func:`verify` compares an engine with
+ONNX Runtime on sample pairs.
 
 TensorRT 10 vs 11 (the gate is :data:`STRONG_TYPING_FROM`): TensorRT 10 builds "weakly typed"
 networks where ``BuilderFlag.FP16`` lets the builder pick FP16 kernels per layer; layers are
@@ -12,7 +14,8 @@ kept in FP32 with per-layer precision plus ``OBEY_PRECISION_CONSTRAINTS``. Tenso
 those flags and the INT8 calibrators: networks are strongly typed and precision comes from the
 ONNX types. There, FP16 builds use a copy of the graph whose convolutions are FP16 between
 explicit casts (:mod:`export.onnx_fp16`). Either way the warp (GridSample) and the grid
-arithmetic feeding it stay FP32. JetPack 6 ships TensorRT 10.3, so both paths are needed.
+arithmetic feeding it stay FP32 (in the ``frame`` graph the grid is an FP32 network input read
+by GridSample alone). JetPack 6 ships TensorRT 10.3, so both paths are needed.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.samples import SamplePair
-from runtime.artifact import GraphKind
+from export.samples import SamplePair, graph_feed
+from runtime.artifact import GraphKind, TensorSpec
 from runtime.engine_header import (
     EngineHeader,
     EngineTensor,
@@ -49,6 +52,9 @@ STRONG_TYPING_FROM = 11
 MIN_TENSORRT = 10
 #: Fuse-graph profile without flags or rig: 1/4 VGA up to 1080p, tuned for 640x512.
 DEFAULT_FUSE_PROFILE = ((128, 160), (512, 640), (1080, 1920))
+#: Profile of the frame graph's IR input (the IR camera's own size) without a rig: thermal
+#: cores from 160x120 to 1280x1024, tuned for 640x512.
+DEFAULT_IR_PROFILE = ((120, 160), (512, 640), (1024, 1280))
 #: Largest |engine - ONNX Runtime| accepted by ``--verify`` per output. FP32 engines differ by
 #: kernel summation order only; FP16 convolutions move the fused image by a few 1/255 steps and
 #: the grid by a small fraction of a pixel (normalised units: 1e-2 is 1.6 px at 320 wide).
@@ -82,16 +88,17 @@ def parse_hw(text: str) -> HW:
     return h, w
 
 
+#: (min, opt, max) shape of one engine input.
+Shapes = tuple[list[int], list[int], list[int]]
+
+
 @dataclass(frozen=True)
 class Profile:
-    """An optimisation profile over (H, W) of the image inputs (batch 1, one channel)."""
+    """An optimisation profile over one (H, W): min, opt and max sizes."""
 
     min: HW
     opt: HW
     max: HW
-
-    def shapes(self) -> tuple[list[int], list[int], list[int]]:
-        return ([1, 1, *self.min], [1, 1, *self.opt], [1, 1, *self.max])
 
     def sizes(self) -> list[HW]:
         """The distinct sizes of the profile, smallest first (verification runs at each)."""
@@ -139,6 +146,35 @@ def profile_for(graph: GraphKind, fixed_hw: HW | None, *, rig: object | None = N
         source = "profile"
     profile = Profile(min_hw or base.min, opt_hw or base.opt, max_hw or base.max)
     return _check_profile(profile, source if not any(flags.values()) else "--min/--opt/--max")
+
+
+def ir_profile_for(rig: object | None) -> Profile:
+    """The profile of the ``frame`` graph's IR input: the rig's IR camera size (min = opt = max),
+    else :data:`DEFAULT_IR_PROFILE`."""
+    if rig is None:
+        return Profile(*DEFAULT_IR_PROFILE)
+    hw = (rig.cameras.ir.height, rig.cameras.ir.width)
+    return Profile(hw, hw, hw)
+
+
+def input_shapes(inputs: Sequence[TensorSpec], profile: Profile,
+                 ir_profile: Profile = Profile(*DEFAULT_IR_PROFILE)) -> dict[str, Shapes]:
+    """Each input's (min, opt, max) shape: its declared shape (:mod:`runtime.artifact`) with the
+    symbolic ``H``, ``W`` taken from ``profile`` and ``H_ir``, ``W_ir`` from ``ir_profile``."""
+    symbols = {"H": (profile, 0), "W": (profile, 1), "H_ir": (ir_profile, 0), "W_ir": (ir_profile, 1)}
+
+    def at(spec: TensorSpec, point: int) -> list[int]:
+        dims = []
+        for dim in spec.shape:
+            if isinstance(dim, str):
+                if dim not in symbols:
+                    raise ValueError(f"input {spec.name}: no profile for its dimension {dim!r}")
+                source, axis = symbols[dim]
+                dim = (source.min, source.opt, source.max)[point][axis]
+            dims.append(dim)
+        return dims
+
+    return {spec.name: (at(spec, 0), at(spec, 1), at(spec, 2)) for spec in inputs}
 
 
 # --------------------------------------------------------------------------- precision
@@ -227,8 +263,9 @@ def warp_layers(layers: Sequence[LayerInfo], keep_outputs: Iterable[str] = ()) -
 
 
 def stale_reason(header: EngineHeader, *, onnx_sha256: str, running: Platform, precision: Precision,
-                 profile: Profile | None) -> str | None:
-    """Why an existing engine must be rebuilt (None: it is current and ``--reuse`` keeps it)."""
+                 profile: Profile | None, ir_profile: Profile = Profile(*DEFAULT_IR_PROFILE)) -> str | None:
+    """Why an existing engine must be rebuilt (None: it is current and ``--reuse`` keeps it).
+    ``profile``/``ir_profile``: as for :func:`input_shapes`; None skips the profile check."""
     if header.onnx_sha256 != onnx_sha256:
         return "it was built from another version of the ONNX graph"
     built = (header.tensorrt_version, header.compute_capability, header.gpu_name)
@@ -238,11 +275,12 @@ def stale_reason(header: EngineHeader, *, onnx_sha256: str, running: Platform, p
     if header.precision != precision:
         return f"it is {header.precision}, {precision} was asked for"
     if profile is not None:
-        want = [list(s) for s in profile.shapes()]
+        wanted = input_shapes(header.metadata.inputs, profile, ir_profile)
         for tensor in header.inputs:
-            if [tensor.min, tensor.opt, tensor.max] != want:
-                return (f"its profile for {tensor.name} is {tensor.min}..{tensor.max}, "
-                        f"{want[0]}..{want[2]} was asked for")
+            want = wanted.get(tensor.name)
+            if want is None or [tensor.min, tensor.opt, tensor.max] != list(want):
+                asked = "no profile" if want is None else f"{want[0]}..{want[2]}"
+                return f"its profile for {tensor.name} is {tensor.min}..{tensor.max}, {asked} was asked for"
     return None
 
 
@@ -292,12 +330,12 @@ def _pin_fp32(trt: object, network: object, names: set[str]) -> int:
     return pinned
 
 
-def _tensor(trt: object, tensor: object, profile: Profile | None) -> EngineTensor:
+def _tensor(trt: object, tensor: object, shapes: Shapes | None) -> EngineTensor:
     shape = [int(d) for d in tensor.shape]
     dtype = np.dtype(trt.nptype(tensor.dtype)).name
-    if profile is None:
+    if shapes is None:
         return EngineTensor(name=tensor.name, dtype=dtype, shape=shape)
-    low, opt, high = profile.shapes()
+    low, opt, high = shapes
     return EngineTensor(name=tensor.name, dtype=dtype, shape=shape, min=low, opt=opt, max=high)
 
 
@@ -345,6 +383,7 @@ def build(request: BuildRequest) -> EngineHeader:
     fixed = None if dynamic else tuple(int(d) for d in network.get_input(0).shape)[-2:]
     profile = profile_for(meta.graph, fixed, rig=request.rig, min_hw=request.min_hw, opt_hw=request.opt_hw,
                           max_hw=request.max_hw)
+    shapes = input_shapes(meta.inputs, profile, ir_profile_for(request.rig))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.workspace_mb << 20)
     for name in plan.set_flags:
@@ -357,9 +396,9 @@ def build(request: BuildRequest) -> EngineHeader:
         log.info("%s: %d layers of the warp kept in FP32", meta.graph, _pin_fp32(trt, network, keep))
     if dynamic:
         opt_profile = builder.create_optimization_profile()
-        low, opt, high = profile.shapes()
         for i in range(network.num_inputs):
-            opt_profile.set_shape(network.get_input(i).name, low, opt, high)
+            name = network.get_input(i).name
+            opt_profile.set_shape(name, *shapes[name])
         config.add_optimization_profile(opt_profile)
     if request.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
@@ -386,7 +425,8 @@ def build(request: BuildRequest) -> EngineHeader:
         gpu_name=platform.gpu_name, compute_capability=platform.compute_capability,
         onnx_sha256=checked.file_sha256, precision=request.precision, strongly_typed=plan.strongly_typed,
         dla_core=request.dla_core,
-        inputs=[_tensor(trt, network.get_input(i), profile) for i in range(network.num_inputs)],
+        inputs=[_tensor(trt, network.get_input(i), shapes[network.get_input(i).name])
+                for i in range(network.num_inputs)],
         outputs=[_tensor(trt, network.get_output(i), None) for i in range(network.num_outputs)],
         normalisation=meta.normalisation, metadata=meta,
         plan_size=len(plan_bytes), plan_sha256=bytes_sha256(plan_bytes),
@@ -414,7 +454,8 @@ def build_if_stale(request: BuildRequest) -> tuple[EngineHeader, bool]:
             profile = profile_for(checked.metadata.graph, fixed, rig=request.rig, min_hw=request.min_hw,
                                   opt_hw=request.opt_hw, max_hw=request.max_hw)
             reason = stale_reason(header, onnx_sha256=file_sha256(request.onnx_path), running=platform,
-                                  precision=request.precision, profile=profile if fixed is None else None)
+                                  precision=request.precision, profile=profile if fixed is None else None,
+                                  ir_profile=ir_profile_for(request.rig))
             if reason is None:
                 log.info("%s: current, kept", request.engine_path)
                 return header, False
@@ -445,15 +486,15 @@ class OutputCheck:
 
 
 def engine_feeds(header: EngineHeader, pairs: Sequence[SamplePair]) -> list[dict[str, np.ndarray]]:
-    """Sample inputs at each distinct size of the engine's profile."""
-    first = header.inputs[0]
-    sizes = sorted({tuple(s[-2:]) for s in (first.min, first.opt, first.max, first.shape) if s and min(s) > 0})
-    feeds = []
-    for hw in sizes:
-        for pair in pairs:
-            p = pair.resized(hw)
-            feeds.append({"vis": p.vis[None, None], "ir": p.ir[None, None]})
-    return feeds
+    """Sample inputs (:func:`export.samples.graph_feed`) at each distinct point (min, opt, max) of
+    the engine's profile; the ``frame`` graph's IR at the same point of its own profile."""
+    def points(tensor: EngineTensor) -> list[HW]:
+        shapes = [s for s in (tensor.min, tensor.opt, tensor.max) if s] or [tensor.shape]
+        return [(s[-2], s[-1]) for s in shapes]
+
+    tensors = {t.name: t for t in header.inputs}
+    sizes = sorted(set(zip(points(tensors["vis"]), points(tensors["ir"]), strict=True)))
+    return [graph_feed(header.metadata.graph, pair, hw, ir_hw) for hw, ir_hw in sizes for pair in pairs]
 
 
 def verify(engine_path: Path, onnx_path: Path, pairs: Sequence[SamplePair], device: int = 0) -> list[OutputCheck]:

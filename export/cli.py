@@ -24,7 +24,7 @@ def add_onnx_arguments(parser: argparse.ArgumentParser) -> None:
     from export.onnx_check import OPSET, SUPPORTED_OPSETS
 
     parser.add_argument("--checkpoint", type=Path, required=True, help="trained BusReF checkpoint (.pt)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for register.onnx and fuse.onnx")
+    parser.add_argument("--out", type=Path, required=True, help="folder for register.onnx, fuse.onnx and frame.onnx")
     parser.add_argument("--opset", type=int, default=OPSET,
                         help=f"ONNX opset, {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1} (default {OPSET})")
     parser.add_argument("--verify-data", type=Path, default=None, metavar="DIR",
@@ -55,15 +55,17 @@ def run_onnx(args: argparse.Namespace) -> int:
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_argument_group("what to build (one of)")
-    target.add_argument("--onnx", type=Path, help="the graph to build (register.onnx or fuse.onnx)")
+    target.add_argument("--onnx", type=Path, help="the graph to build (register.onnx, fuse.onnx or frame.onnx)")
     target.add_argument("--out", type=Path, help="the engine file to write (with --onnx)")
-    target.add_argument("--rig", type=Path, help="rig file: build both graphs from inference.*_model into "
-                                                 "inference.*_engine, with its fuse size as the profile")
+    target.add_argument("--rig", type=Path, help="rig file: build the graphs from inference.*_model into "
+                                                 "inference.*_engine, with its fuse and IR sizes as the profile "
+                                                 "(the frame graph only where frame_model and frame_engine are set)")
     parser.add_argument("--precision", choices=("fp16", "fp32"), default="fp16",
                         help="fp16 (default; the warp stays fp32) or fp32")
-    parser.add_argument("--min", dest="min_hw", metavar="HxW", help="smallest fuse input, e.g. 256x320")
-    parser.add_argument("--opt", dest="opt_hw", metavar="HxW", help="size the fuse engine is tuned for, e.g. 512x640")
-    parser.add_argument("--max", dest="max_hw", metavar="HxW", help="largest fuse input, e.g. 1080x1920")
+    parser.add_argument("--min", dest="min_hw", metavar="HxW", help="smallest fuse/frame input, e.g. 256x320")
+    parser.add_argument("--opt", dest="opt_hw", metavar="HxW",
+                        help="size the fuse/frame engine is tuned for, e.g. 512x640")
+    parser.add_argument("--max", dest="max_hw", metavar="HxW", help="largest fuse/frame input, e.g. 1080x1920")
     parser.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace limit (default 1024)")
     parser.add_argument("--timing-cache", type=Path, help="timing cache file, loaded if present and saved after")
     parser.add_argument("--dla-core", type=int, default=None, help="build for this DLA core (Jetson; fp16 only)")
@@ -89,6 +91,12 @@ def _targets(args: argparse.Namespace) -> tuple[list[tuple[Path, Path]], object 
             if engine is None:
                 raise ValueError(f"{args.rig}: inference.{graph}_engine is not set: nowhere to write the engine")
             targets.append((model, engine))
+        # The frame graph is optional (older exports lack it; without it the daemon warps on the CPU).
+        if inf.frame_engine is None or not inf.frame_model.is_file():
+            log.info("%s: no frame engine built (%s)", args.rig, "inference.frame_engine is not set"
+                     if inf.frame_engine is None else f"{inf.frame_model} does not exist")
+        else:
+            targets.append((inf.frame_model, inf.frame_engine))
         return targets, rig
     if args.onnx is None or args.out is None:
         raise ValueError("give --onnx GRAPH and --out ENGINE, or --rig FILE")
@@ -138,8 +146,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  busref export engine --rig /config/rig.yaml --reuse --timing-cache engines/timing.cache"
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    add_onnx_arguments(actions.add_parser("onnx", help="checkpoint -> register.onnx + fuse.onnx, verified "
-                                                       "against PyTorch"))
+    add_onnx_arguments(actions.add_parser("onnx", help="checkpoint -> register.onnx + fuse.onnx + frame.onnx, "
+                                                       "verified against PyTorch"))
     add_engine_arguments(actions.add_parser("engine", help="ONNX graph -> TensorRT engine (needs TensorRT and a GPU)"))
 
 

@@ -3,10 +3,11 @@
 Sections, each reported as OK / FAILED / SKIPPED with the reason:
 
 * environment: Python, packages, ONNX Runtime providers, OpenCV GStreamer support, GPU;
-* graphs: ``register.onnx`` / ``fuse.onnx`` pass the export checks (:mod:`export.onnx_check`);
+* graphs: ``register.onnx`` / ``fuse.onnx`` (and ``frame.onnx``, optional: older exports lack
+  it) pass the export checks (:mod:`export.onnx_check`);
 * CUDA: device buffers round-trip through cuda-python (the TensorRT backend's memory path);
 * ONNX Runtime CUDA vs CPU parity on sample pairs (where ORT has the CUDA provider);
-* TensorRT: build both engines, verify them against ONNX Runtime, time them (fuse at 640x512):
+* TensorRT: build the engines, verify them against ONNX Runtime, time them (fuse, frame at 640x512):
   frames per second and p99 latency, uploads and downloads included.
 
 Exit status 0 when nothing FAILED (SKIPPED is not a failure), 1 otherwise.
@@ -109,8 +110,12 @@ def check_graphs(weights: Path) -> tuple[list[Check], dict[str, Path]]:
     from runtime.artifact import ArtifactError
 
     checks, good = [], {}
-    for graph in ("register", "fuse"):
+    for graph in ("register", "fuse", "frame"):
         path = weights / f"{graph}.onnx"
+        if graph == "frame" and not path.is_file():
+            checks.append(Check("graph frame", "SKIPPED", f"{path} is not there (an export older than the frame "
+                                                          "graph): GPU backends warp on the CPU"))
+            continue
         try:
             checked = check_graph_file(path, graph=graph)
         except ArtifactError as exc:
@@ -147,12 +152,12 @@ def check_cuda_buffers() -> Check:
 
 
 def _feeds(graph: str, meta: Any, hw: tuple[int, int] = TIMING_HW) -> dict[str, np.ndarray]:
-    from export.samples import synthetic_pairs
+    """One synthetic input of ``graph`` at ``hw`` (the register graph at its own size; the frame
+    graph's IR at ``hw`` too)."""
+    from export.samples import graph_feed, synthetic_pairs
 
-    pair = synthetic_pairs(1, hw)[0]
-    if graph == "register":
-        pair = pair.resized(tuple(meta.registration_size))
-    return {"vis": pair.vis[None, None], "ir": pair.ir[None, None]}
+    size = tuple(meta.registration_size) if graph == "register" else hw
+    return graph_feed(graph, synthetic_pairs(1, hw)[0], size)
 
 
 def check_ort_cuda(graphs: dict[str, Path]) -> list[Check]:
@@ -185,7 +190,7 @@ def check_tensorrt(graphs: dict[str, Path], engine_dir: Path, precision: str, it
     checks = []
     for graph, path in graphs.items():
         engine = engine_dir / f"{graph}.{precision}.engine"
-        hw = TIMING_HW if graph == "fuse" else None
+        hw = TIMING_HW if graph in ("fuse", "frame") else None
         request = be.BuildRequest(path, engine, precision=precision, min_hw=hw, opt_hw=hw, max_hw=hw,
                                   timing_cache=engine_dir / "timing.cache")
         try:

@@ -14,8 +14,8 @@ from export.cli import add_onnx_arguments, run_onnx
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="export_onnx.py", description="checkpoint -> register.onnx + fuse.onnx, "
-                                                                        "verified against PyTorch")
+    parser = argparse.ArgumentParser(prog="export_onnx.py", description="checkpoint -> register.onnx + fuse.onnx "
+                                                                        "+ frame.onnx, verified against PyTorch")
     add_onnx_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,4 +1,4 @@
-"""Checkpoint -> ``register.onnx`` + ``fuse.onnx``, verified against PyTorch before they are written.
+"""Checkpoint -> ``register.onnx`` + ``fuse.onnx`` + ``frame.onnx``, verified against PyTorch before they are written.
 
 Per graph: trace with the TorchScript exporter (``dynamo=False``: the dynamo exporter does not
 keep the symbolic H/W of the fuse graph through ``pixel_unshuffle``), pin the declared I/O
@@ -11,6 +11,8 @@ that the daemon would load.
 The ``register`` graph is exported at the checkpoint's registration size (its dynamic
 convolution builds per-sample kernels from the batch size, which the tracer cannot keep
 symbolic next to a symbolic H/W); the ``fuse`` graph has dynamic H and W (multiples of 8).
+The ``frame`` graph (:class:`FrameGraph`: warp + fuse in one call, for GPU backends) has
+dynamic H, W for the luminance and the grid and its own dynamic H_ir, W_ir for the IR.
 The warp (GridSample) and every grid computation stay float32: the whole graph is float32.
 """
 
@@ -30,8 +32,9 @@ import torch
 
 from busref import __version__
 from export.onnx_check import OPSET, check_graph_file, check_opset, set_metadata
-from export.samples import SamplePair, sample_pairs
+from export.samples import SamplePair, graph_feed, sample_pairs
 from models.checkpoint import file_sha256, load_model
+from models.geometry import warp_normalised
 from models.networks import BusReF
 from models.networks.busref import FuseGraph, RegisterGraph
 from runtime.artifact import ArtifactError, ArtifactMetadata, GraphKind, TensorSpec
@@ -43,8 +46,33 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "busref"
 #: Largest |ONNX Runtime - PyTorch| accepted per output element (float32 end to end).
 TOLERANCE = 1e-4
-#: Export order: the quick fuse graph first, so a failing verification stops before the long trace.
-GRAPHS: tuple[GraphKind, ...] = ("fuse", "register")
+#: Export order: the quick graphs first, so a failing verification stops before the long trace.
+GRAPHS: tuple[GraphKind, ...] = ("fuse", "frame", "register")
+#: Example sizes of the symbolic dimensions when tracing: the IR's differ from the luminance's
+#: so that the tracer cannot tie them together.
+_TRACE_IR_EXTRA = (8, 16)
+
+
+class FrameGraph(torch.nn.Module):
+    """Export wrapper of the ``frame`` graph (runtime/artifact.py): (vis, ir, grid) -> fused.
+
+    ``vis`` (1, 1, H, W), ``ir`` (1, 1, H_ir, W_ir) unregistered, ``grid`` (1, H, W, 2)
+    normalised to the IR frame; the IR is warped like the CPU path's ``cv2.remap`` (bilinear,
+    zero outside, ``align_corners=True``) and fused by the model's GAF. All float32.
+    """
+
+    def __init__(self, model: BusReF) -> None:
+        super().__init__()
+        self.gaf = model.gaf
+
+    def forward(self, vis: torch.Tensor, ir: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        return self.gaf(vis, warp_normalised(ir, grid))
+
+
+def graph_module(model: BusReF, graph: GraphKind) -> torch.nn.Module:
+    """The export wrapper of ``graph`` around ``model``, in eval mode."""
+    wrappers: dict[str, type[torch.nn.Module]] = {"register": RegisterGraph, "fuse": FuseGraph, "frame": FrameGraph}
+    return wrappers[graph](model).eval()
 
 
 class ExportError(RuntimeError):
@@ -79,11 +107,19 @@ def tensor_specs(graph: GraphKind, registration_size: tuple[int, int]) -> tuple[
                         description="sampling grid reference -> IR, normalised, x first")],
         )
     image = [1, 1, "H", "W"]
-    return (
-        [TensorSpec(name="vis", shape=image, description="visible luminance (Y) in [0, 1], H, W multiples of 8"),
-         TensorSpec(name="ir", shape=image, description="registered IR in [0, 1]")],
-        [TensorSpec(name="fused", shape=image, description="fused luminance in [0, 1]")],
-    )
+    vis = TensorSpec(name="vis", shape=image, description="visible luminance (Y) in [0, 1], H, W multiples of 8")
+    fused = TensorSpec(name="fused", shape=image, description="fused luminance in [0, 1]")
+    if graph == "frame":
+        return (
+            [vis,
+             TensorSpec(name="ir", shape=[1, 1, "H_ir", "W_ir"],
+                        description="normalised thermal IR in [0, 1] at its own size, not registered"),
+             TensorSpec(name="grid", shape=[1, "H", "W", 2],
+                        description="sampling grid output pixel -> IR location, normalised to the IR frame "
+                                    "(align_corners=True), x first")],
+            [fused],
+        )
+    return [vis, TensorSpec(name="ir", shape=image, description="registered IR in [0, 1]")], [fused]
 
 
 def build_metadata(graph: GraphKind, payload: dict[str, Any], checkpoint_sha256: str, opset: int,
@@ -140,15 +176,16 @@ def trace_module(module: torch.nn.Module, example: tuple[torch.Tensor, ...], inp
 
 
 def trace_graph(model: BusReF, graph: GraphKind, metadata: ArtifactMetadata) -> onnx.ModelProto:
-    """The ONNX model of ``graph`` (metadata and digest written, fully checked)."""
+    """The ONNX model of ``graph`` (metadata and digest written, fully checked); the symbolic
+    dimensions of the metadata's tensor shapes become the graph's dynamic axes."""
     h, w = model.config.registration_size
-    example = (torch.rand(1, 1, h, w), torch.rand(1, 1, h, w))
+    sizes = {"H": h, "W": w, "H_ir": h + _TRACE_IR_EXTRA[0], "W_ir": w + _TRACE_IR_EXTRA[1]}
+    example = tuple(torch.rand([sizes.get(d, d) for d in spec.shape]) for spec in metadata.inputs)
     inputs, outputs = GRAPH_IO[graph]
-    module = RegisterGraph(model) if graph == "register" else FuseGraph(model)
-    dynamic = None
-    if graph == "fuse":
-        dynamic = {name: {2: "H", 3: "W"} for name in (*inputs, *outputs)}
-    proto = trace_module(module, example, list(inputs), list(outputs), opset=metadata.opset, dynamic_axes=dynamic)
+    dynamic = {spec.name: {i: d for i, d in enumerate(spec.shape) if isinstance(d, str)}
+               for spec in [*metadata.inputs, *metadata.outputs] if any(isinstance(d, str) for d in spec.shape)}
+    proto = trace_module(graph_module(model, graph), example, list(inputs), list(outputs), opset=metadata.opset,
+                         dynamic_axes=dynamic or None)
     _pin_shapes(proto, metadata)
     proto.producer_name, proto.producer_version = "busref", __version__
     onnx.checker.check_model(proto, full_check=True)
@@ -159,12 +196,18 @@ def trace_graph(model: BusReF, graph: GraphKind, metadata: ArtifactMetadata) -> 
 def graph_feeds(graph: GraphKind, pairs: list[SamplePair], registration_size: tuple[int, int]
                 ) -> list[dict[str, np.ndarray]]:
     """Inputs to verify ``graph`` on: ``register`` at its size; ``fuse`` at each pair's own size
-    (cropped to /8) and at the registration size, so its dynamic H/W is exercised."""
+    (cropped to /8) and at the registration size, so its dynamic H/W is exercised; ``frame`` at
+    the same two sizes, with the IR at the pair's own size (another size than the luminance at
+    least once) and a non-trivial grid (:func:`export.samples.graph_feed`)."""
     def feed(p: SamplePair) -> dict[str, np.ndarray]:
         return {"vis": p.vis[None, None].astype(np.float32), "ir": p.ir[None, None].astype(np.float32)}
 
     small = [feed(p.resized(registration_size)) for p in pairs]
-    return small if graph == "register" else [feed(p.cropped8()) for p in pairs] + small
+    if graph == "register":
+        return small
+    if graph == "frame":
+        return [graph_feed("frame", p, hw) for p in pairs for hw in (p.cropped8().vis.shape, registration_size)]
+    return [feed(p.cropped8()) for p in pairs] + small
 
 
 @torch.no_grad()
@@ -172,12 +215,12 @@ def compare_with_torch(model: BusReF, graph: GraphKind, onnx_path: Path,
                        feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
     """Max |ONNX Runtime - PyTorch| per output over ``feeds`` (ORT as the daemon runs it)."""
     backend = OnnxRuntimeBackend(onnx_path, graph=graph)
-    module = (RegisterGraph(model) if graph == "register" else FuseGraph(model)).eval()
-    names = GRAPH_IO[graph][1]
+    module = graph_module(model, graph)
+    inputs, names = GRAPH_IO[graph]
     worst = dict.fromkeys(names, 0.0)
     for f in feeds:
         got = backend.run(f)
-        want = module(torch.from_numpy(f["vis"]), torch.from_numpy(f["ir"]))
+        want = module(*(torch.from_numpy(f[name]) for name in inputs))
         want = want if isinstance(want, tuple) else (want,)
         for name, ref in zip(names, want, strict=True):
             if got[name].shape != tuple(ref.shape):
@@ -190,7 +233,7 @@ def compare_with_torch(model: BusReF, graph: GraphKind, onnx_path: Path,
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int = OPSET,
                       verify_data: str | Path | None = None, verify_pairs: int = 4,
                       tolerance: float = TOLERANCE) -> list[GraphReport]:
-    """Write ``out_dir/register.onnx`` and ``out_dir/fuse.onnx`` from ``checkpoint``, verified.
+    """Write ``out_dir/{register,fuse,frame}.onnx`` from ``checkpoint``, verified.
 
     ``verify_data``: a pair folder (see :mod:`export.samples`) whose first ``verify_pairs`` pairs
     are run through ONNX Runtime and PyTorch; None = the built-in synthetic pairs. Raises

@@ -15,9 +15,15 @@ import cv2
 import numpy as np
 
 from rig_config.schema import Misalignment, PercentileWindow
+from runtime.artifact import GraphKind
+from runtime.registration import affine_grid
 from runtime.synthetic import IRRenderer, RGBRenderer, Scene
 from runtime.thermal import ThermalNormaliser
 
+#: The warp the ``frame`` graph is verified with (a normalised affine, ``F.affine_grid``'s
+#: convention): 2 degrees of rotation, 3 % zoom and a shift, so that the grid is no identity.
+SAMPLE_THETA = np.array([[1.03 * np.cos(np.radians(2.0)), -np.sin(np.radians(2.0)), 0.04],
+                         [np.sin(np.radians(2.0)), 1.03 * np.cos(np.radians(2.0)), -0.03]])
 #: Folder pairs (ir, vis) a sample folder may use, first match wins.
 LAYOUTS = (("cropinfrared", "crop_LR_visible"), ("ir", "vis"))
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -42,6 +48,23 @@ class SamplePair:
         h, w = self.vis.shape
         h, w = h - h % 8, w - w % 8
         return SamplePair(self.name, self.vis[:h, :w].copy(), self.ir[:h, :w].copy())
+
+
+def graph_feed(graph: GraphKind, pair: SamplePair, hw: tuple[int, int],
+               ir_hw: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """The inputs of ``graph`` (:mod:`runtime.artifact`) made from ``pair``, images at (H, W) ``hw``.
+
+    ``register`` / ``fuse``: ``vis`` and ``ir`` (1, 1, H, W). ``frame``: ``vis`` (1, 1, H, W), the
+    unregistered ``ir`` at ``ir_hw`` (default: the pair's own size) and the ``grid`` (1, H, W, 2)
+    of :data:`SAMPLE_THETA`. All float32.
+    """
+    p = pair.resized(hw)
+    feed = {"vis": p.vis[None, None], "ir": p.ir[None, None]}
+    if graph == "frame":
+        ir = pair.ir if ir_hw is None else pair.resized(ir_hw).ir
+        feed["ir"] = ir[None, None]
+        feed["grid"] = affine_grid(SAMPLE_THETA, hw)[None]
+    return feed
 
 
 def synthetic_pairs(count: int = 2, hw: tuple[int, int] = (512, 640)) -> list[SamplePair]:

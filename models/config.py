@@ -41,7 +41,7 @@ class ModelConfig(_Strict):
     affine: AffineConfig = AffineConfig()
     deformable: DeformableConfig = DeformableConfig()
     gaf: GafConfig = GafConfig()
-    registration_size: tuple[int, int] = (256, 320)
+    registration_size: tuple[int, int] = (192, 256)
 
     @field_validator("registration_size")
     @classmethod
@@ -69,11 +69,16 @@ class LossWeights(_Strict):
     ssim_fuse: float = Field(1.0, description="sigma of eq. 8")
     grad_fuse: float = Field(10.0, description="weight of L_grad (eq. 6-7)")
     gamma: float = Field(0.7, description="gradient enhancement exponent of eq. 7")
+    max_grad_fuse: float = Field(0.0, description="weight of the Sobel max-gradient term (losses.max_gradient_loss); "
+                                 "raises EI, SF and Qabf")
+    hist_fuse: float = Field(0.0, description="weight of the histogram term (losses.histogram_loss); lowers CE")
+    salfid_fuse: float = Field(0.0, description="weight of the saliency-weighted source fidelity term "
+                               "(losses.saliency_fidelity_loss); lowers Q_cv")
     mncc: float = Field(1.0, description="epsilon of eq. 13")
     mg: float = Field(1000.0, description="weight of L_MG (eq. 12); Laplacian differences are ~1e-3")
     smooth: float = Field(0.01, description="smoothness of the displacement field")
     supervised: float = Field(0.1, description="masked end-point error against the synthetic truth")
-    affine_supervised: float = Field(0.05, description="the same for the coarse (affine) grid alone")
+    affine_supervised: float = Field(0.1, description="the same for the coarse (affine) grid alone")
 
 
 class TrainConfig(_Strict):
@@ -81,7 +86,7 @@ class TrainConfig(_Strict):
     losses: LossWeights = LossWeights()
     bus: StageConfig = StageConfig(steps=2000, batch_size=8, lr=2e-3, crop=(128, 128))
     fusion: StageConfig = StageConfig(steps=2000, batch_size=8, lr=2e-3, crop=(128, 128))
-    registration: StageConfig = StageConfig(steps=4000, batch_size=8, lr=1e-3, crop=(256, 320))
+    registration: StageConfig = StageConfig(steps=4000, batch_size=8, lr=1e-3, crop=(192, 256))
     max_level: Literal["moderate", "hard"] = "hard"
     level_margin: float = Field(1.15, ge=1.0, le=2.0, description="train slightly beyond max_level")
     seed: int = 0

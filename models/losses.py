@@ -57,13 +57,83 @@ def enhanced_gradient_target(vis: Tensor, ir: Tensor, gamma: float = 0.7) -> Ten
     return torch.sign(g) * (g.abs() + 1e-12) ** gamma
 
 
+SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
+def sobel_magnitude(x: Tensor) -> Tensor:
+    """Sobel gradient magnitude ``sqrt(Sx^2 + Sy^2)`` (the kernel of the EI metric), replicate
+    padding: (B, 1, H, W) -> same shape; the small epsilon keeps the gradient finite at 0."""
+    k = torch.stack((SOBEL_X, SOBEL_X.T)).to(x).view(2, 1, 3, 3)
+    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k)
+    return torch.sqrt((g**2).sum(1, keepdim=True) + 1e-8)
+
+
+def max_gradient_loss(fused: Tensor, vis: Tensor, ir: Tensor) -> Tensor:
+    """Mean ``| |grad F| - max(|grad V|, |grad R|) |`` on Sobel magnitudes: every edge of either
+    source at its full strength (the texture loss of SeAFusion, Tang et al. 2022)."""
+    target = torch.maximum(sobel_magnitude(vis), sobel_magnitude(ir))
+    return (sobel_magnitude(fused) - target).abs().mean()
+
+
+def histogram_loss(fused: Tensor, vis: Tensor, ir: Tensor) -> Tensor:
+    """1-D Wasserstein distance between each fused image's grey values and the equal mixture of
+    both sources' (mean gap of sorted values), averaged over the batch.
+
+    The mixture is the histogram that minimises the summed cross entropy (CE metric) of the two
+    sources relative to the fused one; sorting both sides makes it differentiable. The 2N sorted
+    source values are averaged in consecutive pairs to give the mixture's N quantiles.
+    """
+    b = fused.shape[0]
+    f = fused.reshape(b, -1).sort(dim=1).values
+    mixture = torch.cat((vis.reshape(b, -1), ir.reshape(b, -1)), dim=1).sort(dim=1).values
+    return (f - mixture.view(b, -1, 2).mean(-1)).abs().mean()
+
+
+def _blur(x: Tensor, sigma: float) -> Tensor:
+    """Gaussian blur of a (B, 1, H, W) image, kernel side ``4 sigma + 1``, replicate padding."""
+    half = int(2 * sigma)
+    w = _gaussian_window(2 * half + 1, sigma, x.dtype, str(x.device))
+    return F.conv2d(F.pad(x, (half, half, half, half), mode="replicate"), w)
+
+
+def saliency_fidelity_loss(fused: Tensor, vis: Tensor, ir: Tensor, *, window: float = 4.0,
+                           eps: float = 1e-4) -> Tensor:
+    """Mean ``w_V |d(F - V)| + w_R |d(F - R)|``: locally, follow the source whose edges dominate.
+
+    A differentiable stand-in for the Chen-Varshney metric (Q_cv), which weighs each tile's
+    distortion to a source by that source's edge energy. Here the saliency ``S`` of a source is
+    its squared Sobel magnitude blurred with a Gaussian of std ``window`` (about a 16-pixel Q_cv
+    tile), ``w_V = S_V / (S_V + S_R + eps)`` and likewise ``w_R``; the weights are constants (the
+    sources have no gradient). ``d`` removes the difference's local mean (the same Gaussian):
+    Q_cv's contrast-sensitivity filter all but ignores slow brightness offsets, so they are left
+    to the histogram term instead of fighting it.
+    """
+    s_v, s_r = _blur(sobel_magnitude(vis) ** 2, window), _blur(sobel_magnitude(ir) ** 2, window)
+    total = s_v + s_r + eps
+    loss = fused.new_zeros(())
+    for source, saliency in ((vis, s_v), (ir, s_r)):
+        diff = fused - source
+        loss = loss + (saliency / total * (diff - _blur(diff, window)).abs()).mean()
+    return loss
+
+
 def fusion_loss(fused: Tensor, vis: Tensor, ir: Tensor, *, sigma: float = 1.0, grad_weight: float = 10.0,
-                gamma: float = 0.7) -> tuple[Tensor, dict[str, float]]:
-    """Eq. 8: ``sigma L_wsim + L_grad`` with eq. 5 and eq. 6 (mean squared Laplacian error)."""
+                gamma: float = 0.7, max_grad_weight: float = 0.0, histogram_weight: float = 0.0,
+                saliency_weight: float = 0.0) -> tuple[Tensor, dict[str, float]]:
+    """Eq. 8: ``sigma L_wsim + L_grad`` with eq. 5 and eq. 6 (mean squared Laplacian error), plus
+    :func:`max_gradient_loss`, :func:`histogram_loss` and :func:`saliency_fidelity_loss` with
+    their weights (terms of weight 0 are skipped)."""
     wsim = (1 - (ssim(fused, vis) + ssim(fused, ir)) / 2).mean()
     grad = ((laplacian(fused) - enhanced_gradient_target(vis, ir, gamma)) ** 2).mean()
     total = sigma * wsim + grad_weight * grad
-    return total, {"wsim": float(wsim.detach()), "grad": float(grad.detach())}
+    logs = {"wsim": wsim, "grad": grad}
+    for name, weight, term in (("max_grad", max_grad_weight, max_gradient_loss),
+                               ("hist", histogram_weight, histogram_loss),
+                               ("salfid", saliency_weight, saliency_fidelity_loss)):
+        if weight:
+            logs[name] = term(fused, vis, ir)
+            total = total + weight * logs[name]
+    return total, {k: float(v.detach()) for k, v in logs.items()}
 
 
 def masked_ncc(x: Tensor, y: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:

@@ -92,7 +92,8 @@ class FusionStep(nn.Module):
     def forward(self, vis: torch.Tensor, ir: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         fused = self.model.fuse(vis, ir)
         return losses.fusion_loss(fused, vis, ir, sigma=self.w.ssim_fuse, grad_weight=self.w.grad_fuse,
-                                  gamma=self.w.gamma)
+                                  gamma=self.w.gamma, max_grad_weight=self.w.max_grad_fuse,
+                                  histogram_weight=self.w.hist_fuse, saliency_weight=self.w.salfid_fuse)
 
 
 class RegistrationStep(nn.Module):
@@ -153,13 +154,14 @@ def trainable_parts(model: BusReF, stage: str) -> list[nn.Module]:
     return {"bus": [model.bus], "fusion": [model.gaf], "registration": [model.affine, model.deformable]}[stage]
 
 
+EARLIER_PARTS = ("bus", "gaf")  # the model part each stage trains, in STAGES order (bus, fusion)
+
+
 def load_earlier_stages(model: BusReF, state: dict[str, torch.Tensor], stage: str, source: Path) -> None:
     """Load the parts trained by the stages before ``stage`` (the bus; then GAF) from ``state``;
     the parts this stage trains start fresh, so a changed architecture of those parts does not
     invalidate an earlier stage's checkpoint."""
-    earlier = STAGES[: STAGES.index(stage)]
-    parts = {"bus": "bus.", "fusion": "gaf."}
-    prefixes = tuple(parts[s] for s in earlier)
+    prefixes = tuple(f"{part}." for part in EARLIER_PARTS[: STAGES.index(stage)])
     wanted = {k: v for k, v in state.items() if k.startswith(prefixes)}
     missing = [k for k in model.state_dict() if k.startswith(prefixes) and k not in wanted]
     if missing:
@@ -230,12 +232,18 @@ def train_stage(stage: str, *, train_pairs: list[PairPaths], val_pairs: list[Pai
     source = resume or init
     if source is not None:
         payload = load_checkpoint(source, map_location=device)
-        if payload["config"].model != config.model:
-            raise ValueError(f"{source}: trained with model config {payload['config'].model}, "
-                             f"not the requested {config.model}")
+        trained = payload["config"].model
+        # Resuming needs the whole model unchanged; an init only the parts it provides (the bus, GAF),
+        # so e.g. stage 3 can run at another registration size on the same bus.
+        if resume is not None and trained != config.model:
+            raise ValueError(f"{source}: trained with model config {trained}, not the requested {config.model}")
         if resume is not None:
             model.load_state_dict(payload["model"])
         else:
+            for part in EARLIER_PARTS[: STAGES.index(stage)]:
+                if getattr(trained, part) != getattr(config.model, part):
+                    raise ValueError(f"{source}: its {part} config {getattr(trained, part)} differs from the "
+                                     f"requested {getattr(config.model, part)}")
             load_earlier_stages(model, payload["model"], stage, source)
         if resume is not None:
             if payload["stage"] != stage:

@@ -281,7 +281,7 @@ class RegistrationConfig(_Model):
     neither, ``rate_hz`` is :data:`DEFAULT_REGISTRATION_RATE_HZ`.
     """
 
-    size: NetSize = Field((256, 320), description="(H, W) the register network runs at")
+    size: NetSize = Field((192, 256), description="(H, W) the register network runs at")
     every_n_pairs: int | None = Field(None, ge=1, description="register every N-th pair")
     rate_hz: float | None = Field(None, gt=0, le=1000, description="register at this rate")
     smoothing: float = Field(0.5, gt=0, le=1,
@@ -330,8 +330,12 @@ class InferenceConfig(_Model):
         "auto", description="auto = TensorRT when its engines load, else ONNX Runtime")
     register_model: RigPath = Field(default_factory=lambda: default_model_path("register"))
     fuse_model: RigPath = Field(default_factory=lambda: default_model_path("fuse"))
+    frame_model: RigPath = Field(default_factory=lambda: default_model_path("frame"),
+                                 description="the frame graph (warp + fusion in one call), used on GPU "
+                                             "backends; optional: without the file the IR is warped on the CPU")
     register_engine: RigPath | None = Field(None, description="TensorRT engine for the register graph")
     fuse_engine: RigPath | None = None
+    frame_engine: RigPath | None = None
     threads: int = Field(0, ge=0, le=256, description="intra-op threads; 0 = the backend's default")
 
 

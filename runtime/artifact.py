@@ -19,6 +19,18 @@ Graph contract (schema ``busref.artifact/1``):
     inputs  ``vis`` float32 (1, 1, H, W) visible luminance (Y of YCrCb) in [0, 1];
             ``ir``  float32 (1, 1, H, W) registered IR in [0, 1] (H, W multiples of 8).
     outputs ``fused`` float32 (1, 1, H, W) fused luminance in [0, 1].
+``frame`` graph (the per-frame path in one call, for GPU backends; optional: an artifact folder
+without it still loads and the runtime warps with ``cv2.remap`` and runs ``fuse``)
+    inputs  ``vis``  float32 (1, 1, H, W) visible luminance (Y of YCrCb) in [0, 1] at the
+            output (fuse) size (H, W multiples of 8);
+            ``ir``   float32 (1, 1, H_ir, W_ir) normalised thermal IR in [0, 1] at the IR
+            camera's own size, not registered (the graph warps it);
+            ``grid`` float32 (1, H, W, 2) sampling grid in normalised coordinates of the IR
+            frame, x first, ``align_corners=True``: ``grid[0, y, x] = (u, v)`` with
+            ``u = 2 x_ir / (W_ir - 1) - 1``; output pixel -> IR location (the
+            ``cv2.remap`` maps of the CPU path, normalised).
+    outputs ``fused`` float32 (1, 1, H, W) fused luminance in [0, 1]:
+            ``fuse(vis, grid_sample(ir, grid))``, bilinear, zeros padding, the warp in float32.
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ SCHEMA = "busref.artifact/1"
 METADATA_KEY = "busref"
 PROTOCOL = "irvis-reg-v1"
 
-GraphKind = Literal["register", "fuse"]
+GraphKind = Literal["register", "fuse", "frame"]
 
 
 class TensorSpec(BaseModel):
@@ -70,7 +82,7 @@ class ArtifactMetadata(BaseModel):
     outputs: list[TensorSpec]
     normalisation: Normalisation = Normalisation()
     registration_size: tuple[int, int] | None = Field(
-        None, description="(H, W) the register graph was trained at; None for fuse"
+        None, description="(H, W) the register graph was trained at; None for fuse and frame"
     )
     training_split: str = ""
     training_split_sha256: str = ""

@@ -45,9 +45,11 @@ class StartupError(RuntimeError):
 def open_graph(config: RigConfig, graph: GraphKind) -> InferenceBackend:
     """The backend for one of the rig's graphs; :class:`StartupError` (exit 3 or 6) when it cannot load."""
     inf = config.inference
-    onnx_path, engine = (
-        (inf.register_model, inf.register_engine) if graph == "register" else (inf.fuse_model, inf.fuse_engine)
-    )
+    onnx_path, engine = {
+        "register": (inf.register_model, inf.register_engine),
+        "fuse": (inf.fuse_model, inf.fuse_engine),
+        "frame": (inf.frame_model, inf.frame_engine),
+    }[graph]
     threads = inf.threads
     if graph == "register" and threads == 0:
         # Registration runs a few times a second beside the fuse graph: a second pool as wide
@@ -62,15 +64,36 @@ def open_graph(config: RigConfig, graph: GraphKind) -> InferenceBackend:
         raise StartupError(str(exc), exit_codes.BAD_MODEL) from None
 
 
-def _warm_up(backend: InferenceBackend, hw: tuple[int, int]) -> None:
-    """One run at the real size: shape mismatches fail at startup, and the first frame is not slow."""
-    zeros = np.zeros((1, 1, *hw), dtype=np.float32)
+def open_frame_graph(config: RigConfig, fuse: InferenceBackend) -> InferenceBackend | None:
+    """The ``frame`` graph's backend where it can pay off, else None.
+
+    None when the fuse graph runs on the CPU (``cv2.remap`` + ``fuse`` is faster there, so the
+    file is not even loaded) or when ``inference.frame_model`` does not exist (an artifact folder
+    exported before the frame graph; the pipeline logs the fallback). A frame graph that exists
+    but does not load is logged and skipped: the CPU path still works.
+    """
+    if not fuse.gpu_resident or not config.inference.frame_model.is_file():
+        return None
     try:
-        backend.run({"vis": zeros, "ir": zeros})
-    # Whatever the backend raises for a wrong input size, the user needs the size and the file.
+        return open_graph(config, "frame")
+    except StartupError as exc:
+        log.warning("the frame graph is not used, warping on the CPU instead: %s", exc)
+        return None
+
+
+def _warm_up(backend: InferenceBackend, inputs: dict[str, np.ndarray]) -> None:
+    """One run at the real sizes: shape mismatches fail at startup, and the first frame is not slow."""
+    try:
+        backend.run(inputs)
+    # Whatever the backend raises for a wrong input size, the user needs the sizes and the file.
     except Exception as exc:
-        raise StartupError(f"{backend.describe().get('path')}: cannot run at (H, W) = {hw}: {exc}",
+        shapes = {name: array.shape for name, array in inputs.items()}
+        raise StartupError(f"{backend.describe().get('path')}: cannot run on inputs of shapes {shapes}: {exc}",
                            exit_codes.BAD_MODEL) from None
+
+
+def _zeros(*shape: int) -> np.ndarray:
+    return np.zeros(shape, dtype=np.float32)
 
 
 class Daemon:
@@ -134,9 +157,16 @@ class Daemon:
         except PublisherError as exc:
             raise StartupError(str(exc), exit_codes.BIND_FAILED) from None
         self.pipeline = Pipeline(cfg, register=self.backends["register"], fuse=self.backends["fuse"],
-                                 publisher=self.publisher, pairer=self.pairer, to_wall=self.to_wall)
-        _warm_up(self.backends["register"], cfg.registration.size)
-        _warm_up(self.backends["fuse"], self.pipeline.out_size[::-1])
+                                 publisher=self.publisher, pairer=self.pairer, to_wall=self.to_wall,
+                                 frame=open_frame_graph(cfg, self.backends["fuse"]))
+        reg_hw, out_hw = cfg.registration.size, self.pipeline.out_size[::-1]
+        _warm_up(self.backends["register"], {"vis": _zeros(1, 1, *reg_hw), "ir": _zeros(1, 1, *reg_hw)})
+        _warm_up(self.backends["fuse"], {"vis": _zeros(1, 1, *out_hw), "ir": _zeros(1, 1, *out_hw)})
+        if self.pipeline.frame is not None:
+            self.backends["frame"] = self.pipeline.frame
+            ir = cfg.cameras.ir
+            _warm_up(self.pipeline.frame, {"vis": _zeros(1, 1, *out_hw), "ir": _zeros(1, 1, ir.height, ir.width),
+                                           "grid": _zeros(1, *out_hw, 2)})
         if self.metrics_port:
             try:
                 self.metrics = MetricsServer(cfg.metrics.host, self.metrics_port, self.metrics_text)
@@ -151,7 +181,7 @@ class Daemon:
             self.captures[name].start()
         self._wait_for_cameras()
         self.pipeline.start()
-        log.info("rig %s running: %s", cfg.rig_id, {g: b.describe() for g, b in self.backends.items()})
+        log.info("rig %s running: %s", cfg.rig_id, self.backend_facts())
 
     def _wait_for_cameras(self) -> None:
         deadline = time.monotonic() + self.camera_timeout_s
@@ -187,6 +217,14 @@ class Daemon:
         log.info("rig %s stopped", self.config.rig_id)
 
     # ------------------------------------------------------------------ status and metrics
+
+    def backend_facts(self) -> dict[str, dict[str, object]]:
+        """Each graph's ``describe()``, and under ``per_frame`` the per-frame path in use
+        (:class:`~runtime.pipeline.FramePath`): for logs, the status topic and the bench."""
+        facts: dict[str, dict[str, object]] = {g: b.describe() for g, b in self.backends.items()}
+        if self.pipeline is not None:
+            facts["per_frame"] = self.pipeline.frame_path.describe()
+        return facts
 
     def _status_loop(self) -> None:
         while not self._status_stop.wait(STATUS_PERIOD_S):
@@ -285,5 +323,5 @@ class Daemon:
             state=state or self.state(),
             counters=counters,
             gauges=gauges,
-            backends={g: b.describe() for g, b in self.backends.items()},
+            backends=self.backend_facts(),
         )

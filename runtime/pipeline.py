@@ -2,8 +2,19 @@
 
 Inference thread, per pair: IR normalisation -> RGB to YCrCb -> (the registration scheduler is
 offered the pair; it runs on its own thread) -> warp of the IR with the current registration
-maps -> ``fuse`` graph on the luminance. Output thread: fused Y + the RGB chroma (or gray) ->
-encode -> publish. Splitting them lets the next fusion start while the last frame is encoded.
+-> fusion of the luminance. Output thread: fused Y + the RGB chroma (or gray) -> encode ->
+publish. Splitting them lets the next fusion start while the last frame is encoded.
+
+The warp and fusion run one of two ways (:func:`choose_frame_path`, logged at start and shown
+in the status topic):
+
+* CPU path: ``cv2.remap`` with the registration's maps, then the ``fuse`` graph. On a CPU this
+  is the fastest way, and the only one for artifacts exported without the ``frame`` graph.
+* device path, when the ``frame`` graph's backend is GPU-resident: the ``frame`` graph warps
+  and fuses in one call, so a pair costs one upload of Y and IR and one download of the fused
+  Y; the grid is uploaded once per new registration (:meth:`InferenceBackend.hold`), not per
+  pair. There the ``warp`` stage times that upload and ``fuse`` the graph call. The registered
+  IR is only made (``cv2.remap``, on the output thread) when its topic is published.
 
 Both hand-overs keep only the newest item: the inference thread takes the newest pair from the
 :class:`~runtime.pairing.Pairer` (older ones are superseded and counted there), the output
@@ -73,6 +84,44 @@ def unit_to_u8(x: np.ndarray) -> np.ndarray:
     return cv2.convertScaleAbs(np.clip(x, 0.0, 1.0), alpha=255.0)
 
 
+def warp_ir(ir: np.ndarray, map1: np.ndarray, map2: np.ndarray) -> np.ndarray:
+    """The CPU warp: (H_ir, W_ir) float32 normalised IR -> (H_out, W_out) float32 registered IR
+    with a registration's ``cv2.remap`` maps (bilinear, zero outside the IR frame)."""
+    return cv2.remap(ir, map1, map2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+
+
+@dataclass(frozen=True)
+class FramePath:
+    """Which per-frame path runs (see the module docstring) and why; logged and in the status topic."""
+
+    device: bool  # True: the frame graph on a GPU-resident backend; False: cv2.remap + fuse graph
+    reason: str
+
+    def describe(self) -> dict[str, object]:
+        graph, warp = ("frame", "GridSample in the frame graph") if self.device else ("fuse", "cv2.remap on the CPU")
+        return {"path": "device" if self.device else "cpu", "graph": graph, "warp": warp, "reason": self.reason}
+
+
+def choose_frame_path(fuse: InferenceBackend, frame: InferenceBackend | None) -> FramePath:
+    """The device path when ``frame`` (the artifact's ``frame`` graph, None when it has none or it
+    was not loaded) is GPU-resident, else the CPU path; logs the choice with its reason."""
+    if frame is not None and frame.gpu_resident:
+        path = FramePath(True, f"the frame graph runs on a GPU ({frame.name}): one upload of Y + IR and one "
+                               "download of the fused Y per pair, the grid once per registration")
+    elif frame is not None:
+        path = FramePath(False, f"the frame graph's backend ({frame.name}) runs on the CPU, where cv2.remap + "
+                                "the fuse graph is faster")
+    elif fuse.gpu_resident:
+        path = FramePath(False, f"the fuse graph runs on a GPU ({fuse.name}) but the artifact has no frame graph "
+                                "(export it with 'busref export onnx'): the IR is warped with cv2.remap on the "
+                                "CPU and copied to the GPU per pair")
+    else:
+        path = FramePath(False, f"the fuse graph runs on the CPU ({fuse.name}): cv2.remap + fuse graph")
+    level = logging.WARNING if frame is None and fuse.gpu_resident else logging.INFO
+    log.log(level, "per-frame path: %s: %s", path.describe()["path"], path.reason)
+    return path
+
+
 @dataclass
 class PipelineCounters:
     pairs: int = 0  # pairs taken by the inference thread
@@ -89,7 +138,8 @@ class Fused:
     pair: FramePair
     state: RegistrationState
     fused: np.ndarray  # (H_out, W_out) float32 [0, 1] fused luminance
-    registered: np.ndarray  # (H_out, W_out) float32 [0, 1] registered IR
+    ir: np.ndarray  # (H_ir, W_ir) float32 [0, 1] normalised IR, not registered
+    registered: np.ndarray | None  # (H_out, W_out) float32 [0, 1] registered IR; None on the device path
     cr: np.ndarray
     cb: np.ndarray
     started: float  # perf_counter() when the inference thread took the pair
@@ -123,6 +173,8 @@ class Pipeline:
 
     ``to_wall`` converts the capture clock (``time.monotonic``) to Unix time for headers.
     The ``register`` graph runs in :attr:`registration`, a scheduler started with the pipeline.
+    ``frame``: the artifact's ``frame`` graph, or None; it is used when its backend is
+    GPU-resident (:attr:`frame_path`).
     """
 
     def __init__(
@@ -134,9 +186,13 @@ class Pipeline:
         publisher: Publisher,
         pairer: Pairer,
         to_wall: Callable[[float], float],
+        frame: InferenceBackend | None = None,
     ) -> None:
         self.config = config
         self.fuse = fuse
+        self.frame_path = choose_frame_path(fuse, frame)
+        self.frame = frame if self.frame_path.device else None
+        self._held_grid: np.ndarray | None = None  # the grid the frame backend holds
         self.publisher = publisher
         self.pairer = pairer
         self._to_wall = to_wall
@@ -145,7 +201,8 @@ class Pipeline:
         self.out_size = fuse_size(self.rgb_size, config.fusion.size)
         self.stages = {name: Histogram() for name in STAGES}
         geometry = RegistrationGeometry.from_config(config, out_size=self.out_size)
-        self.registration = RegistrationScheduler(register, config.registration, geometry, observe=self.observe)
+        self.registration = RegistrationScheduler(register, config.registration, geometry, observe=self.observe,
+                                                  sampling_grid=self.frame is not None)
         self.normaliser = ThermalNormaliser(cams.ir.thermal)
         self.model_id = f"{register.metadata.model_id}+{fuse.metadata.model_id}"
         pub = config.publisher
@@ -192,23 +249,33 @@ class Pipeline:
         else:
             self.registration.offer(y, ir, pair.rgb.t_capture)
         t_warp = time.perf_counter()  # the one-off inline registration is no stage of its own
-        registered = cv2.remap(ir, state.map1, state.map2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                               borderValue=0.0)
-        t3 = time.perf_counter()
-        vis = to_unit(y, self.out_size)
-        fused = self.fuse.run({"vis": vis[None, None], "ir": registered[None, None]})["fused"][0, 0]
+        registered = None
+        if self.frame is not None:
+            # A state keeps its grid object for as long as it is in force (also while held):
+            # a new object is a new registration, the only time the grid goes to the GPU.
+            if state.sampling_grid is not self._held_grid:
+                self.frame.hold("grid", state.sampling_grid)
+                self._held_grid = state.sampling_grid
+            t3 = time.perf_counter()
+            vis = to_unit(y, self.out_size)
+            fused = self.frame.run({"vis": vis[None, None], "ir": ir[None, None]})["fused"][0, 0]
+        else:
+            registered = warp_ir(ir, state.map1, state.map2)
+            t3 = time.perf_counter()
+            vis = to_unit(y, self.out_size)
+            fused = self.fuse.run({"vis": vis[None, None], "ir": registered[None, None]})["fused"][0, 0]
         t4 = time.perf_counter()
         for name, seconds in (("thermal", t1 - t0), ("colour", t2 - t1), ("warp", t3 - t_warp),
                               ("fuse", t4 - t3)):
             self.stages[name].observe(seconds)
-        return Fused(pair, state, fused, registered, cr, cb, t0)
+        return Fused(pair, state, fused, ir, registered, cr, cb, t0)
 
     def output(self, item: Fused) -> None:
         """Compose, encode and publish one fused frame."""
         t0 = time.perf_counter()
         image = self._compose(item.fused, item.cr, item.cb)
         t1 = time.perf_counter()
-        self._publish(item.pair, item.state, image, item.registered)
+        self._publish(item, image)
         t2 = time.perf_counter()
         self.stages["compose"].observe(t1 - t0)
         self.stages["publish"].observe(t2 - t1)
@@ -244,12 +311,13 @@ class Pipeline:
             model_id=self.model_id,
         )
 
-    def _publish(self, pair: FramePair, state: RegistrationState, image: np.ndarray,
-                 registered: np.ndarray) -> None:
+    def _publish(self, item: Fused, image: np.ndarray) -> None:
+        pair, state = item.pair, item.state
         quality = self.config.publisher.jpeg_quality
         header = self._header("fused", pair, state, image, self.encoding)
         self.publisher.publish_frame("fused", header, image, jpeg_quality=quality)
         if self.config.publisher.publish_registered_ir:
+            registered = item.registered if item.registered is not None else warp_ir(item.ir, state.map1, state.map2)
             ir8 = unit_to_u8(registered)
             ir_header = self._header("registered_ir", pair, state, ir8, self.ir_encoding)
             self.publisher.publish_frame("registered_ir", ir_header, ir8, jpeg_quality=quality)

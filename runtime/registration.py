@@ -13,7 +13,9 @@ Coordinate conventions (all sizes as (width, height) for frames, (H, W) for netw
   canvas the reference pixel ``(x, y)`` samples; through ``P^-1`` that is an IR pixel.
   (With equal sizes and no prior this is ``x_ir = (u + 1) / 2 * (W_ir - 1)``.)
 * :func:`remap_maps` upsamples the grid bilinearly to the output size and converts it to IR
-  pixel coordinates for ``cv2.remap``, once per new estimate (never per frame).
+  pixel coordinates for ``cv2.remap``, once per new estimate (never per frame). For the ``frame``
+  graph (GPU backends), :func:`frame_grid` gives the same IR locations normalised to the IR frame
+  (``align_corners=True``: ``u = 2 x_ir / (W_ir - 1) - 1``), also once per new estimate.
 """
 
 from __future__ import annotations
@@ -128,14 +130,13 @@ def grid_quality(grid: np.ndarray) -> tuple[float, float]:
     return folded, inside
 
 
-def remap_maps(
-    grid: np.ndarray, norm_to_ir: np.ndarray, out_size: Size
-) -> tuple[np.ndarray, np.ndarray]:
-    """``cv2.remap`` maps (CV_16SC2 + CV_16UC1) sending each output pixel to its IR pixel.
+def ir_pixels(grid: np.ndarray, norm_to_ir: np.ndarray, out_size: Size) -> tuple[np.ndarray, np.ndarray]:
+    """The IR pixel ``(x, y)`` each output pixel samples: two (H_out, W_out) float32 arrays.
 
-    ``grid``: (H_reg, W_reg, 2) float32 normalised canvas coordinates. ``norm_to_ir``: 3x3 from
-    canvas-normalised ``(u, v, 1)`` to IR pixels (``P^-1 @ rgb_to_norm^-1``). ``out_size``:
-    (width, height) of the output, covering the same extent as the RGB frame.
+    ``grid``: (H_reg, W_reg, 2) float32 normalised canvas coordinates, upsampled bilinearly.
+    ``norm_to_ir``: 3x3 from canvas-normalised ``(u, v, 1)`` to IR pixels
+    (``P^-1 @ rgb_to_norm^-1``). ``out_size``: (width, height) of the output, covering the same
+    extent as the RGB frame.
     """
     w, h = out_size
     up = cv2.resize(grid, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -147,7 +148,27 @@ def remap_maps(
         z = m[2, 0] * u + m[2, 1] * v + m[2, 2]
         x /= z
         y /= z
-    return cv2.convertMaps(x, y, cv2.CV_16SC2)
+    return x, y
+
+
+def remap_maps(grid: np.ndarray, norm_to_ir: np.ndarray, out_size: Size) -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.remap`` maps (CV_16SC2 + CV_16UC1) sending each output pixel to its IR pixel
+    (:func:`ir_pixels`; fixed point, 1/32 pixel)."""
+    return cv2.convertMaps(*ir_pixels(grid, norm_to_ir, out_size), cv2.CV_16SC2)
+
+
+def frame_grid(grid: np.ndarray, norm_to_ir: np.ndarray, out_size: Size, ir_size: Size) -> np.ndarray:
+    """The ``frame`` graph's ``grid`` input: (1, H_out, W_out, 2) float32, the IR locations of
+    :func:`ir_pixels` normalised to the IR frame of ``ir_size`` (width, height), x first,
+    ``align_corners=True``: what ``grid_sample`` needs to sample like ``cv2.remap`` with
+    :func:`remap_maps` (up to the maps' 1/32-pixel fixed point)."""
+    x, y = ir_pixels(grid, norm_to_ir, out_size)
+    w_ir, h_ir = ir_size
+    x *= np.float32(2.0 / (w_ir - 1))
+    x -= np.float32(1.0)
+    y *= np.float32(2.0 / (h_ir - 1))
+    y -= np.float32(1.0)
+    return np.stack([x, y], axis=-1)[None]
 
 
 # --------------------------------------------------------------------------- estimates
@@ -182,6 +203,9 @@ class RegistrationState:
     frame_to_ir: np.ndarray  # 3x3: published-frame pixel -> IR pixel (coarse part)
     map1: np.ndarray = field(repr=False)  # cv2.remap maps at the output size
     map2: np.ndarray = field(repr=False)
+    # The frame graph's grid input (1, H_out, W_out, 2), when the filter was asked for it
+    # (GPU per-frame path); the same array object for as long as this estimate is in force.
+    sampling_grid: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -238,6 +262,9 @@ class RegistrationGeometry:
     def maps(self, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return remap_maps(grid, self.norm_to_ir, self.out_size)
 
+    def frame_grid(self, grid: np.ndarray) -> np.ndarray:
+        return frame_grid(grid, self.norm_to_ir, self.out_size, self.ir_size)
+
 
 def run_register(backend: InferenceBackend, geometry: RegistrationGeometry, vis_y: np.ndarray,
                  ir: np.ndarray, t_capture: float) -> Estimate:
@@ -255,12 +282,15 @@ class RegistrationFilter:
     """Plausibility check, hold-last-good and EMA smoothing of successive estimates.
 
     Not thread-safe: one registration thread feeds it. :meth:`update` returns the new state
-    (also when the estimate is rejected: then ``source`` is ``held``).
+    (also when the estimate is rejected: then ``source`` is ``held``). With ``sampling_grid``
+    each new state also carries the ``frame`` graph's grid (:meth:`RegistrationGeometry.frame_grid`).
     """
 
-    def __init__(self, config: RegistrationConfig, geometry: RegistrationGeometry) -> None:
+    def __init__(self, config: RegistrationConfig, geometry: RegistrationGeometry, *,
+                 sampling_grid: bool = False) -> None:
         self.config = config
         self.geometry = geometry
+        self.sampling_grid = sampling_grid
         self.state: RegistrationState | None = None
         self.accepted = 0
         self.rejected = 0
@@ -356,6 +386,7 @@ class RegistrationFilter:
             frame_to_ir=self.geometry.frame_to_ir(theta),
             map1=map1,
             map2=map2,
+            sampling_grid=self.geometry.frame_grid(grid) if self.sampling_grid else None,
         )
         return self.state
 
@@ -372,6 +403,7 @@ class RegistrationScheduler:
     so a start is at the first pair after each due time; the schedule does not drift by that
     lateness, and runs go back-to-back when one is slower than the period).
     ``observe(stage, seconds)`` receives the duration of each run (stage ``register``).
+    ``sampling_grid``: see :class:`RegistrationFilter`.
     """
 
     def __init__(
@@ -382,11 +414,12 @@ class RegistrationScheduler:
         *,
         observe: Callable[[str, float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sampling_grid: bool = False,
     ) -> None:
         self.backend = backend
         self.config = config
         self.geometry = geometry
-        self.filter = RegistrationFilter(config, geometry)
+        self.filter = RegistrationFilter(config, geometry, sampling_grid=sampling_grid)
         self.runs = 0
         self.errors = 0
         self._observe = observe

@@ -134,7 +134,8 @@ class StatusHeader(BaseModel):
 
     ``counters`` are monotonically increasing totals since start (frames, drops, reconnects...);
     ``gauges`` are current values (fps, skew, registration age...); ``backends`` describe the
-    inference backends in use (name, providers, model id).
+    inference backends in use (name, providers, model id) by graph, and under ``per_frame`` the
+    per-frame path (``device``: the frame graph on a GPU; ``cpu``: cv2.remap + the fuse graph).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

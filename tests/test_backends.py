@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_graphs import metadata, write_fuse, write_register
+from tiny_graphs import metadata, write_frame, write_fuse, write_register
 
 from runtime.artifact import ArtifactError
 from runtime.backends import BackendUnavailable, InferenceBackend, ModelMissing
 from runtime.backends.onnxruntime import OnnxRuntimeBackend
 from runtime.backends.select import open_backend
+from runtime.registration import affine_grid
 
 
 @pytest.fixture
@@ -33,6 +34,31 @@ def test_runs_the_graph_and_reports_itself(fuse_onnx: Path) -> None:
     assert info["providers"] == ["CPUExecutionProvider"] and info["device"] == "cpu"
     assert info["model_id"] == "tiny-fuse-000000000000" and info["threads"] == 1
     assert backend.metadata.graph == "fuse"
+
+
+def test_held_input_stays_bound_between_runs(tmp_path: Path) -> None:
+    """``hold`` binds the frame graph's grid once (ONNX Runtime IO binding, here on the CPU);
+    later runs give only the per-pair inputs."""
+    backend = OnnxRuntimeBackend(write_frame(tmp_path / "frame.onnx"), graph="frame", threads=1)
+    assert not backend.gpu_resident and backend.describe()["gpu_resident"] is False
+    rng = np.random.default_rng(0)
+    vis = rng.random((1, 1, 16, 24), dtype=np.float32) * 0.5
+    irs = [rng.random((1, 1, 12, 20), dtype=np.float32) for _ in range(2)]
+    grids = [affine_grid(theta, (16, 24))[None] for theta in ([[0.9, 0.1, 0.05], [-0.1, 0.9, 0.0]], np.eye(2, 3))]
+    plain = {(i, g): backend.run({"vis": vis, "ir": ir, "grid": grid})["fused"]
+             for i, ir in enumerate(irs) for g, grid in enumerate(grids)}
+    for g, grid in enumerate(grids):
+        backend.hold("grid", grid)
+        for i, ir in enumerate(irs):
+            np.testing.assert_array_equal(backend.run({"vis": vis, "ir": ir})["fused"], plain[i, g])
+    with pytest.raises(ValueError, match=r"\['grid'\] both given and held"):
+        backend.run({"vis": vis, "ir": irs[0], "grid": grids[0]})
+    with pytest.raises(ValueError, match=r"\['ir'\] neither given nor held"):
+        backend.run({"vis": vis})
+    with pytest.raises(ValueError, match="has no input 'theta'"):
+        backend.hold("theta", grids[0])
+    forced = OnnxRuntimeBackend(tmp_path / "frame.onnx", graph="frame", threads=1, gpu_resident=True)
+    assert forced.gpu_resident and forced.device == "cpu"
 
 
 def test_missing_file(tmp_path: Path) -> None:

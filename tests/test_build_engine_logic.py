@@ -47,7 +47,24 @@ def test_parse_hw() -> None:
 def test_fixed_register_graph_gets_exactly_its_size() -> None:
     p = be.profile_for("register", (256, 320))
     assert p == be.Profile((256, 320), (256, 320), (256, 320))
-    assert p.shapes() == ([1, 1, 256, 320],) * 3
+    specs = [TensorSpec(name=n, shape=[1, 1, 256, 320]) for n in ("vis", "ir")]
+    assert be.input_shapes(specs, p) == {n: ([1, 1, 256, 320],) * 3 for n in ("vis", "ir")}
+
+
+FRAME_INPUTS = [TensorSpec(name="vis", shape=[1, 1, "H", "W"]), TensorSpec(name="ir", shape=[1, 1, "H_ir", "W_ir"]),
+                TensorSpec(name="grid", shape=[1, "H", "W", 2])]
+
+
+def test_frame_graph_inputs_get_their_own_profiles(tmp_path: Path) -> None:
+    """The luminance and the grid follow the fuse profile, the IR the IR camera's size."""
+    rig = load_rig(rig_file(tmp_path))  # fusion.size [360, 640], IR camera 640x512
+    shapes = be.input_shapes(FRAME_INPUTS, be.profile_for("frame", None, rig=rig), be.ir_profile_for(rig))
+    assert shapes == {"vis": ([1, 1, 360, 640],) * 3, "ir": ([1, 1, 512, 640],) * 3, "grid": ([1, 360, 640, 2],) * 3}
+    shapes = be.input_shapes(FRAME_INPUTS, be.profile_for("frame", None), be.ir_profile_for(None))
+    assert shapes["grid"] == ([1, 128, 160, 2], [1, 512, 640, 2], [1, 1080, 1920, 2])
+    assert shapes["ir"] == tuple([1, 1, *hw] for hw in be.DEFAULT_IR_PROFILE)
+    with pytest.raises(ValueError, match="input depth: no profile for its dimension 'D'"):
+        be.input_shapes([TensorSpec(name="depth", shape=[1, "D"])], be.profile_for("frame", None))
 
 
 def test_register_size_other_than_the_graph_is_refused_naming_both(tmp_path: Path) -> None:
@@ -156,6 +173,17 @@ def _header(onnx_sha: str = "a" * 64, precision: str = "fp16", opt: list[int] | 
                         plan_sha256=bytes_sha256(b"x"))
 
 
+def _frame_header(ir_hw: tuple[int, int]) -> EngineHeader:
+    image = {"min": [1, 1, 128, 160], "opt": [1, 1, 512, 640], "max": [1, 1, 1080, 1920]}
+    grid = {k: [1, *v[2:], 2] for k, v in image.items()}
+    ir = {key: [1, 1, *ir_hw] for key in ("min", "opt", "max")}
+    inputs = [EngineTensor(name="vis", shape=[1, 1, -1, -1], **image),
+              EngineTensor(name="ir", shape=[1, 1, -1, -1], **ir),
+              EngineTensor(name="grid", shape=[1, -1, -1, 2], **grid)]
+    meta = ArtifactMetadata.from_json(metadata("frame")).model_copy(update={"inputs": FRAME_INPUTS})
+    return _header().model_copy(update={"inputs": inputs, "metadata": meta})
+
+
 def test_stale_reason() -> None:
     orin = Platform("10.3.0", "12.6", "Orin", "8.7")
     profile = be.Profile(*be.DEFAULT_FUSE_PROFILE)
@@ -166,6 +194,18 @@ def test_stale_reason() -> None:
     assert "NVIDIA RTX 4090" in be.stale_reason(_header(), **other)
     assert be.stale_reason(_header(precision="fp32"), **current) == "it is fp32, fp16 was asked for"
     assert "profile for vis" in be.stale_reason(_header(opt=[1, 1, 256, 320]), **current)
+    camera = be.Profile((512, 640), (512, 640), (512, 640))
+    assert be.stale_reason(_frame_header((512, 640)), **current, ir_profile=camera) is None
+    assert "profile for ir is [1, 1, 288, 384]" in be.stale_reason(_frame_header((288, 384)), **current,
+                                                                   ir_profile=camera)
+
+
+def test_frame_engine_is_verified_with_the_ir_at_its_own_sizes() -> None:
+    from export.samples import synthetic_pairs
+
+    feeds = be.engine_feeds(_frame_header((288, 384)), synthetic_pairs(1, (96, 128)))
+    assert [(f["vis"].shape, f["ir"].shape, f["grid"].shape) for f in feeds] == [
+        ((1, 1, *hw), (1, 1, 288, 384), (1, *hw, 2)) for hw in ((128, 160), (512, 640), (1080, 1920))]
 
 
 def test_psnr() -> None:
@@ -211,6 +251,23 @@ def test_engine_cli_needs_a_target(capsys: pytest.CaptureFixture[str]) -> None:
 def test_engine_cli_refuses_a_rig_without_engine_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert busref_main(["export", "engine", "--rig", str(rig_file(tmp_path))]) == 1
     assert "inference.register_engine is not set" in capsys.readouterr().err
+
+
+def test_rig_builds_the_frame_engine_only_where_its_graph_and_path_are_set(tmp_path: Path) -> None:
+    from argparse import Namespace
+
+    from export.cli import _targets
+
+    def engines(**inference: str) -> list[str]:
+        paths = {f"{g}_engine": str(tmp_path / f"{g}.engine") for g in ("register", "fuse")}
+        targets, _ = _targets(Namespace(rig=rig_file(tmp_path, inference={**paths, **inference}), onnx=None, out=None))
+        return [engine.name for _, engine in targets]
+
+    frame = {"frame_engine": str(tmp_path / "frame.engine"), "frame_model": str(tmp_path / "frame.onnx")}
+    assert engines() == ["register.engine", "fuse.engine"]  # no frame_engine set
+    assert engines(**frame) == ["register.engine", "fuse.engine"]  # an export without frame.onnx
+    (tmp_path / "frame.onnx").write_bytes(b"")
+    assert engines(**frame) == ["register.engine", "fuse.engine", "frame.engine"]
 
 
 @pytest.mark.tensorrt

@@ -108,12 +108,18 @@ def test_metrics_and_status(running: Daemon) -> None:
     with Subscriber(running.publisher.endpoints[1]) as sub:
         take(sub, 1)
         deadline = time.monotonic() + 3
-        while sub.last_status is None and time.monotonic() < deadline:
+
+        def published(s: object) -> bool:  # a 1 Hz status sent before the first frame counts none
+            return s is not None and s.counters.get("frames_published_total", 0) > 0
+
+        while not published(sub.last_status) and time.monotonic() < deadline:
             sub.recv(timeout_s=0.1)
     status = sub.last_status
     assert status is not None and status.state in ("running", "starting")
     assert status.counters["frames_published_total"] > 0 and "registration_age_seconds" in status.gauges
     assert status.backends["fuse"]["backend"] == "onnxruntime"
+    # On the CPU the frame graph is not even loaded: cv2.remap + the fuse graph, said so.
+    assert status.backends["per_frame"]["path"] == "cpu" and "frame" not in status.backends
     text = urllib.request.urlopen(f"http://127.0.0.1:{running.metrics.port}/metrics", timeout=5).read().decode()
     assert 'busref_stage_seconds_bucket{stage="fuse",le="+Inf"}' in text
     assert "busref_fps " in text and 'busref_capture_frames_total{camera="ir"}' in text

@@ -1,4 +1,4 @@
-"""Checkpoint -> ONNX: checker, ONNX Runtime vs PyTorch, metadata, dynamic H/W, opset window,
+"""Checkpoint -> ONNX (register, fuse, frame): checker, ONNX Runtime vs PyTorch, metadata, dynamic H/W, opset window,
 refusal of tampered or mismatched graphs, and the mixed-precision copy for TensorRT 11."""
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ from export.onnx_export import (
     trace_graph,
 )
 from export.onnx_fp16 import convolutions_to_fp16
-from export.samples import folder_pairs, synthetic_pairs
+from export.samples import folder_pairs, graph_feed, synthetic_pairs
 from models.checkpoint import file_sha256, load_model, save_checkpoint
 from models.config import ModelConfig, TrainConfig
 from models.networks import BusReF
 from runtime.artifact import METADATA_KEY, PROTOCOL, ArtifactError, ArtifactMetadata, TensorSpec
+from runtime.backends.base import GRAPH_IO
 from runtime.backends.onnxruntime import OnnxRuntimeBackend
 
 ROADSCENE = Path(__file__).resolve().parents[2] / "shared" / "data" / "roadscene"
@@ -63,18 +64,19 @@ def exported(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 pytestmark = pytest.mark.slow  # the module's export traces the full network once (~5 s)
 
 
-def test_export_writes_two_verified_graphs(exported: tuple[Path, list]) -> None:
+def test_export_writes_three_verified_graphs(exported: tuple[Path, list]) -> None:
     out, reports = exported
-    assert sorted(p.name for p in out.iterdir()) == ["fuse.onnx", "register.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["frame.onnx", "fuse.onnx", "register.onnx"]
     for report in reports:
         model = onnx.load(str(report.path))
         onnx.checker.check_model(model, full_check=True)
         assert model_opset(model) == OPSET
         assert 0.0 <= report.worst <= TOLERANCE, report.max_abs_diff
     by_graph = {r.graph: r for r in reports}
-    register, fuse = by_graph["register"], by_graph["fuse"]
+    register, fuse, frame = by_graph["register"], by_graph["fuse"], by_graph["frame"]
     assert set(register.max_abs_diff) == {"theta", "grid"} and register.sizes == [REG_HW]
     assert set(fuse.max_abs_diff) == {"fused"} and len(fuse.sizes) == 2  # synthetic size and REG_HW
+    assert set(frame.max_abs_diff) == {"fused"} and frame.sizes == fuse.sizes
 
 
 def test_ort_matches_pytorch_on_real_roadscene_pairs(exported: tuple[Path, list], checkpoint: Path) -> None:
@@ -83,7 +85,7 @@ def test_ort_matches_pytorch_on_real_roadscene_pairs(exported: tuple[Path, list]
     out, _ = exported
     model, _ = load_model(checkpoint)
     pairs = folder_pairs(ROADSCENE, limit=2)
-    for graph in ("register", "fuse"):
+    for graph in ("register", "fuse", "frame"):
         feeds = graph_feeds(graph, pairs, REG_HW)
         diffs = compare_with_torch(model, graph, out / f"{graph}.onnx", feeds)
         print(f"{graph} on {[p.name for p in pairs]}: max |ORT - torch| {diffs}")
@@ -95,12 +97,12 @@ def test_ort_matches_pytorch_on_real_roadscene_pairs(exported: tuple[Path, list]
 def test_metadata_round_trip(exported: tuple[Path, list], checkpoint: Path) -> None:
     out, _ = exported
     sha = file_sha256(checkpoint)
-    for graph in ("register", "fuse"):
+    for graph in ("register", "fuse", "frame"):
         meta = check_graph_file(out / f"{graph}.onnx", graph=graph, checkpoint_sha256=sha).metadata
         assert meta.model_id == f"busref-{sha[:12]}" and meta.checkpoint_sha256 == sha
         assert (meta.training_split, meta.training_split_sha256, meta.protocol) == ("train", SPLIT_SHA, PROTOCOL)
         assert meta.opset == OPSET and "torch" in meta.exporter_versions
-        assert [t.name for t in meta.inputs] == ["vis", "ir"]
+        assert tuple(t.name for t in meta.inputs) == GRAPH_IO[graph][0]
         assert meta.normalisation.scale == 255.0
         assert ArtifactMetadata.from_json(meta.to_json()) == meta
         # The daemon's ONNX Runtime backend reads the same metadata.
@@ -110,6 +112,9 @@ def test_metadata_round_trip(exported: tuple[Path, list], checkpoint: Path) -> N
     assert [t.shape for t in register.outputs] == [[1, 2, 3], [1, *REG_HW, 2]]
     fuse = check_graph_file(out / "fuse.onnx").metadata
     assert fuse.registration_size is None and fuse.outputs[0].shape == [1, 1, "H", "W"]
+    frame = check_graph_file(out / "frame.onnx").metadata
+    assert frame.registration_size is None and frame.outputs[0].shape == [1, 1, "H", "W"]
+    assert [t.shape for t in frame.inputs] == [[1, 1, "H", "W"], [1, 1, "H_ir", "W_ir"], [1, "H", "W", 2]]
 
 
 def test_fuse_graph_runs_at_two_other_sizes(exported: tuple[Path, list], checkpoint: Path) -> None:
@@ -219,10 +224,25 @@ def test_warp_region_of_the_real_register_graph(exported: tuple[Path, list]) -> 
     assert encoder and not keep & set(encoder), "the encoder may run in FP16"
 
 
+def test_frame_graph_warp_region_is_the_sampler_alone(exported: tuple[Path, list]) -> None:
+    """The frame graph's grid is a network input: only GridSample (and the fusion's tail) stays FP32."""
+    out, _ = exported
+    model = onnx.load(str(out / "frame.onnx"))
+    nodes = [be.LayerInfo(n.name, n.op_type, tuple(n.input), tuple(n.output)) for n in model.graph.node]
+    producers = {o: n for n in model.graph.node for o in n.output}
+    sampler = next(n for n in model.graph.node if n.op_type == "GridSample")
+    ir, grid = sampler.input
+    # The inputs themselves, the grid at most through the tracer's no-op float32 Cast.
+    assert ir == "ir" and (grid == "grid" or (producers[grid].op_type == "Cast" and producers[grid].input == ["grid"]))
+    keep = be.warp_layers(nodes, keep_outputs=["fused"])
+    assert sampler.name in keep and (grid == "grid" or producers[grid].name in keep)
+    assert "Conv" not in {n.op_type for n in model.graph.node if n.name in keep}
+
+
 def test_fp16_copy_keeps_the_warp_fp32(exported: tuple[Path, list]) -> None:
     out, _ = exported
     pair = synthetic_pairs(1, (128, 160))[0]
-    for graph in ("register", "fuse"):
+    for graph in ("register", "fuse", "frame"):
         model = onnx.load(str(out / f"{graph}.onnx"))
         half = onnx.shape_inference.infer_shapes(convolutions_to_fp16(model), strict_mode=True)
         types = {v.name: v.type.tensor_type.elem_type for v in [*half.graph.value_info, *half.graph.input,
@@ -233,8 +253,7 @@ def test_fp16_copy_keeps_the_warp_fp32(exported: tuple[Path, list]) -> None:
             if node.op_type == "GridSample":
                 assert all(types[t] == onnx.TensorProto.FLOAT for t in node.input)
         assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in half.graph.output)
-        p = pair.resized(REG_HW) if graph == "register" else pair
-        feed = {"vis": p.vis[None, None], "ir": p.ir[None, None]}
+        feed = graph_feed(graph, pair, REG_HW if graph == "register" else (128, 160), ir_hw=(96, 120))
         import onnxruntime as ort
 
         full = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)

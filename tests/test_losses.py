@@ -44,3 +44,57 @@ def test_smoothness_and_endpoint():
     shifted = truth + torch.tensor([2.0 / 4 * 3, 2.0 / 3 * 4])  # (3, 4) px in a 4x5 image
     mask = torch.ones(1, 1, 4, 5, dtype=torch.bool)
     assert torch.isclose(losses.endpoint_loss(shifted, truth, mask, (4, 5)), torch.tensor(5.0), atol=1e-3)
+
+
+def test_sobel_magnitude_of_a_ramp():
+    x = torch.arange(6.0).view(1, 1, 1, 6).expand(1, 1, 6, 6) / 10  # slope 0.1 per pixel along x
+    mag = losses.sobel_magnitude(x)
+    assert torch.allclose(mag[..., 1:-1, 1:-1], torch.full((4, 4), 0.8), atol=1e-3)  # Sobel gain 8
+
+
+def test_max_gradient_loss_is_zero_for_the_stronger_source_only():
+    vis = torch.rand(2, 1, 16, 16)
+    flat = torch.full_like(vis, 0.5)
+    assert losses.max_gradient_loss(vis, vis, flat) < 1e-3
+    assert losses.max_gradient_loss(flat, vis, flat) > 0.1
+
+
+def test_histogram_loss_matches_the_mixture_not_the_pixels():
+    vis = torch.rand(2, 1, 8, 8)
+    assert losses.histogram_loss(vis, vis, vis) < 1e-6
+    # A permutation of the pixels has the same histogram: the loss only sees grey-level distributions.
+    assert losses.histogram_loss(vis.flip(-1), vis, vis) < 1e-6
+    # Sources that repeat each of their values twice: the mixture's quantiles are then exactly the
+    # values of one copy of each, so a fused image made of those copies scores 0.
+    half_v, half_r = torch.rand(2, 1, 4, 8), torch.rand(2, 1, 4, 8)
+    fused = torch.cat((half_v, half_r), dim=2)
+    assert losses.histogram_loss(fused, half_v.repeat(1, 1, 2, 1), half_r.repeat(1, 1, 2, 1)) < 1e-6
+    assert losses.histogram_loss(vis, vis, torch.zeros_like(vis)) > 0.1
+
+
+def test_saliency_fidelity_loss_follows_the_locally_salient_source():
+    # Left half: textured visible, flat IR; right half the reverse. The ideal fused image copies
+    # the textured source on each side; copying the flat one there loses its detail.
+    torch.manual_seed(0)
+    texture, flat = torch.rand(1, 1, 48, 48), torch.full((1, 1, 48, 48), 0.5)
+    left = torch.zeros(1, 1, 48, 48, dtype=torch.bool)
+    left[..., :24] = True
+    vis, ir = torch.where(left, texture, flat), torch.where(left, flat, texture)
+    inner = (slice(None), slice(None), slice(None), slice(2, 14))  # away from the seam and border
+    best = losses.saliency_fidelity_loss(texture, vis, ir)
+    worst = losses.saliency_fidelity_loss(flat, vis, ir)
+    assert losses.saliency_fidelity_loss(vis[inner], vis[inner], flat[inner]) < 1e-6
+    assert best < 0.2 * worst
+    # A brightness offset is left to the histogram term: it costs (almost) nothing.
+    assert losses.saliency_fidelity_loss(texture + 0.2, vis, ir) < best + 1e-4
+
+
+def test_fusion_loss_adds_the_optional_terms_only_when_weighted():
+    vis, ir, fused = torch.rand(1, 1, 24, 24), torch.rand(1, 1, 24, 24), torch.rand(1, 1, 24, 24)
+    plain, logs = losses.fusion_loss(fused, vis, ir)
+    assert set(logs) == {"wsim", "grad"}
+    extra, logs = losses.fusion_loss(fused, vis, ir, max_grad_weight=2.0, histogram_weight=3.0, saliency_weight=4.0)
+    expected = (plain + 2.0 * losses.max_gradient_loss(fused, vis, ir) + 3.0 * losses.histogram_loss(fused, vis, ir)
+                + 4.0 * losses.saliency_fidelity_loss(fused, vis, ir))
+    assert torch.isclose(extra, expected, atol=1e-6)
+    assert set(logs) == {"wsim", "grad", "max_grad", "hist", "salfid"}

@@ -6,7 +6,7 @@ import torch
 from models.config import ModelConfig
 from models.networks import BusReF
 from models.networks.busref import normalised_base
-from models.networks.layers import DynamicConv2d, correlation
+from models.networks.layers import DynamicConv2d, cells_to_normalised, correlation, expected_offset
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +23,35 @@ def test_feature_shapes(model):
     assert model.bus(torch.rand(1, 1, 64, 80)).shape == (1, 1, 64, 80)
 
 
-def test_untrained_registration_is_the_identity(model):
+def test_registration_output_shapes(model):
     vis, ir = torch.rand(2, 1, 64, 80), torch.rand(2, 1, 64, 80)
     with torch.no_grad():
         reg = model.register(vis, ir)
-    eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(2, 2, 3)
-    assert torch.allclose(reg.theta, eye, atol=1e-5)
-    assert torch.allclose(reg.grid, normalised_base(vis), atol=1e-5)
+    assert reg.theta.shape == (2, 2, 3) and torch.isfinite(reg.theta).all()
+    assert reg.grid.shape == reg.coarse_grid.shape == normalised_base(vis).shape
+    assert reg.displacements[0].shape == (2, 2, 64, 80) and torch.isfinite(reg.grid).all()
+
+
+def test_expected_offset_reads_the_best_match():
+    """A sharp cost peak at offset (dx, dy) = (2, -1) gives that displacement, in cells."""
+    radius = 2
+    cost = torch.zeros(1, 25, 3, 4)
+    cost[:, (-1 + radius) * 5 + (2 + radius)] = 50.0
+    flow = expected_offset(cost, radius)
+    assert torch.allclose(flow[:, 0], torch.full((1, 3, 4), 2.0), atol=1e-4)
+    assert torch.allclose(flow[:, 1], torch.full((1, 3, 4), -1.0), atol=1e-4)
+    # One cell of a 4-wide grid is 2/3 of the normalised range.
+    assert torch.allclose(cells_to_normalised(flow)[:, 0], torch.full((1, 3, 4), 4 / 3), atol=1e-4)
+
+
+def test_soft_argmax_of_a_cost_volume_reads_a_shift():
+    """Features that match exactly (a shifted copy): the soft-argmax of their cost volume reads
+    the shift, in the direction reference -> moving."""
+    a = torch.randn(1, 64, 12, 16)
+    shifted = torch.roll(a, shifts=(1, 2), dims=(2, 3))  # b(p + (2, 1)) = a(p): match at offset (2, 1)
+    cost = correlation(torch.nn.functional.normalize(shifted, dim=1), torch.nn.functional.normalize(a, dim=1), 2)
+    flow = expected_offset(cost * 64 * 50, 2)[:, :, 2:-2, 2:-2]
+    assert torch.allclose(flow, torch.tensor([-2.0, -1.0]).view(1, 2, 1, 1).expand_as(flow), atol=1e-2)
 
 
 def test_gaf_shape_range_and_guard(model):

@@ -2,6 +2,8 @@
 
 ``fuse``: ``fused = max(vis, ir)`` (any H, W). ``register``: constant ``theta`` and the
 matching ``affine_grid`` (fixed H, W), so a test knows exactly what registration must do.
+``frame``: ``fused = max(vis, GridSample(ir, grid))``, the tiny fuse graph after the contract's
+warp (bilinear, zeros, align_corners), so it must agree with ``cv2.remap`` + the tiny fuse graph.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def metadata(graph: str, *, registration_size: tuple[int, int] | None = None, **
     io = {
         "register": (["vis", "ir"], ["theta", "grid"]),
         "fuse": (["vis", "ir"], ["fused"]),
+        "frame": (["vis", "ir", "grid"], ["fused"]),
     }[graph]
     fields: dict[str, object] = {
         "graph": graph,
@@ -89,3 +92,22 @@ def write_register(path: Path, theta: np.ndarray, hw: tuple[int, int], *, meta: 
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     return _save(model, path, metadata("register", registration_size=hw) if meta is None else meta)
+
+
+def write_frame(path: Path, *, meta: str | None = None) -> Path:
+    """``fused = max(vis, GridSample(ir, grid))`` with symbolic H, W and H_ir, W_ir."""
+    nodes = [
+        helper.make_node("GridSample", ["ir", "grid"], ["registered"], mode="bilinear", padding_mode="zeros",
+                         align_corners=1),
+        helper.make_node("Max", ["vis", "registered"], ["fused"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_frame",
+        [helper.make_tensor_value_info("vis", TensorProto.FLOAT, [1, 1, "H", "W"]),
+         helper.make_tensor_value_info("ir", TensorProto.FLOAT, [1, 1, "H_ir", "W_ir"]),
+         helper.make_tensor_value_info("grid", TensorProto.FLOAT, [1, "H", "W", 2])],
+        [helper.make_tensor_value_info("fused", TensorProto.FLOAT, [1, 1, "H", "W"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return _save(model, path, metadata("frame") if meta is None else meta)

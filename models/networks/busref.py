@@ -9,7 +9,7 @@ from torch import nn
 
 from models.config import ModelConfig
 from models.geometry import warp_normalised
-from models.networks.affine import AffineNet
+from models.networks.affine import AffineNet, apply_affine
 from models.networks.deformable import DeformableNet
 from models.networks.gaf import GAF
 from models.networks.layers import coordinates
@@ -35,12 +35,6 @@ def normalised_base(like: torch.Tensor) -> torch.Tensor:
     """Identity grid (B, H, W, 2) in normalised coordinates, x first, align_corners=True, for an
     image ``like`` (B, C, H, W); shape-dynamic for export."""
     return coordinates(like).permute(0, 2, 3, 1)
-
-
-def _apply_theta(theta: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    b, h, w, _ = points.shape
-    flat = points.reshape(b, -1, 2) @ theta[:, :, :2].transpose(1, 2) + theta[:, None, :, 2]
-    return flat.reshape(b, h, w, 2)
 
 
 class BusReF(nn.Module):
@@ -69,7 +63,7 @@ class BusReF(nn.Module):
         fx = self.bus.encode(vis)
         theta = self.affine(fx, self.bus.encode(ir))
         base = normalised_base(vis)
-        coarse = _apply_theta(theta, base)
+        coarse = apply_affine(theta, base)
         grid = coarse
         displacements = []
         for step in range(self.config.deformable.refinements):
@@ -78,7 +72,7 @@ class BusReF(nn.Module):
             displacements.append(d)
             moved = base + d.permute(0, 2, 3, 1)
             if step == 0:
-                grid = _apply_theta(theta, moved)
+                grid = apply_affine(theta, moved)
             else:
                 grid = warp_normalised(grid.permute(0, 3, 1, 2), moved, padding_mode="border").permute(0, 2, 3, 1)
         return Registration(theta, coarse, grid, tuple(displacements))

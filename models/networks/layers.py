@@ -74,8 +74,8 @@ def ramp(x: torch.Tensor, dim: int) -> torch.Tensor:
 def coordinates(x: torch.Tensor) -> torch.Tensor:
     """Normalised (u, v) coordinate channels in [-1, 1] shaped like ``x`` (B, 2, H, W).
 
-    AffineNet pools globally; rotation and scale show as displacements that depend on position,
-    so the features carry their position (CoordConv) for the pooled MLP to weigh them.
+    Rotation and scale show as displacements that depend on position, so the registration
+    heads see their position (CoordConv), and the affine fit uses them as its points.
     """
     b, _, h, w = x.shape
     u = ramp(x, 3).expand(b, 1, h, w)
@@ -95,8 +95,31 @@ def correlation(fa: torch.Tensor, fb: torch.Tensor, radius: int) -> torch.Tensor
                       for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)], dim=1)
 
 
+def expected_offset(cost: torch.Tensor, radius: int) -> torch.Tensor:
+    """Soft-argmax of a local cost volume: ``(B, (2r+1)^2, H, W)`` (offsets in the row-major
+    order of :func:`correlation`, already scaled as logits) -> expected ``(dx, dy)`` in cells of
+    that grid, ``(B, 2, H, W)``.
+
+    Giving the networks this explicit geometric read-out of the cost volume is what lets them
+    learn from few steps; the conv heads only add a residual and a confidence.
+    """
+    prob = torch.softmax(cost, dim=1)
+    span = torch.arange(-radius, radius + 1, dtype=cost.dtype, device=cost.device)
+    dx = span.repeat(2 * radius + 1).view(1, -1, 1, 1)
+    dy = span.repeat_interleave(2 * radius + 1).view(1, -1, 1, 1)
+    return torch.cat(((prob * dx).sum(1, keepdim=True), (prob * dy).sum(1, keepdim=True)), dim=1)
+
+
+def cells_to_normalised(flow: torch.Tensor) -> torch.Tensor:
+    """A displacement in grid cells ``(B, 2, h, w)`` -> normalised units (align_corners=True),
+    where one cell of a ``w``-wide grid is ``2 / (w - 1)``."""
+    h, w = flow.shape[-2:]
+    return torch.cat((flow[:, :1] * (2.0 / (w - 1)), flow[:, 1:] * (2.0 / (h - 1))), dim=1)
+
+
 class Matcher(nn.Module):
-    """Learned per-modality 1x1 projections, L2-normalised, then a local cost volume.
+    """Learned per-modality projections (1x1, separable 3x3 conv), L2-normalised, then a local cost volume
+    of cosine similarities times a learned sharpness (logits for :func:`expected_offset`).
 
     The bus features are not modality-invariant (the bus is an auto-encoder); the projections
     let the registration nets learn what to compare across IR and visible.
@@ -104,11 +127,13 @@ class Matcher(nn.Module):
 
     def __init__(self, cin: int, cproj: int, radius: int) -> None:
         super().__init__()
-        self.px, self.py = nn.Conv2d(cin, cproj, 1), nn.Conv2d(cin, cproj, 1)
+        self.px = nn.Sequential(nn.Conv2d(cin, cproj, 1), act(), separable(cproj, cproj))
+        self.py = nn.Sequential(nn.Conv2d(cin, cproj, 1), act(), separable(cproj, cproj))
+        self.sharpness = nn.Parameter(torch.tensor(10.0))
         self.radius = radius
         self.channels = (2 * radius + 1) ** 2
 
     def forward(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
         a = F.normalize(self.px(fx), dim=1)
         b = F.normalize(self.py(fy), dim=1)
-        return correlation(a, b, self.radius) * a.shape[1]
+        return correlation(a, b, self.radius) * (a.shape[1] * self.sharpness)

@@ -1,7 +1,7 @@
 """The interface every inference backend implements, and the checks they share.
 
-A backend runs one exported graph (``register`` or ``fuse``, see :mod:`runtime.artifact`) on
-named float32 NCHW arrays. Implementations: :mod:`runtime.backends.onnxruntime` and
+A backend runs one exported graph (``register``, ``fuse`` or ``frame``, see
+:mod:`runtime.artifact`) on named float32 arrays. Implementations: :mod:`runtime.backends.onnxruntime` and
 :mod:`runtime.backends.tensorrt` (optional; its engine-mismatch errors subclass
 :class:`BackendUnavailable` so that :func:`runtime.backends.select.open_backend` can fall back).
 """
@@ -19,6 +19,7 @@ from runtime.artifact import ArtifactError, ArtifactMetadata, GraphKind
 GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "register": (("vis", "ir"), ("theta", "grid")),
     "fuse": (("vis", "ir"), ("fused",)),
+    "frame": (("vis", "ir", "grid"), ("fused",)),
 }
 
 
@@ -37,12 +38,25 @@ class InferenceBackend(Protocol):
     ``run`` takes and returns float32 arrays keyed by the contract's tensor names, e.g. for
     ``fuse``: ``{"vis": (1,1,H,W), "ir": (1,1,H,W)} -> {"fused": (1,1,H,W)}``. It is called from
     one thread at a time per backend instance.
+
+    ``gpu_resident`` is True when the graph computes on a GPU (a TensorRT engine, ONNX Runtime
+    with the CUDA provider really active): every ``run`` then pays one upload per input and
+    one download per output, which is what the ``frame`` graph exists to minimise.
     """
 
     name: str
     metadata: ArtifactMetadata
+    gpu_resident: bool
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def hold(self, name: str, array: np.ndarray) -> None:
+        """Keep input ``name`` = ``array`` for every later ``run``, which then omits it.
+
+        A GPU backend uploads it here, once, instead of on every ``run`` (the ``frame`` graph's
+        grid changes only with the registration). Calling it again replaces the held value.
+        """
+        ...
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready facts for logs and the status topic: backend, device/providers, model id, path."""
@@ -63,3 +77,14 @@ def check_io(graph: GraphKind, inputs: Iterable[str], outputs: Iterable[str], *,
             f"{source}: a {graph!r} graph needs inputs {list(want_in)} and outputs {list(want_out)}, "
             f"it has inputs {list(got_in)} and outputs {list(got_out)}"
         )
+
+
+def check_feed(source: str, inputs: Iterable[str], given: Iterable[str], held: Iterable[str]) -> None:
+    """Refuse a run whose given inputs and held ones (:meth:`InferenceBackend.hold`) are not
+    exactly the graph's ``inputs``, each given once."""
+    want, given, held = set(inputs), set(given), set(held)
+    problems = [f"{sorted(names)} {what}" for names, what in ((want - given - held, "neither given nor held"),
+                                                             (given & held, "both given and held"),
+                                                             (given - want, "not inputs of the graph")) if names]
+    if problems:
+        raise ValueError(f"{source}: inputs {'; '.join(problems)} (the graph's inputs: {sorted(want)})")

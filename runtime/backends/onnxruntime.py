@@ -1,7 +1,13 @@
 """ONNX Runtime backend: one session per graph, checked against the artifact contract at load.
 
 ONNX Runtime silently runs on CPU when a requested CUDA provider cannot load (missing CUDA or
-cuDNN libraries), so the providers the session *really* uses are logged and reported.
+cuDNN libraries), so the providers the session *really* uses are logged and reported, and
+``gpu_resident`` follows them.
+
+Held inputs (:meth:`OnnxRuntimeBackend.hold`, the ``frame`` graph's grid) live in an
+``OrtValue`` on the session's device, bound once through ONNX Runtime's IO binding; the other
+inputs are bound from host memory on each run (ORT copies them to the device) and the outputs
+are bound to host memory (one copy back). Without held inputs ``run`` is a plain session run.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime.artifact import METADATA_KEY, ArtifactError, ArtifactMetadata, GraphKind, check_compatible
-from runtime.backends.base import GRAPH_IO, ModelMissing, artifact_facts, check_io
+from runtime.backends.base import GRAPH_IO, ModelMissing, artifact_facts, check_feed, check_io
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +61,10 @@ class OnnxRuntimeBackend:
         threads: int = 0,
         providers: Sequence[str] = (CPU,),
         spin: bool = False,
+        gpu_resident: bool | None = None,
     ) -> None:
+        """``gpu_resident``: None = True exactly when the CUDA provider is really active; True or
+        False forces the flag (to run the GPU per-frame path on the CPU in tests and benches)."""
         self.path = Path(path)
         self.graph = graph
         self.threads = threads
@@ -81,7 +90,10 @@ class OnnxRuntimeBackend:
             [o.name for o in self._session.get_outputs()],
             source=str(self.path),
         )
+        self._inputs = list(GRAPH_IO[graph][0])
         self._outputs = list(GRAPH_IO[graph][1])
+        self._held: dict[str, ort.OrtValue] = {}
+        self._binding: ort.IOBinding | None = None
         self.providers: list[str] = self._session.get_providers()
         if providers and providers[0] not in self.providers:
             log.warning("%s: ONNX Runtime could not use %s and runs on %s", self.path.name, providers[0],
@@ -89,20 +101,41 @@ class OnnxRuntimeBackend:
         log.info("%s graph %s (%s): ONNX Runtime %s, providers %s, intra-op threads %s", graph,
                  self.path, self.metadata.model_id, ort.__version__, ", ".join(self.providers),
                  threads or "default")
+        self.gpu_resident = self.device == "cuda" if gpu_resident is None else gpu_resident
 
     @property
     def device(self) -> str:
         return "cuda" if self.providers[0] == CUDA else "cpu"
 
+    def hold(self, name: str, array: np.ndarray) -> None:
+        if name not in self._inputs:
+            raise ValueError(f"{self.path}: the {self.graph} graph has no input {name!r} (inputs {self._inputs})")
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, dtype=np.float32), self.device, 0)
+        if self._binding is None:
+            self._binding = self._session.io_binding()
+        self._binding.bind_ortvalue_input(name, value)
+        self._held[name] = value  # the binding refers to the OrtValue without owning it
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self._session.run(self._outputs, inputs)
-        return dict(zip(self._outputs, results, strict=True))
+        if self._binding is None:
+            results = self._session.run(self._outputs, inputs)
+            return dict(zip(self._outputs, results, strict=True))
+        check_feed(str(self.path), self._inputs, inputs, self._held)
+        # The binding reads the host arrays during the run: keep them referenced until it ends.
+        staged = {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in inputs.items()}
+        for name, array in staged.items():
+            self._binding.bind_cpu_input(name, array)
+        for name in self._outputs:
+            self._binding.bind_output(name, "cpu")
+        self._session.run_with_iobinding(self._binding)
+        return dict(zip(self._outputs, self._binding.copy_outputs_to_cpu(), strict=True))
 
     def describe(self) -> dict[str, Any]:
         return {
             **artifact_facts(self, self.graph, self.path),
             "providers": self.providers,
             "device": self.device,
+            "gpu_resident": self.gpu_resident,
             "threads": self.threads,
             "version": ort.__version__,
         }

@@ -8,7 +8,9 @@ header's TensorRT version and GPU against the running ones, naming both.
 
 Inference uses TensorRT's named-tensor API (``set_input_shape``, ``set_tensor_address``,
 ``execute_async_v3``) on a CUDA stream with device buffers allocated once, at the profile's
-largest shapes, through cuda-python's runtime bindings; no PyTorch. ``tensorrt`` and
+largest shapes, through cuda-python's runtime bindings; no PyTorch. A held input
+(:meth:`TensorRTBackend.hold`, the ``frame`` graph's grid) is uploaded into its buffer once and
+left there: ``run`` uploads only the others. ``tensorrt`` and
 ``cuda-python`` are imported when a backend is created, never at module import.
 """
 
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from runtime.artifact import GraphKind, check_compatible
-from runtime.backends.base import GRAPH_IO, BackendUnavailable, check_io
+from runtime.backends.base import GRAPH_IO, BackendUnavailable, check_feed, check_io
 from runtime.engine_header import (
     EngineHeader,
     Platform,
@@ -167,6 +169,7 @@ class TensorRTBackend:
     """An :class:`~runtime.backends.base.InferenceBackend` over a busref TensorRT engine file."""
 
     name = "tensorrt"
+    gpu_resident = True
 
     def __init__(self, engine_path: str | Path, *, graph: GraphKind, onnx_path: str | Path | None = None,
                  device: int = 0) -> None:
@@ -174,6 +177,7 @@ class TensorRTBackend:
         self.graph = graph
         self.device = device
         self._buffers: dict[str, DeviceBuffer] = {}
+        self._held: dict[str, tuple[int, ...]] = {}  # held input -> its shape (its data is on the GPU)
         self._stream: CudaStream | None = None
         source = str(self.path)
         self.header, plan = read_engine(self.path)
@@ -221,17 +225,29 @@ class TensorRTBackend:
             raise ValueError(f"{self.path}: input {name} of shape {shape} is outside the engine's profile "
                              f"{list(low)}..{list(high)}; rebuild it with a wider profile")
 
+    def _stage(self, name: str, array: np.ndarray) -> np.ndarray:
+        """Set ``name``'s shape and queue its upload; returns the array the copy reads (keep it
+        alive until the stream syncs)."""
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        self._check_shape(name, array.shape)
+        if not self._context.set_input_shape(name, array.shape):
+            raise ValueError(f"{self.path}: TensorRT refused shape {array.shape} for input {name}")
+        self._buffers[name].upload(array, self._stream)
+        return array
+
+    def hold(self, name: str, array: np.ndarray) -> None:
+        if name not in self._inputs:
+            raise ValueError(f"{self.path}: the {self.graph} graph has no input {name!r} (inputs {self._inputs})")
+        cuda_check(self._cudart, self._cudart.cudaSetDevice(self.device), "cudaSetDevice")
+        staged = self._stage(name, array)
+        self._stream.synchronize()
+        self._held[name] = staged.shape
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cudart, stream = self._cudart, self._stream
         cuda_check(cudart, cudart.cudaSetDevice(self.device), "cudaSetDevice")  # the caller's thread may differ
-        staged = []
-        for name in self._inputs:
-            array = np.ascontiguousarray(inputs[name], dtype=np.float32)
-            self._check_shape(name, array.shape)
-            if not self._context.set_input_shape(name, array.shape):
-                raise ValueError(f"{self.path}: TensorRT refused shape {array.shape} for input {name}")
-            self._buffers[name].upload(array, stream)
-            staged.append(array)
+        check_feed(str(self.path), self._inputs, inputs, self._held)
+        staged = [self._stage(name, inputs[name]) for name in self._inputs if name not in self._held]
         results = {}
         for name in self._outputs:
             results[name] = np.empty(tuple(self._context.get_tensor_shape(name)), dtype=np.float32)
@@ -240,6 +256,7 @@ class TensorRTBackend:
         for name, array in results.items():
             self._buffers[name].download(array, stream)
         stream.synchronize()
+        del staged  # the queued uploads read these host arrays until the sync above
         return results
 
     def describe(self) -> dict[str, Any]:
@@ -249,6 +266,7 @@ class TensorRTBackend:
             "model_id": self.metadata.model_id,
             "path": str(self.path),
             "device": f"cuda:{self.device}",
+            "gpu_resident": self.gpu_resident,
             "gpu": self.platform.gpu_name,
             "compute_capability": self.platform.compute_capability,
             "version": self.platform.tensorrt_version,

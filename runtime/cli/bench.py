@@ -108,7 +108,7 @@ def measure(daemon: Daemon, counter: HeaderCounter, seconds: float, warmup: floa
         "cpu_count": os.cpu_count(),
         "size": {"rgb": list(pipe.rgb_size), "fuse": list(pipe.out_size),
                  "registration": list(daemon.config.registration.size)},
-        "backends": {g: b.describe() for g, b in daemon.backends.items()},
+        "backends": daemon.backend_facts(),
     }
 
 
