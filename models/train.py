@@ -149,19 +149,26 @@ def seed_worker(worker_id: int) -> None:
 STEPS: dict[str, type[nn.Module]] = {"bus": BusStep, "fusion": FusionStep, "registration": RegistrationStep}
 
 
+#: The parts of :class:`BusReF` (attribute names, also those of its ModelConfig) each stage trains.
+STAGE_PARTS: dict[str, tuple[str, ...]] = {"bus": ("bus",), "fusion": ("gaf",),
+                                           "registration": ("affine", "deformable")}
+
+
 def trainable_parts(model: BusReF, stage: str) -> list[nn.Module]:
     """The bus is frozen after stage 1; GAF is frozen in stage 3 (paper section 3.2)."""
-    return {"bus": [model.bus], "fusion": [model.gaf], "registration": [model.affine, model.deformable]}[stage]
+    return [getattr(model, part) for part in STAGE_PARTS[stage]]
 
 
-EARLIER_PARTS = ("bus", "gaf")  # the model part each stage trains, in STAGES order (bus, fusion)
+def earlier_parts(stage: str) -> tuple[str, ...]:
+    """The parts trained by the stages before ``stage``: what its ``--init`` provides."""
+    return tuple(part for earlier in STAGES[: STAGES.index(stage)] for part in STAGE_PARTS[earlier])
 
 
 def load_earlier_stages(model: BusReF, state: dict[str, torch.Tensor], stage: str, source: Path) -> None:
     """Load the parts trained by the stages before ``stage`` (the bus; then GAF) from ``state``;
     the parts this stage trains start fresh, so a changed architecture of those parts does not
     invalidate an earlier stage's checkpoint."""
-    prefixes = tuple(f"{part}." for part in EARLIER_PARTS[: STAGES.index(stage)])
+    prefixes = tuple(f"{part}." for part in earlier_parts(stage))
     wanted = {k: v for k, v in state.items() if k.startswith(prefixes)}
     missing = [k for k in model.state_dict() if k.startswith(prefixes) and k not in wanted]
     if missing:
@@ -235,20 +242,19 @@ def train_stage(stage: str, *, train_pairs: list[PairPaths], val_pairs: list[Pai
         trained = payload["config"].model
         # Resuming needs the whole model unchanged; an init only the parts it provides (the bus, GAF),
         # so e.g. stage 3 can run at another registration size on the same bus.
-        if resume is not None and trained != config.model:
-            raise ValueError(f"{source}: trained with model config {trained}, not the requested {config.model}")
         if resume is not None:
+            if payload["stage"] != stage:
+                raise ValueError(f"{resume}: is a {payload['stage']!r} checkpoint, cannot resume stage {stage!r}")
+            if trained != config.model:
+                raise ValueError(f"{source}: trained with model config {trained}, not the requested {config.model}")
             model.load_state_dict(payload["model"])
+            start_step, history, optimizer_state = payload["step"], payload["history"], payload["optimizer"]
         else:
-            for part in EARLIER_PARTS[: STAGES.index(stage)]:
+            for part in earlier_parts(stage):
                 if getattr(trained, part) != getattr(config.model, part):
                     raise ValueError(f"{source}: its {part} config {getattr(trained, part)} differs from the "
                                      f"requested {getattr(config.model, part)}")
             load_earlier_stages(model, payload["model"], stage, source)
-        if resume is not None:
-            if payload["stage"] != stage:
-                raise ValueError(f"{resume}: is a {payload['stage']!r} checkpoint, cannot resume stage {stage!r}")
-            start_step, history, optimizer_state = payload["step"], payload["history"], payload["optimizer"]
     elif stage != "bus":
         log.warning("stage %s without --init: the frozen parts are untrained", stage)
     params = freeze_for(model, stage)

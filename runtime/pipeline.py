@@ -256,14 +256,13 @@ class Pipeline:
             if state.sampling_grid is not self._held_grid:
                 self.frame.hold("grid", state.sampling_grid)
                 self._held_grid = state.sampling_grid
-            t3 = time.perf_counter()
-            vis = to_unit(y, self.out_size)
-            fused = self.frame.run({"vis": vis[None, None], "ir": ir[None, None]})["fused"][0, 0]
+            graph, graph_ir = self.frame, ir
         else:
             registered = warp_ir(ir, state.map1, state.map2)
-            t3 = time.perf_counter()
-            vis = to_unit(y, self.out_size)
-            fused = self.fuse.run({"vis": vis[None, None], "ir": registered[None, None]})["fused"][0, 0]
+            graph, graph_ir = self.fuse, registered
+        t3 = time.perf_counter()
+        vis = to_unit(y, self.out_size)
+        fused = graph.run({"vis": vis[None, None], "ir": graph_ir[None, None]})["fused"][0, 0]
         t4 = time.perf_counter()
         for name, seconds in (("thermal", t1 - t0), ("colour", t2 - t1), ("warp", t3 - t_warp),
                               ("fuse", t4 - t3)):

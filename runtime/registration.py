@@ -12,10 +12,11 @@ Coordinate conventions (all sizes as (width, height) for frames, (H, W) for netw
   ``u = 2 x_reg / (W_reg - 1) - 1``. Its ``grid[y, x] = (u, v)`` says where in the pre-warped
   canvas the reference pixel ``(x, y)`` samples; through ``P^-1`` that is an IR pixel.
   (With equal sizes and no prior this is ``x_ir = (u + 1) / 2 * (W_ir - 1)``.)
-* :func:`remap_maps` upsamples the grid bilinearly to the output size and converts it to IR
-  pixel coordinates for ``cv2.remap``, once per new estimate (never per frame). For the ``frame``
-  graph (GPU backends), :func:`frame_grid` gives the same IR locations normalised to the IR frame
-  (``align_corners=True``: ``u = 2 x_ir / (W_ir - 1) - 1``), also once per new estimate.
+* :meth:`RegistrationGeometry.sampling` upsamples the grid bilinearly to the output size and
+  converts it to IR pixel coordinates (:func:`ir_pixels`), once per new estimate (never per
+  frame), for ``cv2.remap`` maps and, for the ``frame`` graph (GPU backends), :func:`frame_grid`:
+  the same IR locations normalised to the IR frame (``align_corners=True``:
+  ``u = 2 x_ir / (W_ir - 1) - 1``).
 """
 
 from __future__ import annotations
@@ -151,24 +152,15 @@ def ir_pixels(grid: np.ndarray, norm_to_ir: np.ndarray, out_size: Size) -> tuple
     return x, y
 
 
-def remap_maps(grid: np.ndarray, norm_to_ir: np.ndarray, out_size: Size) -> tuple[np.ndarray, np.ndarray]:
-    """``cv2.remap`` maps (CV_16SC2 + CV_16UC1) sending each output pixel to its IR pixel
-    (:func:`ir_pixels`; fixed point, 1/32 pixel)."""
-    return cv2.convertMaps(*ir_pixels(grid, norm_to_ir, out_size), cv2.CV_16SC2)
-
-
-def frame_grid(grid: np.ndarray, norm_to_ir: np.ndarray, out_size: Size, ir_size: Size) -> np.ndarray:
-    """The ``frame`` graph's ``grid`` input: (1, H_out, W_out, 2) float32, the IR locations of
-    :func:`ir_pixels` normalised to the IR frame of ``ir_size`` (width, height), x first,
-    ``align_corners=True``: what ``grid_sample`` needs to sample like ``cv2.remap`` with
-    :func:`remap_maps` (up to the maps' 1/32-pixel fixed point)."""
-    x, y = ir_pixels(grid, norm_to_ir, out_size)
+def frame_grid(x: np.ndarray, y: np.ndarray, ir_size: Size) -> np.ndarray:
+    """The ``frame`` graph's ``grid`` input from the IR pixel coordinates of :func:`ir_pixels`:
+    (1, H_out, W_out, 2) float32 normalised to the IR frame of ``ir_size`` (width, height), x
+    first, ``align_corners=True``: what ``grid_sample`` needs to sample like ``cv2.remap`` with
+    :meth:`RegistrationGeometry.maps` (up to the maps' 1/32-pixel fixed point). ``x``, ``y`` are not changed."""
     w_ir, h_ir = ir_size
-    x *= np.float32(2.0 / (w_ir - 1))
-    x -= np.float32(1.0)
-    y *= np.float32(2.0 / (h_ir - 1))
-    y -= np.float32(1.0)
-    return np.stack([x, y], axis=-1)[None]
+    u = x * np.float32(2.0 / (w_ir - 1)) - np.float32(1.0)
+    v = y * np.float32(2.0 / (h_ir - 1)) - np.float32(1.0)
+    return np.stack([u, v], axis=-1)[None]
 
 
 # --------------------------------------------------------------------------- estimates
@@ -260,10 +252,20 @@ class RegistrationGeometry:
         return {"vis": vis[None, None], "ir": warped[None, None]}
 
     def maps(self, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return remap_maps(grid, self.norm_to_ir, self.out_size)
+        """``cv2.remap`` maps (CV_16SC2 + CV_16UC1; fixed point, 1/32 pixel) sending each output
+        pixel to its IR pixel (:func:`ir_pixels`)."""
+        return self.sampling(grid, with_frame_grid=False)[:2]
 
     def frame_grid(self, grid: np.ndarray) -> np.ndarray:
-        return frame_grid(grid, self.norm_to_ir, self.out_size, self.ir_size)
+        return frame_grid(*ir_pixels(grid, self.norm_to_ir, self.out_size), self.ir_size)
+
+    def sampling(self, grid: np.ndarray, *, with_frame_grid: bool
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`maps` and, if asked, :meth:`frame_grid` of one estimate, upsampling and
+        projecting the grid (:func:`ir_pixels`) once for both."""
+        x, y = ir_pixels(grid, self.norm_to_ir, self.out_size)
+        map1, map2 = cv2.convertMaps(x, y, cv2.CV_16SC2)
+        return map1, map2, frame_grid(x, y, self.ir_size) if with_frame_grid else None
 
 
 def run_register(backend: InferenceBackend, geometry: RegistrationGeometry, vis_y: np.ndarray,
@@ -375,7 +377,7 @@ class RegistrationFilter:
         if not self.config.deformable:
             grid = affine_grid(theta, self.geometry.reg_hw)
         self._held_confidence = confidence
-        map1, map2 = self.geometry.maps(grid)
+        map1, map2, sampling_grid = self.geometry.sampling(grid, with_frame_grid=self.sampling_grid)
         self.state = RegistrationState(
             version=0 if held is None else held.version + 1,
             theta=theta,
@@ -386,7 +388,7 @@ class RegistrationFilter:
             frame_to_ir=self.geometry.frame_to_ir(theta),
             map1=map1,
             map2=map2,
-            sampling_grid=self.geometry.frame_grid(grid) if self.sampling_grid else None,
+            sampling_grid=sampling_grid,
         )
         return self.state
 

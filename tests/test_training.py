@@ -84,3 +84,24 @@ def test_three_stages_and_resume(trained_checkpoint, tiny_config, roadscene):
                       split_name="train", config=more, out_dir=trained_checkpoint.parent / "resumed",
                       resume=trained_checkpoint)
     assert load_checkpoint(out)["step"] == 3
+
+
+@pytest.mark.slow
+def test_init_takes_the_earlier_parts_at_another_registration_size(trained_checkpoint, tiny_config, roadscene):
+    from models.config import BusConfig
+    from models.data import roadscene_pairs
+    from models.train import train_stage
+
+    pairs = roadscene_pairs(roadscene, "train")[:4]
+    kwargs = dict(train_pairs=pairs[:3], val_pairs=pairs[3:], val_indices=[3], split_name="train",
+                  out_dir=trained_checkpoint.parent / "reinit", init=trained_checkpoint)
+    smaller = tiny_config.model_copy(update={
+        "model": tiny_config.model.model_copy(update={"registration_size": (48, 64)}),
+        "registration": tiny_config.registration.model_copy(update={"steps": 1, "crop": (48, 64)})})
+    payload = load_checkpoint(train_stage("registration", config=smaller, **kwargs))
+    assert payload["config"].model.registration_size == (48, 64)
+    bus = {k: v for k, v in load_checkpoint(trained_checkpoint)["model"].items() if k.startswith("bus.")}
+    assert all(torch.equal(payload["model"][k], v) for k, v in bus.items())
+    wider = tiny_config.model_copy(update={"model": tiny_config.model.model_copy(update={"bus": BusConfig(width=16)})})
+    with pytest.raises(ValueError, match="its bus config"):
+        train_stage("registration", config=wider, **kwargs)

@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     log.info("wrote %s.json and %s.md", report, report)
     if args.task == "registration" and args.contact_sheet and "busref" in methods:
-        sheet = registration_sheet(methods["busref"], pairs[: args.contact_sheet], indices, args.level)
+        n = args.contact_sheet
+        sheet = registration_sheet(methods["busref"], pairs[:n], indices[:n], args.level)
         write_png(report.with_name(report.name + "_sheet.png"), sheet)
         log.info("wrote %s_sheet.png", report)
     return 0
@@ -105,7 +106,7 @@ def registration_sheet(method: BusReFRegistration, pairs: list[LoadedPair], indi
     """Contact sheet of protocol pairs: visible, its edges against the moving IR (before) and
     against the registered IR (after: white where both modalities have an edge), fused."""
     rows, labels = [], []
-    for pair, index in zip(pairs, indices, strict=False):
+    for pair, index in zip(pairs, indices, strict=True):
         moving = protocol_pair(index, pair.ir.astype(np.float64), level).moving.astype(np.float32)
         registered = warp_numpy(moving, method.register(pair.vis, moving)).astype(np.float32)
         fused = fuse_luminance(method.model, pair.vis, registered, method.device)
