@@ -79,6 +79,7 @@ class LossWeights(_Strict):
     smooth: float = Field(0.01, description="smoothness of the displacement field")
     supervised: float = Field(0.1, description="masked end-point error against the synthetic truth")
     affine_supervised: float = Field(0.1, description="the same for the coarse (affine) grid alone")
+    match: float = Field(0.0, description="the same for each matching level's own estimate (losses.match_loss)")
 
 
 class TrainConfig(_Strict):

@@ -6,9 +6,12 @@ All images are (B, 1, H, W) float in [0, 1]; masks are (B, 1, H, W) bool or {0, 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from models.networks.layers import Match
 
 Tensor = torch.Tensor
 
@@ -174,3 +177,21 @@ def endpoint_loss(grid: Tensor, truth: Tensor, mask: Tensor, size: tuple[int, in
     err = torch.sqrt((((grid - truth) * scale) ** 2).sum(-1) + 1e-6)
     m = mask[:, 0].to(grid.dtype)
     return (err * m).sum() / m.sum().clamp_min(1.0)
+
+
+def match_loss(matches: Sequence[Match], truth: Tensor, mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """Mean over matching levels of each level's masked end-point error (pixels of the (H, W)
+    image): every cost volume gets its own geometric signal, not only through the final grid.
+
+    ``truth`` (B, H, W, 2) normalised registration grid, ``mask`` (B, 1, H, W); both are read at
+    each level's points bilinearly (align_corners=True). Without it the deformable cost volumes
+    did not learn in 4700 CPU steps (their soft-argmax had cosine ~0 with the true residual).
+    """
+    field = truth.permute(0, 3, 1, 2)
+    total = truth.new_zeros(())
+    for m in matches:
+        at = m.points[:, None]  # (B, 1, N, 2): a one-row grid
+        target = F.grid_sample(field, at, mode="bilinear", padding_mode="border", align_corners=True)
+        inside = F.grid_sample(mask.to(truth.dtype), at, mode="bilinear", padding_mode="zeros", align_corners=True)
+        total = total + endpoint_loss(m.matched[:, None], target.permute(0, 2, 3, 1), inside > 0.5, size)
+    return total / max(len(matches), 1)

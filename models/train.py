@@ -120,9 +120,10 @@ class RegistrationStep(nn.Module):
         l_smooth = sum(losses.smoothness_loss(d) for d in reg.displacements)
         l_epe = losses.endpoint_loss(reg.grid, truth, mask, (h, w))
         l_coarse = losses.endpoint_loss(reg.coarse_grid, truth, mask, (h, w))
+        l_match = losses.match_loss(reg.matches, truth, mask, (h, w))
         total = (self.w.mncc * l_mncc + self.w.mg * l_mg + self.w.smooth * l_smooth
-                 + self.w.supervised * l_epe + self.w.affine_supervised * l_coarse)
-        logs = {"mncc": -l_mncc, "mg": l_mg, "epe_px": l_epe, "coarse_epe_px": l_coarse}
+                 + self.w.supervised * l_epe + self.w.affine_supervised * l_coarse + self.w.match * l_match)
+        logs = {"mncc": -l_mncc, "mg": l_mg, "epe_px": l_epe, "coarse_epe_px": l_coarse, "match_px": l_match}
         return total, {k: float(v.detach()) for k, v in logs.items()}
 
 
@@ -219,12 +220,14 @@ def validate_loss(step_module: nn.Module, pairs: list[LoadedPair], sc: StageConf
 
 def train_stage(stage: str, *, train_pairs: list[PairPaths], val_pairs: list[PairPaths], val_indices: list[int],
                 split_name: str, config: TrainConfig, out_dir: Path, init: Path | None = None,
-                resume: Path | None = None, device: torch.device | None = None,
+                resume: Path | None = None, finetune: Path | None = None, device: torch.device | None = None,
                 max_minutes: float | None = None) -> Path:
     """Train one stage and return the path of its final checkpoint (``out_dir/STAGE.pt``).
 
     ``init``: the previous stage's checkpoint (its config's model must equal ``config.model``).
     ``resume``: a checkpoint of this stage to continue (weights, optimizer, step).
+    ``finetune``: a checkpoint of this stage or a later one whose every weight is the starting point
+    (the whole model config must match), with a fresh optimizer and this config's schedule and losses.
     ``max_minutes``: stop early (and save) after this wall time.
     """
     if stage not in STAGES:
@@ -236,19 +239,25 @@ def train_stage(stage: str, *, train_pairs: list[PairPaths], val_pairs: list[Pai
     model = BusReF(config.model).to(device)
     start_step, history = 0, []
     optimizer_state = None
-    source = resume or init
+    if sum(s is not None for s in (init, resume, finetune)) > 1:
+        raise ValueError("give at most one of init, resume and finetune")
+    source = resume or finetune or init
     if source is not None:
         payload = load_checkpoint(source, map_location=device)
         trained = payload["config"].model
-        # Resuming needs the whole model unchanged; an init only the parts it provides (the bus, GAF),
-        # so e.g. stage 3 can run at another registration size on the same bus.
-        if resume is not None:
-            if payload["stage"] != stage:
+        # Resuming and fine-tuning need the whole model unchanged; an init only the parts it provides
+        # (the bus, GAF), so e.g. stage 3 can run at another registration size on the same bus.
+        if resume is not None or finetune is not None:
+            if resume is not None and payload["stage"] != stage:
                 raise ValueError(f"{resume}: is a {payload['stage']!r} checkpoint, cannot resume stage {stage!r}")
+            if STAGES.index(payload["stage"]) < STAGES.index(stage):
+                raise ValueError(f"{source}: is a {payload['stage']!r} checkpoint, it has no trained {stage!r} "
+                                 f"weights to fine-tune; use --init")
             if trained != config.model:
                 raise ValueError(f"{source}: trained with model config {trained}, not the requested {config.model}")
             model.load_state_dict(payload["model"])
-            start_step, history, optimizer_state = payload["step"], payload["history"], payload["optimizer"]
+            if resume is not None:
+                start_step, history, optimizer_state = payload["step"], payload["history"], payload["optimizer"]
         else:
             for part in earlier_parts(stage):
                 if getattr(trained, part) != getattr(config.model, part):

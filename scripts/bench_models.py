@@ -96,8 +96,8 @@ class AffineDeformableGraph(nn.Module):
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         sets = [Features(*features[i:i + len(FEATURES)]) for i in range(0, len(features), len(FEATURES))]
         fx, fy, warped = sets[0], sets[1], sets[2:]
-        theta = self.affine(fx, fy)
-        return (theta, *(self.deformable(fx, fw, self.size) for fw in warped))
+        theta = self.affine(fx, fy)[0]
+        return (theta, *(self.deformable(fx, fw, self.size)[0] for fw in warped))
 
 
 @dataclass

@@ -98,3 +98,23 @@ def test_fusion_loss_adds_the_optional_terms_only_when_weighted():
                 + 4.0 * losses.saliency_fidelity_loss(fused, vis, ir))
     assert torch.isclose(extra, expected, atol=1e-6)
     assert set(logs) == {"wsim", "grad", "max_grad", "hist", "salfid"}
+
+
+def test_match_loss_reads_the_truth_at_each_levels_points_inside_the_mask():
+    from models.networks.busref import normalised_base
+    from models.networks.layers import Match
+
+    h, w = 9, 11
+    truth = normalised_base(torch.zeros(1, 1, h, w)) * 0.9  # a scaling about the centre
+    mask = torch.ones(1, 1, h, w)
+    coarse = normalised_base(torch.zeros(1, 1, 3, 4)).flatten(1, 2)  # a 3x4 level's points
+    right = Match(coarse, coarse * 0.9)
+    assert losses.match_loss([right], truth, mask, (h, w)) < 2e-3  # sqrt(1e-6): endpoint_loss keeps the root differentiable at 0
+    one_px = torch.tensor([2.0 / (w - 1), 0.0])  # 1 px to the right at (h, w)
+    shifted = Match(coarse, coarse * 0.9 + one_px)
+    assert torch.isclose(losses.match_loss([right, shifted], truth, mask, (h, w)), torch.tensor(0.5), atol=1e-3)
+    mask[..., : w // 2 + 1] = 0  # the left half and centre column: only points right of it count
+    off = coarse.clone()
+    off[..., 0] = torch.where(coarse[..., 0] < 0.1, coarse[..., 0] * 0.9 + 5 * one_px[0], coarse[..., 0] * 0.9)
+    off[..., 1] *= 0.9
+    assert losses.match_loss([Match(coarse, off)], truth, mask, (h, w)) < 2e-3  # sqrt(1e-6): endpoint_loss keeps the root differentiable at 0

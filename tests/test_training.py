@@ -105,3 +105,23 @@ def test_init_takes_the_earlier_parts_at_another_registration_size(trained_check
     wider = tiny_config.model_copy(update={"model": tiny_config.model.model_copy(update={"bus": BusConfig(width=16)})})
     with pytest.raises(ValueError, match="its bus config"):
         train_stage("registration", config=wider, **kwargs)
+
+
+@pytest.mark.slow
+def test_finetune_starts_from_every_weight_and_refuses_an_earlier_stage(trained_checkpoint, tiny_config, roadscene):
+    from models.data import roadscene_pairs
+    from models.train import train_stage
+
+    pairs = roadscene_pairs(roadscene, "train")[:4]
+    kwargs = dict(train_pairs=pairs[:3], val_pairs=pairs[3:], val_indices=[3], split_name="train",
+                  out_dir=trained_checkpoint.parent / "finetuned")
+    # A vanishing learning rate: the fine-tuned GAF must still be the source's, not a fresh one.
+    still = tiny_config.model_copy(update={"fusion": tiny_config.fusion.model_copy(update={"steps": 1, "lr": 1e-12})})
+    source = load_checkpoint(trained_checkpoint)["model"]
+    tuned = load_checkpoint(train_stage("fusion", config=still, finetune=trained_checkpoint, **kwargs))
+    assert tuned["stage"] == "fusion" and tuned["step"] == 1
+    assert all(torch.allclose(tuned["model"][k], v, atol=1e-6) for k, v in source.items())
+    with pytest.raises(ValueError, match="'bus' checkpoint, it has no trained 'fusion' weights"):
+        train_stage("fusion", config=still, finetune=trained_checkpoint.parent / "bus.pt", **kwargs)
+    with pytest.raises(ValueError, match="at most one of"):
+        train_stage("fusion", config=still, finetune=trained_checkpoint, init=trained_checkpoint, **kwargs)

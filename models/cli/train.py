@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/default"), help="output folder (default: runs/default)")
     parser.add_argument("--init", type=Path, help="checkpoint of the previous stage")
     parser.add_argument("--resume", type=Path, help="checkpoint of this stage to continue")
+    parser.add_argument("--finetune", type=Path,
+                        help="start from every weight of this checkpoint (this stage or a later one, same model "
+                             "config) with a fresh optimizer and the config's schedule and losses")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--steps", type=int, help="override the stage's number of steps")
     parser.add_argument("--max-minutes", type=float, help="stop (and save) after this many minutes")
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("%d training pairs, %d validation pairs (held out from %r)", len(train), len(val), args.split)
         train_stage(args.stage, train_pairs=train, val_pairs=val, val_indices=indices[len(train):],
                     split_name=args.split if args.data is not None else "all", config=config, out_dir=args.out,
-                    init=args.init, resume=args.resume, device=select_device(args.device),
+                    init=args.init, resume=args.resume, finetune=args.finetune, device=select_device(args.device),
                     max_minutes=args.max_minutes)
     except (DataError, CheckpointError, ValueError) as exc:
         log.error("%s", exc)

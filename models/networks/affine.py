@@ -6,7 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.networks.layers import DynamicConv2d, Matcher, act, cells_to_normalised, conv, coordinates, expected_offset
+from models.networks.layers import (
+    DynamicConv2d,
+    Match,
+    Matcher,
+    act,
+    cells_to_normalised,
+    conv,
+    coordinates,
+    expected_offset,
+)
 from models.networks.reconstructor import Features
 
 
@@ -102,12 +111,15 @@ class AffineNet(nn.Module):
         self.coarse = _Level(cin, width, kernels, radius)
         self.fine = _Level(cin, width, kernels, max(radius - 2, 1))
 
-    def forward(self, fx: Features, fy: Features) -> torch.Tensor:
+    def forward(self, fx: Features, fy: Features) -> tuple[torch.Tensor, tuple[Match, Match]]:
+        """Returns ``theta`` and the matches of the coarse and the fine level (moving-image points)."""
         x8, y8 = torch.cat((fx.f3, fx.f4), dim=1), torch.cat((fy.f3, fy.f4), dim=1)
         points, matched, weights = self.coarse(F.avg_pool2d(x8, 2), F.avg_pool2d(y8, 2))
+        coarse = Match(points, matched)
         theta = fit_affine(points, matched, weights)
         grid = apply_affine(theta, coordinates(x8).permute(0, 2, 3, 1))
         warped = F.grid_sample(y8, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         points, matched, weights = self.fine(x8, warped)
         # A match p -> p + d in the warped features is p -> theta(p + d) in the moving image.
-        return fit_affine(points, apply_affine(theta, matched), weights)
+        fine = Match(points, apply_affine(theta, matched))
+        return fit_affine(fine.points, fine.matched, weights), (coarse, fine)

@@ -12,7 +12,7 @@ from models.geometry import warp_normalised
 from models.networks.affine import AffineNet, apply_affine
 from models.networks.deformable import DeformableNet
 from models.networks.gaf import GAF
-from models.networks.layers import coordinates
+from models.networks.layers import Match, coordinates
 from models.networks.reconstructor import Reconstructor
 
 
@@ -22,19 +22,32 @@ class Registration(NamedTuple):
     ``theta`` (B, 2, 3) coarse affine, normalised (``affine_grid`` convention);
     ``coarse_grid`` and ``grid`` (B, H, W, 2) normalised sampling grids (reference -> moving,
     align_corners=True) of the affine alone and of affine + deformable; ``displacements`` the
-    per-pass deformable fields (B, 2, H, W), normalised units.
+    per-pass deformable fields (B, 2, H, W), normalised units; ``matches`` every matching
+    level's own estimate (the Affine Net's two levels, then each deformable level of each pass).
     """
 
     theta: torch.Tensor
     coarse_grid: torch.Tensor
     grid: torch.Tensor
     displacements: tuple[torch.Tensor, ...]
+    matches: tuple[Match, ...]
 
 
 def normalised_base(like: torch.Tensor) -> torch.Tensor:
     """Identity grid (B, H, W, 2) in normalised coordinates, x first, align_corners=True, for an
     image ``like`` (B, C, H, W); shape-dynamic for export."""
     return coordinates(like).permute(0, 2, 3, 1)
+
+
+def sample_grid(grid: torch.Tensor, theta: torch.Tensor, step: int, points: torch.Tensor) -> torch.Tensor:
+    """The current sampling ``grid`` (B, H, W, 2) read at normalised ``points`` (B, h, w, 2).
+
+    Before the first deformable pass (``step`` 0) the grid is the affine ``theta``, applied
+    analytically (exact, also outside the image); after it, bilinear with border padding.
+    """
+    if step == 0:
+        return apply_affine(theta, points)
+    return warp_normalised(grid.permute(0, 3, 1, 2), points, padding_mode="border").permute(0, 2, 3, 1)
 
 
 class BusReF(nn.Module):
@@ -61,21 +74,22 @@ class BusReF(nn.Module):
             raise ValueError(f"vis and ir must have the same shape, got {tuple(vis.shape)} and {tuple(ir.shape)}")
         h, w = vis.shape[-2:]
         fx = self.bus.encode(vis)
-        theta = self.affine(fx, self.bus.encode(ir))
+        theta, matches = self.affine(fx, self.bus.encode(ir))
         base = normalised_base(vis)
         coarse = apply_affine(theta, base)
         grid = coarse
-        displacements = []
+        displacements, level_matches = [], list(matches)
+
         for step in range(self.config.deformable.refinements):
             fy = self.bus.encode(warp_normalised(ir, grid))
-            d = self.deformable(fx, fy, (h, w))
+            d, proposals = self.deformable(fx, fy, (h, w))
+            for proposal in proposals:
+                points = normalised_base(proposal)
+                matched = sample_grid(grid, theta, step, points + proposal.permute(0, 2, 3, 1))
+                level_matches.append(Match(points.flatten(1, 2), matched.flatten(1, 2)))
             displacements.append(d)
-            moved = base + d.permute(0, 2, 3, 1)
-            if step == 0:
-                grid = apply_affine(theta, moved)
-            else:
-                grid = warp_normalised(grid.permute(0, 3, 1, 2), moved, padding_mode="border").permute(0, 2, 3, 1)
-        return Registration(theta, coarse, grid, tuple(displacements))
+            grid = sample_grid(grid, theta, step, base + d.permute(0, 2, 3, 1))
+        return Registration(theta, coarse, grid, tuple(displacements), tuple(level_matches))
 
     def fuse(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
         return self.gaf(vis, ir)

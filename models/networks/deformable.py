@@ -54,8 +54,11 @@ class DeformableNet(nn.Module):
                 for k in (0, 1):
                     self.mix.weight[k, 2 * level + k, 1, 1] = 0.5
 
-    def forward(self, fx: Features, fy: Features, size: tuple[int, int]) -> torch.Tensor:
-        proposals = []
+    def forward(self, fx: Features, fy: Features, size: tuple[int, int]
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Returns the field ``(B, 2, H, W)`` at ``size`` and each level's own proposal
+        ``(B, 2, h_l, w_l)`` (same units) for the per-level supervision."""
+        proposals, raw = [], []
         quarter = fx.f2.shape[-2:]
         for level, (branch, matcher, a, b) in enumerate(zip(self.branches, self.matchers, fx, fy, strict=True)):
             if level == 0:  # F1 is read at 1/4 like F2: at 1/2 its branch cost a third of the budget
@@ -66,5 +69,7 @@ class DeformableNet(nn.Module):
                 cost = matcher(a, b)
                 proposal = cells_to_normalised(expected_offset(cost, matcher.radius)) + branch(
                     torch.cat((a, b, cost), dim=1))
+            raw.append(proposal)
             proposals.append(F.interpolate(proposal, size=quarter, mode="bilinear", align_corners=True))
-        return F.interpolate(self.mix(torch.cat(proposals, dim=1)), size=size, mode="bilinear", align_corners=True)
+        field = F.interpolate(self.mix(torch.cat(proposals, dim=1)), size=size, mode="bilinear", align_corners=True)
+        return field, tuple(raw)

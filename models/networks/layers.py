@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class Match(NamedTuple):
+    """One matching level's estimate: reference locations ``points`` (B, N, 2) and the moving-image
+    locations ``matched`` (B, N, 2) they correspond to, both normalised (x first, align_corners=True).
+    Training supervises every level with the synthetic truth (losses.match_loss)."""
+
+    points: torch.Tensor
+    matched: torch.Tensor
 
 
 def conv(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Conv2d:
