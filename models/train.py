@@ -227,7 +227,8 @@ def train_stage(stage: str, *, train_pairs: list[PairPaths], val_pairs: list[Pai
     ``init``: the previous stage's checkpoint (its config's model must equal ``config.model``).
     ``resume``: a checkpoint of this stage to continue (weights, optimizer, step).
     ``finetune``: a checkpoint of this stage or a later one whose every weight is the starting point
-    (the whole model config must match), with a fresh optimizer and this config's schedule and losses.
+    (the whole model config must match), with a fresh optimizer and this config's schedule and losses;
+    the result records the later of the two stages.
     ``max_minutes``: stop early (and save) after this wall time.
     """
     if stage not in STAGES:
@@ -239,6 +240,9 @@ def train_stage(stage: str, *, train_pairs: list[PairPaths], val_pairs: list[Pai
     model = BusReF(config.model).to(device)
     start_step, history = 0, []
     optimizer_state = None
+    # The stage a checkpoint records is the latest one whose weights it holds trained: fine-tuning
+    # GAF in a full registration checkpoint keeps it usable wherever a registration one is needed.
+    saved_stage = stage
     if sum(s is not None for s in (init, resume, finetune)) > 1:
         raise ValueError("give at most one of init, resume and finetune")
     source = resume or finetune or init
@@ -256,6 +260,7 @@ def train_stage(stage: str, *, train_pairs: list[PairPaths], val_pairs: list[Pai
             if trained != config.model:
                 raise ValueError(f"{source}: trained with model config {trained}, not the requested {config.model}")
             model.load_state_dict(payload["model"])
+            saved_stage = max(stage, payload["stage"], key=STAGES.index)
             if resume is not None:
                 start_step, history, optimizer_state = payload["step"], payload["history"], payload["optimizer"]
         else:
@@ -284,7 +289,7 @@ def train_stage(stage: str, *, train_pairs: list[PairPaths], val_pairs: list[Pai
     split_hash = split_sha256(train_pairs)
 
     def checkpoint(path: Path, step: int, metrics: dict[str, float]) -> None:
-        save_checkpoint(path, model=model, config=config, stage=stage, step=step, split_name=split_name,
+        save_checkpoint(path, model=model, config=config, stage=saved_stage, step=step, split_name=split_name,
                         split_sha256=split_hash, metrics=metrics, optimizer=optimizer, history=history)
 
     def validate() -> dict[str, float]:

@@ -108,8 +108,8 @@ def test_match_loss_reads_the_truth_at_each_levels_points_inside_the_mask():
     truth = normalised_base(torch.zeros(1, 1, h, w)) * 0.9  # a scaling about the centre
     mask = torch.ones(1, 1, h, w)
     coarse = normalised_base(torch.zeros(1, 1, 3, 4)).flatten(1, 2)  # a 3x4 level's points
-    right = Match(coarse, coarse * 0.9)
-    assert losses.match_loss([right], truth, mask, (h, w)) < 2e-3  # sqrt(1e-6): endpoint_loss keeps the root differentiable at 0
+    right = Match(coarse, coarse * 0.9)  # zero error reads as sqrt(1e-6) px: endpoint_loss keeps the root smooth
+    assert losses.match_loss([right], truth, mask, (h, w)) < 2e-3
     one_px = torch.tensor([2.0 / (w - 1), 0.0])  # 1 px to the right at (h, w)
     shifted = Match(coarse, coarse * 0.9 + one_px)
     assert torch.isclose(losses.match_loss([right, shifted], truth, mask, (h, w)), torch.tensor(0.5), atol=1e-3)
@@ -117,4 +117,4 @@ def test_match_loss_reads_the_truth_at_each_levels_points_inside_the_mask():
     off = coarse.clone()
     off[..., 0] = torch.where(coarse[..., 0] < 0.1, coarse[..., 0] * 0.9 + 5 * one_px[0], coarse[..., 0] * 0.9)
     off[..., 1] *= 0.9
-    assert losses.match_loss([Match(coarse, off)], truth, mask, (h, w)) < 2e-3  # sqrt(1e-6): endpoint_loss keeps the root differentiable at 0
+    assert losses.match_loss([Match(coarse, off)], truth, mask, (h, w)) < 2e-3
