@@ -79,7 +79,6 @@ class BusReF(nn.Module):
         coarse = apply_affine(theta, base)
         grid = coarse
         displacements, level_matches = [], list(matches)
-
         for step in range(self.config.deformable.refinements):
             fy = self.bus.encode(warp_normalised(ir, grid))
             d, proposals = self.deformable(fx, fy, (h, w))
