@@ -195,19 +195,14 @@ def trace_graph(model: BusReF, graph: GraphKind, metadata: ArtifactMetadata) -> 
 
 def graph_feeds(graph: GraphKind, pairs: list[SamplePair], registration_size: tuple[int, int]
                 ) -> list[dict[str, np.ndarray]]:
-    """Inputs to verify ``graph`` on: ``register`` at its size; ``fuse`` at each pair's own size
-    (cropped to /8) and at the registration size, so its dynamic H/W is exercised; ``frame`` at
-    the same two sizes, with the IR at the pair's own size (another size than the luminance at
-    least once) and a non-trivial grid (:func:`export.samples.graph_feed`)."""
-    def feed(p: SamplePair) -> dict[str, np.ndarray]:
-        return {"vis": p.vis[None, None].astype(np.float32), "ir": p.ir[None, None].astype(np.float32)}
+    """Inputs to verify ``graph`` on (:func:`export.samples.graph_feed`): ``register`` at its
+    size; ``fuse`` at each pair's own size rounded down to multiples of 8 and at the registration
+    size, so its dynamic H/W is exercised; ``frame`` at the same two sizes, with the IR at the
+    pair's own size (another size than the luminance at least once) and a non-trivial grid."""
+    def sizes(p: SamplePair) -> tuple[tuple[int, int], ...]:
+        return (registration_size,) if graph == "register" else (p.cropped8().vis.shape, registration_size)
 
-    small = [feed(p.resized(registration_size)) for p in pairs]
-    if graph == "register":
-        return small
-    if graph == "frame":
-        return [graph_feed("frame", p, hw) for p in pairs for hw in (p.cropped8().vis.shape, registration_size)]
-    return [feed(p.cropped8()) for p in pairs] + small
+    return [graph_feed(graph, p, hw) for p in pairs for hw in sizes(p)]
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.geometry import apply_affine
 from models.networks.layers import (
     DynamicConv2d,
     Match,
@@ -53,13 +54,6 @@ def fit_affine(points: torch.Tensor, targets: torch.Tensor, weights: torch.Tenso
     adj = torch.stack((c00, c01, c02, c10, c11, c12, c20, c21, c22), dim=-1).view(-1, 3, 3)
     solution = (adj / det[:, None, None]) @ rhs  # (B, 3, 2)
     return solution.transpose(1, 2)
-
-
-def apply_affine(theta: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """``theta`` (B, 2, 3) applied to normalised points (B, ..., 2) -> the same shape."""
-    b = points.shape[0]
-    flat = points.reshape(b, -1, 2) @ theta[:, :, :2].transpose(1, 2) + theta[:, None, :, 2]
-    return flat.reshape(points.shape)
 
 
 class _Level(nn.Module):

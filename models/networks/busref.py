@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from models.config import ModelConfig
-from models.geometry import warp_normalised
-from models.networks.affine import AffineNet, apply_affine
+from models.geometry import apply_affine, warp_normalised
+from models.networks.affine import AffineNet
 from models.networks.deformable import DeformableNet
 from models.networks.gaf import GAF
 from models.networks.layers import Match, coordinates
