@@ -25,7 +25,7 @@ class AffineConfig(_Strict):
 
 
 class DeformableConfig(_Strict):
-    width: int = Field(24, ge=4, le=256, description="channels of each per-level proposal branch")
+    width: int = Field(24, ge=4, le=256, description="channels of the descriptor towers and heads of both levels")
     refinements: int = Field(1, ge=1, le=3, description="deformable passes (each re-encodes the warped IR)")
 
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from models import losses
 from models.checkpoint import STAGES, load_checkpoint, load_model, save_checkpoint
-from models.config import StageConfig, TrainConfig
+from models.config import ModelConfig, StageConfig, TrainConfig
 from models.data import CropDataset, LoadedPair, PairPaths, load_pairs, split_sha256
 from models.evaluation import evaluate_registration
 from models.geometry import pixel_to_normalised, warp_normalised
@@ -177,6 +177,28 @@ def load_earlier_stages(model: BusReF, state: dict[str, torch.Tensor], stage: st
     model.load_state_dict(wanted, strict=False)
 
 
+def load_finetune_source(model: BusReF, state: dict[str, torch.Tensor], trained: ModelConfig, stage: str,
+                         source: Path, *, fresh_allowed: bool) -> None:
+    """Load every part of ``state`` into ``model``. With ``fresh_allowed`` (a fine-tune), a part
+    this stage trains whose config differs from the source's starts fresh instead: that is how a
+    redesigned Deformable Net trains on top of shipped bus, Affine Net and GAF (issue 3)."""
+    requested = model.config
+    if trained == requested:
+        model.load_state_dict(state)
+        return
+    differing = [part for part in ("bus", "affine", "deformable", "gaf")
+                 if getattr(trained, part) != getattr(requested, part)]
+    frozen = [part for part in differing if part not in STAGE_PARTS[stage]]
+    if not fresh_allowed or frozen or trained.registration_size != requested.registration_size:
+        raise ValueError(f"{source}: trained with model config {trained}, not the requested {requested}")
+    log.warning("%s: %s config differs from the checkpoint's; starting it fresh", source, ", ".join(differing))
+    prefixes = tuple(f"{part}." for part in differing)
+    result = model.load_state_dict({k: v for k, v in state.items() if not k.startswith(prefixes)}, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(prefixes)]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{source}: its weights do not fit the model, e.g. {(missing + result.unexpected_keys)[0]}")
+
+
 def freeze_for(model: BusReF, stage: str) -> list[nn.Parameter]:
     model.requires_grad_(False)
     model.eval()
@@ -257,9 +279,7 @@ def train_stage(stage: str, *, train_pairs: list[PairPaths], val_pairs: list[Pai
             if STAGES.index(payload["stage"]) < STAGES.index(stage):
                 raise ValueError(f"{source}: is a {payload['stage']!r} checkpoint, it has no trained {stage!r} "
                                  f"weights to fine-tune; use --init")
-            if trained != config.model:
-                raise ValueError(f"{source}: trained with model config {trained}, not the requested {config.model}")
-            model.load_state_dict(payload["model"])
+            load_finetune_source(model, payload["model"], trained, stage, source, fresh_allowed=finetune is not None)
             saved_stage = max(stage, payload["stage"], key=STAGES.index)
             if resume is not None:
                 start_step, history, optimizer_state = payload["step"], payload["history"], payload["optimizer"]

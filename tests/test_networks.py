@@ -6,7 +6,7 @@ import torch
 from models.config import ModelConfig
 from models.networks import BusReF
 from models.networks.busref import normalised_base
-from models.networks.layers import DynamicConv2d, cells_to_normalised, correlation, expected_offset
+from models.networks.layers import DynamicConv2d, cells_to_normalised, correlation, cost_logits, expected_offset
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +79,28 @@ def test_correlation_peaks_at_the_true_shift():
     fb = torch.roll(fa, shifts=(1, 2), dims=(2, 3))  # content of fa at (y, x) sits at (y+1, x+2) in fb
     cost = correlation(fa, fb, radius=2)[0, :, 5, 5]
     assert int(cost.argmax()) == (1 + 2) * 5 + (2 + 2)
+
+
+def test_cost_logits_find_a_shift_among_nearly_equal_cosines():
+    """Smooth features: every neighbour's cosine is within a few hundredths of the best one. The
+    standardised logits still read the shift; the raw cosines times 10 (the shipped nets' scale
+    before issue 3's fix) shrink it towards zero."""
+    g = torch.Generator().manual_seed(0)
+    common = torch.randn(1, 32, 1, 1, generator=g)
+    detail = 0.15 * torch.randn(1, 32, 12, 16, generator=g)
+    a = common + detail
+    moved = torch.roll(a, shifts=(1, 2), dims=(2, 3))  # b(p + (2, 1)) = a(p)
+    na, nb = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(moved, dim=1)
+    cost = correlation(na, nb, 2)
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
+    spread = (cost.amax(1) - cost.amin(1))[inner[0], inner[2], inner[3]]
+    assert spread.max() < 0.15  # nearly equal cosines (correlation averages over the 32 channels)
+    truth = torch.tensor([2.0, 1.0]).view(1, 2, 1, 1)
+    standardised = expected_offset(cost_logits(cost, torch.tensor(4.0)), 2)[inner]
+    raw = expected_offset(cost * 32 * 10.0, 2)[inner]
+    assert (standardised - truth).abs().mean() < 0.35
+    assert (raw - truth).abs().mean() > 1.0
+    varied = torch.randn(2, 25, 4, 5, generator=g)
+    logits = cost_logits(varied, torch.tensor(1.0))
+    assert logits.mean(1).abs().max() < 1e-5 and (logits.pow(2).mean(1) - 1).abs().max() < 1e-4
+    assert torch.allclose(cost_logits(3.0 * varied + 0.5, torch.tensor(2.0)), 2.0 * logits, atol=1e-4)

@@ -70,9 +70,9 @@ def test_registers_better_than_identity_and_ecc_at_the_moderate_level(shipped, t
     means = registration_means(shipped[0], test_pairs, "moderate")
     assert means["busref"]["MNCC"] > means["identity"]["MNCC"] and means["busref"]["MNCC"] > means["ecc"]["MNCC"]
     assert means["busref"]["EPE_mean"] < means["identity"]["EPE_mean"], means
-    # Not below ECC's EPE on these three pairs (9.5 vs 8.3 px: ECC wins on FLIR_00006, sun glare, 5.9
-    # vs 14.9, and FLIR_00455, 4.6 vs 5.9; we on FLIR_00233, 7.7 vs 14.4; over all 45 test pairs
-    # 7.5 vs 11.6). The issue asks for better than ECC here: a regression bound until we get there.
+    # Not below ECC's EPE on these three pairs (9.1 vs 8.3 px: ECC wins on FLIR_00006, sun glare, 5.9
+    # vs 16.0; FLIR_00455 is a tie at 4.6; we win on FLIR_00233, 6.8 vs 14.4; over all 45 test pairs
+    # 7.4 vs 11.6). The issue asks for better than ECC here: a regression bound until we get there.
     assert means["busref"]["EPE_mean"] < 1.2 * means["ecc"]["EPE_mean"], means
 
 
@@ -88,7 +88,7 @@ def test_fuses_better_than_the_average_on_ei_and_sf(shipped, test_pairs):
 def test_an_aligned_pair_stays_nearly_aligned(shipped, test_pairs):
     """A calibrated rig feeds already aligned pairs: the registration must not invent motion.
     The weights before the fine-tune on near-zero misalignments moved these three by 9.2, 5.7 and
-    8.2 px; the shipped ones by 9.5 (FLIR_00006, sun glare), 0.8 and 1.0."""
+    8.2 px; the shipped ones by 7.1 (FLIR_00006, sun glare), 1.4 and 1.0."""
     from models.evaluation import identity_grid_np
 
     method = BusReFRegistration(shipped[0])

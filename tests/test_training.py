@@ -5,7 +5,7 @@ import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from models.networks import BusReF
-from models.train import STEPS, freeze_for
+from models.train import STEPS, freeze_for, load_finetune_source
 
 
 def _fit(stage: str, tiny_config, size: tuple[int, int], steps: int = 25) -> tuple[float, float]:
@@ -68,6 +68,31 @@ def test_checkpoint_carries_metadata_and_refuses_bad_files(tmp_path, tiny_config
         load_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_finetune_starts_a_redesigned_part_fresh_and_keeps_the_rest(tmp_path, tiny_config):
+    """A fine-tune may change the config of a part its stage trains (that part starts fresh, the
+    others keep the source's weights); never a frozen part's, and never when resuming."""
+    from models.config import BusConfig, DeformableConfig
+
+    torch.manual_seed(0)
+    source = BusReF(tiny_config.model)
+    state, trained = source.state_dict(), tiny_config.model
+    wider = trained.model_copy(update={"deformable": DeformableConfig(width=8)})
+    torch.manual_seed(1)
+    model = BusReF(wider)
+    fresh = {k: v.clone() for k, v in model.deformable.state_dict().items()}
+    load_finetune_source(model, state, trained, "registration", tmp_path / "src.pt", fresh_allowed=True)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items() if not k.startswith("deformable."))
+    assert all(torch.equal(model.deformable.state_dict()[k], v) for k, v in fresh.items())
+    with pytest.raises(ValueError, match=r"src\.pt: trained with model config"):
+        load_finetune_source(BusReF(wider), state, trained, "fusion", tmp_path / "src.pt", fresh_allowed=True)
+    with pytest.raises(ValueError, match=r"src\.pt: trained with model config"):
+        load_finetune_source(BusReF(wider), state, trained, "registration", tmp_path / "src.pt", fresh_allowed=False)
+    other_bus = trained.model_copy(update={"bus": BusConfig(width=4)})
+    with pytest.raises(ValueError, match="trained with model config"):
+        load_finetune_source(BusReF(other_bus), state, trained, "registration", tmp_path / "src.pt",
+                             fresh_allowed=True)
 
 
 @pytest.mark.slow

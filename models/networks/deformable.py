@@ -1,4 +1,4 @@
-"""Deformable Net: fine registration as a dense displacement field."""
+"""Deformable Net: fine registration as a dense displacement field, coarse to fine (1/8, then 1/4)."""
 
 from __future__ import annotations
 
@@ -6,70 +6,85 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.networks.layers import Matcher, act, cells_to_normalised, conv, expected_offset, separable
+from models.geometry import warp_normalised
+from models.networks.layers import (
+    SHARPNESS,
+    act,
+    cells_to_normalised,
+    conv,
+    coordinates,
+    cosine_cost,
+    expected_offset,
+    separable,
+)
 from models.networks.reconstructor import Features
+
+
+def _tower(cin: int, width: int) -> nn.Sequential:
+    """Per-modality descriptor: 1x1 reduce, then two depthwise-separable 3x3 (a 5x5 receptive field)."""
+    return nn.Sequential(nn.Conv2d(cin, width, 1), act(), separable(width, width), act(), separable(width, width))
+
+
+class _Level(nn.Module):
+    """Standardised cost volume of cosine similarities (radius ``radius``) -> soft-argmax + a residual head."""
+
+    def __init__(self, width: int, radius: int) -> None:
+        super().__init__()
+        self.radius = radius
+        self.sharpness = nn.Parameter(torch.tensor(SHARPNESS))
+        cost = (2 * radius + 1) ** 2
+        self.head = nn.Sequential(nn.Conv2d(cost + 2 * width + 2, width, 1), act(), separable(width, width), act(),
+                                  separable(width, width), act(), conv(width, 2))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Descriptors ``a``, ``b`` (B, C, h, w) -> displacement (B, 2, h, w), normalised units."""
+        cost = cosine_cost(a, b, self.radius, self.sharpness)
+        residual = self.head(torch.cat((cost, a, b, coordinates(a)), dim=1))
+        return cells_to_normalised(expected_offset(cost, self.radius)) + residual
 
 
 class DeformableNet(nn.Module):
     """F1..F4 of the reference and of the affinely corrected moving image -> displacement.
 
-    Each level (a group of the paper's group convolution; the levels differ in resolution so
-    each group is its own small branch) yields a 2-channel flow proposal; the four proposals are
-    brought to 1/4 resolution, a 3x3 conv (8 -> 2 channels) mixes them, and the field is
-    upsampled to the input size (the misalignment is smooth: a 5x5 control grid). Branch convs
-    are depthwise-separable and F1 is average-pooled to 1/4 for the speed budget (issue 3).
-    Output ``(B, 2, H, W)``: displacement ``d`` in *normalised* units (align_corners=True) of the
-    registration resolution, channel 0 = du; the registered image is ``I_a(p + d(p))``.
+    Coarse to fine (PWC-Net style) instead of parallel per-level proposals: at 1/8 the deep
+    features (F3, F4) of each modality go through their own descriptor tower and a radius-3 cost
+    volume (+-24 px at the registration size); at 1/4 F2 joins the upsampled deep descriptors, the
+    moving descriptors are warped by the 1/8 estimate and a radius-2 cost volume (+-8 px) adds the
+    residual. Why: the parallel design's F2/F3 matchers compared shallow auto-encoder features
+    across IR and visible, and their soft-argmax had cosine ~0 with the true residual (issue 3).
 
-    On F2 and F3 a learned cost volume gives the proposal its geometry directly (soft-argmax,
-    as in the Affine Net) and the branch adds a residual; the F1 and F4 branches propose a
-    field from the features alone. Their last convs start at zero and the mixing conv starts as
-    the mean of the two soft-argmax proposals: the regressing-only version did not beat the
-    affine alone after 500 CPU steps.
+    Output ``(B, 2, H, W)``: displacement ``d`` in *normalised* units (align_corners=True) of the
+    registration resolution, channel 0 = du; the registered image is ``I_a(p + d(p))``. Also
+    returns each level's full estimate ``(B, 2, h_l, w_l)`` (same units) for per-level supervision.
     """
 
     def __init__(self, bus_width: int, width: int = 24) -> None:
         super().__init__()
         c = bus_width
-        chans = (c, 2 * c, 4 * c, 4 * c)
-        # Learned cost volumes on F2 (1/4, +-12 px) and F3 (1/8, +-24 px): the residual after the
-        # affine is local, and comparing IR with visible needs learned projections.
-        self.matchers = nn.ModuleList(
-            [nn.Identity(), Matcher(2 * c, width, 3), Matcher(4 * c, width, 3), nn.Identity()]
-        )
-        extra = [0 if isinstance(m, nn.Identity) else m.channels for m in self.matchers]
-        self.branches = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(2 * ci + e, width, 1), act(), separable(width, width), act(),
-                          separable(width, width), act(), conv(width, 2))
-            for ci, e in zip(chans, extra, strict=True)
-        )
-        for branch in self.branches:
-            nn.init.zeros_(branch[-1].weight)
-            nn.init.zeros_(branch[-1].bias)
-        self.mix = conv(8, 2)
-        with torch.no_grad():
-            self.mix.weight.zero_()
-            self.mix.bias.zero_()
-            for level in (1, 2):  # channels 2l, 2l + 1 are level l's (du, dv)
-                for k in (0, 1):
-                    self.mix.weight[k, 2 * level + k, 1, 1] = 0.5
+        self.deep_x, self.deep_y = _tower(8 * c, width), _tower(8 * c, width)
+        self.fine_x, self.fine_y = _tower(2 * c + width, width), _tower(2 * c + width, width)
+        self.coarse = _Level(width, 3)
+        self.fine = _Level(width, 2)
 
     def forward(self, fx: Features, fy: Features, size: tuple[int, int]
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Returns the field ``(B, 2, H, W)`` at ``size`` and each level's own proposal
-        ``(B, 2, h_l, w_l)`` (same units) for the per-level supervision."""
-        proposals, raw = [], []
+        a8 = self.deep_x(torch.cat((fx.f3, fx.f4), dim=1))
+        b8 = self.deep_y(torch.cat((fy.f3, fy.f4), dim=1))
+        flow8 = self.coarse(a8, b8)
         quarter = fx.f2.shape[-2:]
-        for level, (branch, matcher, a, b) in enumerate(zip(self.branches, self.matchers, fx, fy, strict=True)):
-            if level == 0:  # F1 is read at 1/4 like F2: at 1/2 its branch cost a third of the budget
-                a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
-            if isinstance(matcher, nn.Identity):
-                proposal = branch(torch.cat((a, b), dim=1))
-            else:
-                cost = matcher(a, b)
-                proposal = cells_to_normalised(expected_offset(cost, matcher.radius)) + branch(
-                    torch.cat((a, b, cost), dim=1))
-            raw.append(proposal)
-            proposals.append(F.interpolate(proposal, size=quarter, mode="bilinear", align_corners=True))
-        field = F.interpolate(self.mix(torch.cat(proposals, dim=1)), size=size, mode="bilinear", align_corners=True)
-        return field, tuple(raw)
+
+        def up(t: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(t, size=quarter, mode="bilinear", align_corners=True)
+
+        a4 = self.fine_x(torch.cat((fx.f2, up(a8)), dim=1))
+        b4 = self.fine_y(torch.cat((fy.f2, up(b8)), dim=1))
+        prior = up(flow8)
+        # The warp stays in FP32 grid_sample (opset 17-19; see export/): the moving descriptors are
+        # read where the 1/8 estimate points, so the 1/4 cost volume only sees the residual.
+        warped = warp_normalised(b4, coordinates(b4).permute(0, 2, 3, 1) + prior.permute(0, 2, 3, 1),
+                                 padding_mode="border")
+        flow4 = prior + self.fine(a4, warped)
+        field = F.interpolate(flow4, size=size, mode="bilinear", align_corners=True)
+        return field, (flow8, flow4)

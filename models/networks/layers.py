@@ -121,6 +121,26 @@ def expected_offset(cost: torch.Tensor, radius: int) -> torch.Tensor:
     return torch.cat(((prob * dx).sum(1, keepdim=True), (prob * dy).sum(1, keepdim=True)), dim=1)
 
 
+def cost_logits(cost: torch.Tensor, sharpness: torch.Tensor) -> torch.Tensor:
+    """A local cost volume ``(B, K, H, W)`` -> logits for :func:`expected_offset`: each location's
+    K costs standardised (zero mean, unit deviation over the offsets), times ``sharpness``.
+
+    Why standardise: neighbouring bus features are smooth, so raw cosines differ by ~0.03 across
+    the offsets; times a learned scale that started at 10 the softmax stayed near uniform (max
+    probability 0.02-0.09 against 0.01-0.04 uniform) and every soft-argmax shrank towards zero,
+    which is what held the shipped nets at ~7 px (issue 3).
+    """
+    centred = cost - cost.mean(dim=1, keepdim=True)
+    return centred * torch.rsqrt((centred * centred).mean(dim=1, keepdim=True) + 1e-8) * sharpness
+
+
+def cosine_cost(a: torch.Tensor, b: torch.Tensor, radius: int, sharpness: torch.Tensor) -> torch.Tensor:
+    """Descriptors ``a``, ``b`` (B, C, H, W) -> logits (B, (2r+1)^2, H, W) of their local cost
+    volume of cosine similarities (:func:`correlation` of the L2-normalised descriptors, then
+    :func:`cost_logits`), ready for :func:`expected_offset`."""
+    return cost_logits(correlation(F.normalize(a, dim=1), F.normalize(b, dim=1), radius), sharpness)
+
+
 def cells_to_normalised(flow: torch.Tensor) -> torch.Tensor:
     """A displacement in grid cells ``(B, 2, h, w)`` -> normalised units (align_corners=True),
     where one cell of a ``w``-wide grid is ``2 / (w - 1)``."""
@@ -128,9 +148,13 @@ def cells_to_normalised(flow: torch.Tensor) -> torch.Tensor:
     return torch.cat((flow[:, :1] * (2.0 / (w - 1)), flow[:, 1:] * (2.0 / (h - 1))), dim=1)
 
 
+#: Initial scale of standardised costs: a peak 2-3 deviations above the rest gets most of the mass.
+SHARPNESS = 4.0
+
+
 class Matcher(nn.Module):
     """Learned per-modality projections (1x1, separable 3x3 conv), L2-normalised, then a local cost volume
-    of cosine similarities times a learned sharpness (logits for :func:`expected_offset`).
+    of cosine similarities, standardised and scaled (:func:`cost_logits`), for :func:`expected_offset`.
 
     The bus features are not modality-invariant (the bus is an auto-encoder); the projections
     let the registration nets learn what to compare across IR and visible.
@@ -140,11 +164,9 @@ class Matcher(nn.Module):
         super().__init__()
         self.px = nn.Sequential(nn.Conv2d(cin, cproj, 1), act(), separable(cproj, cproj))
         self.py = nn.Sequential(nn.Conv2d(cin, cproj, 1), act(), separable(cproj, cproj))
-        self.sharpness = nn.Parameter(torch.tensor(10.0))
+        self.sharpness = nn.Parameter(torch.tensor(SHARPNESS))
         self.radius = radius
         self.channels = (2 * radius + 1) ** 2
 
     def forward(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
-        a = F.normalize(self.px(fx), dim=1)
-        b = F.normalize(self.py(fy), dim=1)
-        return correlation(a, b, self.radius) * (a.shape[1] * self.sharpness)
+        return cosine_cost(self.px(fx), self.py(fy), self.radius, self.sharpness)
