@@ -92,7 +92,14 @@ def load_model(path: Path, *, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"{path}: is a {payload['stage']!r} checkpoint; a {expect_stage!r} one is needed")
     model = BusReF(payload["config"].model)
     try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as exc:
+        result = model.load_state_dict(payload["model"], strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
         raise CheckpointError(f"{path}: weights do not match its config: {exc}") from exc
+    missing, unexpected = result.missing_keys, result.unexpected_keys
+    if missing or unexpected:
+        # Summarised: a checkpoint of an earlier network design lists ~100 names (issue 3's new
+        # Deformable Net), which buried the point of the message.
+        raise CheckpointError(f"{path}: weights do not match its config (a checkpoint of an earlier network "
+                              f"design?): {len(missing)} missing, e.g. {missing[:1]}; {len(unexpected)} "
+                              f"unexpected, e.g. {unexpected[:1]}")
     return model.eval(), payload

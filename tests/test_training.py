@@ -63,6 +63,12 @@ def test_checkpoint_carries_metadata_and_refuses_bad_files(tmp_path, tiny_config
     assert payload["config"] == tiny_config and payload["commit"]
     with pytest.raises(CheckpointError, match="a 'registration' one is needed"):
         load_model(path, expect_stage="registration")
+    stale = torch.load(path, weights_only=False)
+    stale["model"]["deformable.branches.0.weight"] = stale["model"].pop("deformable.coarse.sharpness")
+    torch.save(stale, tmp_path / "stale.pt")
+    with pytest.raises(CheckpointError, match=r"stale\.pt: weights do not match its config .*1 missing, e\.g\. "
+                       r"\['deformable\.coarse\.sharpness'\]; 1 unexpected"):
+        load_model(tmp_path / "stale.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"junk\.pt: not a readable checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
