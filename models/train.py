@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,16 +166,26 @@ def earlier_parts(stage: str) -> tuple[str, ...]:
     return tuple(part for earlier in STAGES[: STAGES.index(stage)] for part in STAGE_PARTS[earlier])
 
 
+#: Every part of :class:`BusReF`, each trained by exactly one stage.
+MODEL_PARTS: tuple[str, ...] = tuple(part for parts in STAGE_PARTS.values() for part in parts)
+
+
+def load_parts(model: BusReF, state: dict[str, torch.Tensor], parts: Sequence[str], source: Path) -> None:
+    """Load the weights of ``parts`` from ``state``; the other parts keep theirs. Refuses a source
+    whose weights of those parts do not fit the model (missing or unexpected names)."""
+    prefixes = tuple(f"{part}." for part in parts)
+    result = model.load_state_dict({k: v for k, v in state.items() if k.startswith(prefixes)}, strict=False)
+    misfit = [k for k in result.missing_keys if k.startswith(prefixes)] + result.unexpected_keys
+    if misfit:
+        raise ValueError(f"{source}: its {', '.join(parts)} weights do not fit the model ({len(misfit)} missing or "
+                         f"unexpected), e.g. {misfit[0]}")
+
+
 def load_earlier_stages(model: BusReF, state: dict[str, torch.Tensor], stage: str, source: Path) -> None:
     """Load the parts trained by the stages before ``stage`` (the bus; then GAF) from ``state``;
     the parts this stage trains start fresh, so a changed architecture of those parts does not
     invalidate an earlier stage's checkpoint."""
-    prefixes = tuple(f"{part}." for part in earlier_parts(stage))
-    wanted = {k: v for k, v in state.items() if k.startswith(prefixes)}
-    missing = [k for k in model.state_dict() if k.startswith(prefixes) and k not in wanted]
-    if missing:
-        raise ValueError(f"{source}: lacks {len(missing)} weights of the earlier stages, e.g. {missing[0]}")
-    model.load_state_dict(wanted, strict=False)
+    load_parts(model, state, earlier_parts(stage), source)
 
 
 def load_finetune_source(model: BusReF, state: dict[str, torch.Tensor], trained: ModelConfig, stage: str,
@@ -186,17 +197,12 @@ def load_finetune_source(model: BusReF, state: dict[str, torch.Tensor], trained:
     if trained == requested:
         model.load_state_dict(state)
         return
-    differing = [part for part in ("bus", "affine", "deformable", "gaf")
-                 if getattr(trained, part) != getattr(requested, part)]
+    differing = [part for part in MODEL_PARTS if getattr(trained, part) != getattr(requested, part)]
     frozen = [part for part in differing if part not in STAGE_PARTS[stage]]
     if not fresh_allowed or frozen or trained.registration_size != requested.registration_size:
         raise ValueError(f"{source}: trained with model config {trained}, not the requested {requested}")
     log.warning("%s: %s config differs from the checkpoint's; starting it fresh", source, ", ".join(differing))
-    prefixes = tuple(f"{part}." for part in differing)
-    result = model.load_state_dict({k: v for k, v in state.items() if not k.startswith(prefixes)}, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(prefixes)]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"{source}: its weights do not fit the model, e.g. {(missing + result.unexpected_keys)[0]}")
+    load_parts(model, state, [part for part in MODEL_PARTS if part not in differing], source)
 
 
 def freeze_for(model: BusReF, stage: str) -> list[nn.Parameter]:

@@ -14,15 +14,11 @@ from models.networks.layers import (
     conv,
     coordinates,
     cosine_cost,
+    descriptor,
     expected_offset,
     separable,
 )
 from models.networks.reconstructor import Features
-
-
-def _tower(cin: int, width: int) -> nn.Sequential:
-    """Per-modality descriptor: 1x1 reduce, then two depthwise-separable 3x3 (a 5x5 receptive field)."""
-    return nn.Sequential(nn.Conv2d(cin, width, 1), act(), separable(width, width), act(), separable(width, width))
 
 
 class _Level(nn.Module):
@@ -63,8 +59,9 @@ class DeformableNet(nn.Module):
     def __init__(self, bus_width: int, width: int = 24) -> None:
         super().__init__()
         c = bus_width
-        self.deep_x, self.deep_y = _tower(8 * c, width), _tower(8 * c, width)
-        self.fine_x, self.fine_y = _tower(2 * c + width, width), _tower(2 * c + width, width)
+        # Two separable convs each (a 5x5 receptive field): one more than the Affine Net's matchers.
+        self.deep_x, self.deep_y = descriptor(8 * c, width, 2), descriptor(8 * c, width, 2)
+        self.fine_x, self.fine_y = descriptor(2 * c + width, width, 2), descriptor(2 * c + width, width, 2)
         self.coarse = _Level(width, 3)
         self.fine = _Level(width, 2)
 

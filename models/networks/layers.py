@@ -148,6 +148,15 @@ def cells_to_normalised(flow: torch.Tensor) -> torch.Tensor:
     return torch.cat((flow[:, :1] * (2.0 / (w - 1)), flow[:, 1:] * (2.0 / (h - 1))), dim=1)
 
 
+def descriptor(cin: int, width: int, separables: int = 1) -> nn.Sequential:
+    """Per-modality descriptor for a cost volume: a 1x1 reduction to ``width``, then ``separables``
+    depthwise-separable 3x3 convs (receptive field ``2 * separables + 1``), no final activation."""
+    layers: list[nn.Module] = [nn.Conv2d(cin, width, 1)]
+    for _ in range(separables):
+        layers += [act(), separable(width, width)]
+    return nn.Sequential(*layers)
+
+
 #: Initial scale of standardised costs: a peak 2-3 deviations above the rest gets most of the mass.
 SHARPNESS = 4.0
 
@@ -162,8 +171,7 @@ class Matcher(nn.Module):
 
     def __init__(self, cin: int, cproj: int, radius: int) -> None:
         super().__init__()
-        self.px = nn.Sequential(nn.Conv2d(cin, cproj, 1), act(), separable(cproj, cproj))
-        self.py = nn.Sequential(nn.Conv2d(cin, cproj, 1), act(), separable(cproj, cproj))
+        self.px, self.py = descriptor(cin, cproj), descriptor(cin, cproj)
         self.sharpness = nn.Parameter(torch.tensor(SHARPNESS))
         self.radius = radius
         self.channels = (2 * radius + 1) ** 2
