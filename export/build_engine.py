@@ -13,8 +13,9 @@ networks where ``BuilderFlag.FP16`` lets the builder pick FP16 kernels per layer
 kept in FP32 with per-layer precision plus ``OBEY_PRECISION_CONSTRAINTS``. TensorRT 11 removed
 those flags and the INT8 calibrators: networks are strongly typed and precision comes from the
 ONNX types. There, FP16 builds use a copy of the graph whose convolutions are FP16 between
-explicit casts (:mod:`export.onnx_fp16`). Either way the warp (GridSample) and the grid
-arithmetic feeding it stay FP32 (in the ``frame`` graph the grid is an FP32 network input read
+explicit casts (:mod:`export.onnx_fp16`). Either way the warps (GridSample, and the networks'
+gather-based feature warps, ``models.geometry.warp_features``) and the grid arithmetic feeding
+them stay FP32 (in the ``frame`` graph the grid is an FP32 network input read
 by GridSample alone). JetPack 6 ships TensorRT 10.3, so both paths are needed.
 """
 
@@ -64,8 +65,11 @@ VERIFY_TOLERANCE: dict[str, dict[str, float]] = {
 }
 #: TensorRT layer kinds / ONNX op types: samplers are the warp; barriers end the FP32 region
 #: (convolutions are where FP16 pays, and their outputs are cast to FP32 where the warp reads them).
-SAMPLER_KINDS = frozenset({"GRID_SAMPLE", "GridSample"})
+SAMPLER_KINDS = frozenset({"GRID_SAMPLE", "GridSample", "GATHER", "GatherElements"})
 BARRIER_KINDS = frozenset({"CONVOLUTION", "DECONVOLUTION", "Conv", "ConvTranspose"})
+#: Elementwise layers that consume a sampler's output are part of the warp: the networks' feature
+#: warp (models.geometry.warp_features) gathers four corners, then weights and sums them.
+COMBINER_KINDS = frozenset({"ELEMENTWISE", "Mul", "Add"})
 
 
 class BuildUnavailable(RuntimeError):
@@ -246,12 +250,27 @@ class LayerInfo:
 
 
 def warp_layers(layers: Sequence[LayerInfo], keep_outputs: Iterable[str] = ()) -> set[str]:
-    """Names of the layers to keep in FP32: every sampler (GridSample), every layer its inputs
-    are computed from and every layer ``keep_outputs`` are computed from, walking back until a
-    convolution (:data:`BARRIER_KINDS`, not included) or a network input."""
+    """Names of the layers to keep in FP32: every sampler (GridSample, or a gather with a
+    floating-point output), the elementwise layers that combine a sampler's output (transitively,
+    :data:`COMBINER_KINDS`), every layer those are computed from and every layer ``keep_outputs``
+    are computed from, walking back until a convolution (:data:`BARRIER_KINDS`, not included) or a
+    network input."""
     producer = {t: layer for layer in layers for t in layer.outputs}
+    consumers: dict[str, list[LayerInfo]] = {}
+    for layer in layers:
+        for t in layer.inputs:
+            consumers.setdefault(t, []).append(layer)
+    samplers = [layer for layer in layers if layer.kind in SAMPLER_KINDS and layer.outputs]
+    combiners: dict[str, LayerInfo] = {}
+    frontier = list(samplers)
+    while frontier:
+        for t in frontier.pop().outputs:
+            for user in consumers.get(t, ()):
+                if user.kind in COMBINER_KINDS and user.name not in combiners:
+                    combiners[user.name] = user
+                    frontier.append(user)
     keep: set[str] = set()
-    todo = [layer for layer in layers if layer.kind in SAMPLER_KINDS]
+    todo = samplers + list(combiners.values())
     todo += [producer[t] for t in keep_outputs if t in producer]
     while todo:
         layer = todo.pop()

@@ -13,7 +13,8 @@ convolution builds per-sample kernels from the batch size, which the tracer cann
 symbolic next to a symbolic H/W); the ``fuse`` graph has dynamic H and W (multiples of 8).
 The ``frame`` graph (:class:`FrameGraph`: warp + fuse in one call, for GPU backends) has
 dynamic H, W for the luminance and the grid and its own dynamic H_ir, W_ir for the IR.
-The warp (GridSample) and every grid computation stay float32: the whole graph is float32.
+The warps (GridSample; inside the register graph's networks, gathers: ``models.geometry.warp_features``)
+and every grid computation stay float32: the whole graph is float32.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from models.geometry import normalised_to_pixel
 from models.networks import BusReF
+from models.refinement import RefinementConfig, refine_grid
 
 
 def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -32,14 +33,16 @@ class BusReFRegistration:
 
     Both images are resized (area) to the model's registration size; the normalised output grid
     is upsampled bilinearly (align_corners=True) to the visible frame and converted to pixels of
-    the IR image.
+    the IR image. With ``refinement`` the full-size grid is then refined on the pair itself
+    (:func:`models.refinement.refine_grid`, about a second per pair on a CPU core).
     """
 
-    name = "busref"
-
-    def __init__(self, model: BusReF, device: torch.device | str = "cpu") -> None:
+    def __init__(self, model: BusReF, device: torch.device | str = "cpu",
+                 refinement: RefinementConfig | None = None) -> None:
         self.model = model.eval().to(device)
         self.device = device
+        self.refinement = refinement
+        self.name = "busref" if refinement is None else "busref-ngf"
 
     @torch.no_grad()
     def estimate(self, vis: np.ndarray, ir: np.ndarray) -> RegistrationResult:
@@ -49,7 +52,10 @@ class BusReFRegistration:
         reg = self.model.register(to_tensor(small_v, self.device), to_tensor(small_i, self.device))
         h, w = vis.shape
         grid = F.interpolate(reg.grid.permute(0, 3, 1, 2), size=(h, w), mode="bilinear", align_corners=True)
-        grid = normalised_to_pixel(grid.permute(0, 2, 3, 1), *ir.shape)
+        grid = grid.permute(0, 2, 3, 1)
+        if self.refinement is not None:
+            grid = refine_grid(to_tensor(vis, self.device), to_tensor(ir, self.device), grid, self.refinement)
+        grid = normalised_to_pixel(grid, *ir.shape)
         return RegistrationResult(grid[0].float().cpu().numpy(), reg.theta[0].float().cpu().numpy())
 
     def register(self, vis: np.ndarray, ir: np.ndarray) -> np.ndarray:

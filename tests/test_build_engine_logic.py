@@ -163,6 +163,26 @@ def test_warp_region_stops_at_convolutions() -> None:
     assert keep == {"pool", "mlp", "base", "affine", "sample", "compose", "head"}
 
 
+def test_a_gather_warp_and_the_layers_that_weight_its_samples_stay_fp32() -> None:
+    # models.geometry.warp_features: corners gathered, weighted by (x - floor x), summed, reshaped.
+    layers = [
+        be.LayerInfo("tower", "CONVOLUTION", ("f",), ("desc",)),
+        be.LayerInfo("flatten", "SHUFFLE", ("desc",), ("flat",)),
+        be.LayerInfo("scale", "ELEMENTWISE", ("flow",), ("x",)),
+        be.LayerInfo("floor", "UNARY", ("x",), ("x0",)),
+        be.LayerInfo("frac", "ELEMENTWISE", ("x", "x0"), ("wx",)),
+        be.LayerInfo("index", "CAST", ("x0",), ()),  # the int64 corner index: not a float output
+        be.LayerInfo("corner", "GATHER", ("flat",), ("sample",)),
+        be.LayerInfo("weigh", "ELEMENTWISE", ("sample", "wx"), ("weighted",)),
+        be.LayerInfo("sum", "ELEMENTWISE", ("weighted", "other"), ("warped_flat",)),
+        be.LayerInfo("unflatten", "SHUFFLE", ("warped_flat",), ("warped",)),
+        be.LayerInfo("head", "CONVOLUTION", ("warped",), ("out",)),
+        be.LayerInfo("shape_gather", "GATHER", (), ()),  # shape arithmetic: integers only
+    ]
+    keep = be.warp_layers(layers)
+    assert keep == {"flatten", "scale", "floor", "frac", "corner", "weigh", "sum"}
+
+
 def _header(onnx_sha: str = "a" * 64, precision: str = "fp16", opt: list[int] | None = None) -> EngineHeader:
     shapes = {"min": [1, 1, 128, 160], "opt": opt or [1, 1, 512, 640], "max": [1, 1, 1080, 1920]}
     return EngineHeader(tensorrt_version="10.3.0", cuda_version="12.6", gpu_name="Orin", compute_capability="8.7",

@@ -27,7 +27,8 @@ def three_pairs(tmp_path_factory, roadscene):
 
 def test_eval_registration_writes_tables(trained_checkpoint, roadscene, tmp_path, capsys):
     code = main(["eval", "registration", "--data", str(roadscene), "--split", "test", "--limit", "3",
-                 "--methods", "busref,identity,ecc", "--checkpoint", str(trained_checkpoint), "--out", str(tmp_path),
+                 "--methods", "busref,busref-ngf,identity,ecc", "--checkpoint", str(trained_checkpoint),
+                 "--out", str(tmp_path),
                  "--no-progress", "--contact-sheet", "2"])
     assert code == 0
     sheet = cv2.imread(str(tmp_path / "registration_moderate_sheet.png"))
@@ -36,7 +37,9 @@ def test_eval_registration_writes_tables(trained_checkpoint, roadscene, tmp_path
     assert report["protocol"] == "irvis-reg-v1" and report["n_pairs"] == 3
     summary = report["results"]["identity"]["summary"]
     assert {"MNCC", "EPE_mean", "NCC", "MMSE"} <= set(summary["mean"]) and 0 <= summary["success_2px"] <= 1
-    assert "| busref |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| busref |" in printed and "| busref-ngf |" in printed
+    assert report["results"]["busref-ngf"]["summary"]["failures"] == 0
 
 
 def test_eval_fusion(trained_checkpoint, roadscene, tmp_path):
@@ -68,6 +71,18 @@ def test_register_writes_every_file_in_the_protocol_convention(trained_checkpoin
         inner = (slice(h // 4, 3 * h // 4), slice(w // 4, 3 * w // 4))
         assert np.abs(resampled[inner] - reg[inner].astype(np.float32)).mean() < 2.0
     assert cv2.imread(str(out / "contact_sheet.png")) is not None
+
+
+def test_register_refine_moves_the_grid_and_writes_the_same_files(trained_checkpoint, three_pairs, tmp_path):
+    root, names = three_pairs
+    for flags, out in (([], tmp_path / "plain"), (["--refine"], tmp_path / "refined")):
+        assert main(["register", "--vis", str(root / "crop_LR_visible"), "--ir", str(root / "cropinfrared"),
+                     "--out", str(out), "--checkpoint", str(trained_checkpoint), *flags]) == 0
+    for n in names:
+        plain, refined = (np.load(tmp_path / run / "grid" / f"{n}.npy") for run in ("plain", "refined"))
+        assert refined.shape == plain.shape and refined.dtype == np.float32 and np.isfinite(refined).all()
+        assert np.linalg.norm(refined - plain, axis=-1).mean() > 0.1
+        assert (tmp_path / "refined" / "registered" / f"{n}.png").exists()
 
 
 def test_fuse_command(trained_checkpoint, three_pairs, tmp_path):

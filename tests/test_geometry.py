@@ -17,6 +17,7 @@ from models.geometry import (
     reconstructible_mask,
     theta_to_pixel_affine,
     warp,
+    warp_features,
 )
 
 
@@ -101,3 +102,30 @@ def test_reconstructible_mask_identity_is_full_and_shift_cuts_the_edge():
 def test_warp_rejects_bad_shapes():
     with pytest.raises(ValueError, match="grid must be"):
         warp(torch.rand(1, 1, 4, 4), torch.rand(1, 4, 4))
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_the_gather_feature_warp_equals_grid_sample_with_its_gradients(padding_mode: str) -> None:
+    image = torch.randn(2, 3, 9, 11, dtype=torch.float64, requires_grad=True)
+    grid = (torch.rand(2, 7, 8, 2, dtype=torch.float64) * 2.6 - 1.3).requires_grad_()  # past every edge
+
+    def both(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return warp_features(image, g, padding_mode), F.grid_sample(image, g, mode="bilinear",
+                                                                    padding_mode=padding_mode, align_corners=True)
+
+    ours, theirs = both(grid)
+    assert torch.allclose(ours, theirs, atol=1e-12)
+    weights = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad((ours * weights).sum(), (image, grid)),
+                    torch.autograd.grad((theirs * weights).sum(), (image, grid)), strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+    # Exact pixel centres and corners, where a floor is easy to get wrong (values only: at the
+    # border itself the two pick different subgradients).
+    exact = grid.detach().clone()
+    exact[:, 0, :4] = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.2, -0.5], [1.0, -1.0]], dtype=torch.float64)
+    assert torch.allclose(*both(exact), atol=1e-12)
+
+
+def test_the_gather_feature_warp_refuses_reflection_padding() -> None:
+    with pytest.raises(ValueError, match="padding_mode"):
+        warp_features(torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 2, 2), "reflection")

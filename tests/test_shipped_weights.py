@@ -16,6 +16,7 @@ from models.data import load_pairs, pair_index, roadscene_pairs, split_sha256
 from models.evaluation import evaluate_fusion, evaluate_registration
 from models.fusion_baselines import average
 from models.inference import BusReFRegistration, fuse_luminance
+from models.refinement import RefinementConfig
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 VAL_PAIRS = 8  # the recipe's --val-pairs (MODEL_CARD.md)
@@ -54,7 +55,8 @@ def test_the_onnx_graphs_name_the_checkpoint_and_its_registration_size(shipped):
 
 def registration_means(model, test_pairs, level: str) -> dict[str, dict[str, float]]:
     pairs, indices = test_pairs
-    methods = {"busref": BusReFRegistration(model), "identity": IdentityMethod(), "ecc": EccGradient()}
+    methods = {"busref": BusReFRegistration(model), "identity": IdentityMethod(), "ecc": EccGradient(),
+               "busref-ngf": BusReFRegistration(model, refinement=RefinementConfig())}
     return {name: r["summary"]["mean"] for name, r in
             evaluate_registration(methods, pairs, indices, level, progress=False).items()}
 
@@ -70,10 +72,14 @@ def test_registers_better_than_identity_and_ecc_at_the_moderate_level(shipped, t
     means = registration_means(shipped[0], test_pairs, "moderate")
     assert means["busref"]["MNCC"] > means["identity"]["MNCC"] and means["busref"]["MNCC"] > means["ecc"]["MNCC"]
     assert means["busref"]["EPE_mean"] < means["identity"]["EPE_mean"], means
-    # Not below ECC's EPE on these three pairs (9.1 vs 8.3 px: ECC wins on FLIR_00006, sun glare, 5.9
-    # vs 16.0; FLIR_00455 is a tie at 4.6; we win on FLIR_00233, 6.8 vs 14.4; over all 45 test pairs
-    # 7.4 vs 11.6). The issue asks for better than ECC here: a regression bound until we get there.
+    # The network alone is not below ECC's EPE on these three pairs (9.1 vs 8.3 px: ECC wins on
+    # FLIR_00006, sun glare, 5.9 vs 16.0; FLIR_00455 is a tie at 4.6; we win on FLIR_00233, 6.8 vs
+    # 14.4; over all 45 test pairs 7.4 vs 11.6): a regression bound for it.
     assert means["busref"]["EPE_mean"] < 1.2 * means["ecc"]["EPE_mean"], means
+    # With the NGF refinement on each pair (busref eval's busref-ngf) it is: 3.9 vs 8.3 px.
+    for baseline in ("identity", "ecc", "busref"):
+        assert means["busref-ngf"]["MNCC"] > means[baseline]["MNCC"], means
+        assert means["busref-ngf"]["EPE_mean"] < means[baseline]["EPE_mean"], means
 
 
 def test_fuses_better_than_the_average_on_ei_and_sf(shipped, test_pairs):

@@ -24,6 +24,7 @@ from models.fusion_baselines import average, laplacian_pyramid_maxabs
 from models.inference import BusReFRegistration, fuse_luminance
 from models.metrics.registration import warp_numpy
 from models.misalignment import LEVELS, protocol_pair
+from models.refinement import RefinementConfig
 from models.train import select_device
 from models.visualise import contact_sheet, edge_overlay
 
@@ -43,8 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     add_checkpoint_argument(parser)
     parser.add_argument("--level", choices=sorted(LEVELS), default="moderate", help="misalignment level")
-    parser.add_argument("--methods", help="comma list; registration: busref,identity,sift,ecc,mi (default: all); "
-                        "fusion: gaf,average,laplacian (default: all)")
+    parser.add_argument("--methods", help="comma list; registration: busref,busref-ngf,identity,sift,ecc,mi,ngf "
+                        "(default: all; busref-ngf refines busref's grid on each pair, ngf runs that refinement "
+                        "from the identity); fusion: gaf,average,laplacian (default: all)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="report folder (default: results)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--contact-sheet", type=int, default=0, metavar="N",
@@ -58,12 +60,13 @@ def run(args: argparse.Namespace) -> int:
         pairs = load_pairs(paths)
         device = select_device(args.device)
         if args.task == "registration":
-            names = (args.methods or "busref,identity,sift,ecc,mi").split(",")
+            names = (args.methods or "busref,busref-ngf,identity,sift,ecc,mi,ngf").split(",")
             methods = {}
             for name in names:
-                if name == "busref":
+                if name in ("busref", "busref-ngf"):
                     model, _ = load_model(args.checkpoint, map_location=device, expect_stage="registration")
-                    methods[name] = BusReFRegistration(model, device)
+                    methods[name] = BusReFRegistration(model, device,
+                                                       RefinementConfig() if name == "busref-ngf" else None)
                 else:
                     methods[name] = make_method(name)
             results = evaluate_registration(methods, pairs, indices, args.level, progress=not args.no_progress)
@@ -93,11 +96,12 @@ def run(args: argparse.Namespace) -> int:
     write_report(report, results, table, meta)
     print(table)
     log.info("wrote %s.json and %s.md", report, report)
-    if args.task == "registration" and args.contact_sheet and "busref" in methods:
+    shown = [name for name in ("busref-ngf", "busref") if name in methods]
+    if args.task == "registration" and args.contact_sheet and shown:
         n = args.contact_sheet
-        sheet = registration_sheet(methods["busref"], pairs[:n], indices[:n], args.level)
+        sheet = registration_sheet(methods[shown[0]], pairs[:n], indices[:n], args.level)
         write_png(report.with_name(report.name + "_sheet.png"), sheet)
-        log.info("wrote %s_sheet.png", report)
+        log.info("wrote %s_sheet.png (%s)", report, shown[0])
     return 0
 
 

@@ -16,6 +16,7 @@ from models.data import DataError, PairPaths, read_gray
 from models.geometry import theta_to_pixel_affine
 from models.inference import BusReFRegistration, fuse_luminance
 from models.metrics.registration import warp_numpy
+from models.refinement import RefinementConfig
 from models.train import select_device
 from models.visualise import contact_sheet, edge_overlay
 
@@ -40,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contact-sheet", action="store_true",
                         help="also write OUT/contact_sheet.png (visible | moving IR | registered | edges | fused)")
     parser.add_argument("--sheet-rows", type=int, default=8, help="pairs on the contact sheet (default: 8)")
+    parser.add_argument("--refine", action="store_true",
+                        help="refine each grid on its pair (NGF instance optimisation at full size, about a second "
+                             "per pair on a CPU core; 'busref-ngf' in the README tables). theta stays the network's")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     except (DataError, CheckpointError) as exc:
         log.error("%s", exc)
         return 2
-    method = BusReFRegistration(model, device)
+    method = BusReFRegistration(model, device, RefinementConfig() if args.refine else None)
     rows: list[list[np.ndarray]] = []
     labels: list[str] = []
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.geometry import apply_affine
+from models.geometry import apply_affine, warp_features
 from models.networks.layers import (
     DynamicConv2d,
     Match,
@@ -112,7 +112,7 @@ class AffineNet(nn.Module):
         coarse = Match(points, matched)
         theta = fit_affine(points, matched, weights)
         grid = apply_affine(theta, coordinates(x8).permute(0, 2, 3, 1))
-        warped = F.grid_sample(y8, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        warped = warp_features(y8, grid)
         points, matched, weights = self.fine(x8, warped)
         # A match p -> p + d in the warped features is p -> theta(p + d) in the moving image.
         fine = Match(points, apply_affine(theta, matched))

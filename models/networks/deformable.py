@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.geometry import warp_normalised
+from models.geometry import warp_features
 from models.networks.layers import (
     SHARPNESS,
     act,
@@ -78,9 +78,9 @@ class DeformableNet(nn.Module):
         a4 = self.fine_x(torch.cat((fx.f2, up(a8)), dim=1))
         b4 = self.fine_y(torch.cat((fy.f2, up(b8)), dim=1))
         prior = up(flow8)
-        # The warp stays in FP32 grid_sample (opset 17-19; see export/): the moving descriptors are
-        # read where the 1/8 estimate points, so the 1/4 cost volume only sees the residual.
-        warped = warp_normalised(b4, coordinates(b4).permute(0, 2, 3, 1) + prior.permute(0, 2, 3, 1),
+        # The moving descriptors are read where the 1/8 estimate points, so the 1/4 cost volume
+        # only sees the residual (an FP32 warp in every engine: see warp_features).
+        warped = warp_features(b4, coordinates(b4).permute(0, 2, 3, 1) + prior.permute(0, 2, 3, 1),
                                  padding_mode="border")
         flow4 = prior + self.fine(a4, warped)
         field = F.interpolate(flow4, size=size, mode="bilinear", align_corners=True)

@@ -1,0 +1,92 @@
+"""NGF instance optimisation (models/refinement.py): the similarity, the optimiser, its config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydantic
+import pytest
+import torch
+
+from models.geometry import identity_grid, pixel_to_normalised
+from models.refinement import RefinementConfig, ngf_similarity, refine_grid
+
+H, W = 64, 80
+FAST = RefinementConfig(scales=(2, 1), iterations=(60, 40))
+
+
+def _texture(shift: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
+    """(1, 1, H, W) smooth blobs in [0, 1] sampled at (x + dx, y + dy): ``_texture(s)(p - s) = _texture()(p)``,
+    so the grid that registers ``_texture(s)`` onto ``_texture()`` is ``p -> p - s``."""
+    rng = np.random.default_rng(3)
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
+    xs, ys = xs + shift[0], ys + shift[1]
+    value = np.zeros_like(xs)
+    for _ in range(30):
+        cx, cy, sigma, amp = rng.uniform(-5, W + 5), rng.uniform(-5, H + 5), rng.uniform(2, 6), rng.uniform(-1, 1)
+        value += amp * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma**2))
+    return torch.from_numpy(np.clip(0.5 + 0.3 * value, 0, 1)).float()[None, None]
+
+
+def _epe(grid: torch.Tensor, shift: tuple[float, float]) -> float:
+    """Mean pixel error of a normalised grid against the translation ``p -> p - shift`` (inner pixels)."""
+    scale = torch.tensor([(W - 1) / 2, (H - 1) / 2])
+    truth = identity_grid(H, W) - torch.tensor(shift)
+    pixels = (grid + 1) * scale
+    return float((pixels - truth)[:, 8:-8, 8:-8].norm(dim=-1).mean())
+
+
+def test_ngf_scores_edges_of_either_polarity_and_ignores_flat_images() -> None:
+    image = _texture()
+    ones = torch.ones_like(image)
+    same = ngf_similarity(image, image, ones, 0.01)
+    assert 0.3 < float(same) < 1.0
+    # A hot road is bright in IR and dark in visible: an inverted copy scores the same.
+    assert torch.isclose(ngf_similarity(image, 1.0 - image, ones, 0.01), same)
+    assert float(ngf_similarity(image, _texture((3.0, 0.0)), ones, 0.01)) < 0.8 * float(same)
+    assert float(ngf_similarity(image, torch.full_like(image, 0.5), ones, 0.01)) == 0.0
+
+
+def test_ngf_rejects_mismatched_shapes() -> None:
+    image = _texture()
+    with pytest.raises(ValueError, match="one shape"):
+        ngf_similarity(image, image[..., :-1], torch.ones_like(image), 0.01)
+
+
+def test_refinement_recovers_a_shift_across_inverted_contrast() -> None:
+    shift = (2.5, -1.5)
+    vis, ir = _texture(), 1.0 - _texture(shift)  # ir(p - shift) = 1 - vis(p)
+    start = pixel_to_normalised(identity_grid(H, W), H, W)
+    assert _epe(start, shift) > 2.5
+    refined = refine_grid(vis, ir, start, FAST)
+    assert refined.shape == start.shape and not refined.requires_grad
+    assert _epe(refined, shift) < 0.5
+
+
+def test_refinement_keeps_a_correct_grid_and_takes_a_moving_image_of_another_size() -> None:
+    shift = (2.0, 1.0)
+    vis = _texture()
+    ir = torch.nn.functional.interpolate(_texture(shift), size=(2 * H, 2 * W), mode="bilinear",
+                                         align_corners=True)
+    truth = pixel_to_normalised(identity_grid(H, W) - torch.tensor(shift), H, W)
+    assert _epe(refine_grid(vis, ir, truth, FAST), shift) < 0.3
+
+
+def test_refinement_guards_its_inputs() -> None:
+    vis = _texture()
+    start = pixel_to_normalised(identity_grid(H, W), H, W)
+    with pytest.raises(ValueError, match=r"\(1, 1, H, W\)"):
+        refine_grid(vis[0], vis, start)
+    with pytest.raises(ValueError, match="grid must be"):
+        refine_grid(vis, vis, start[:, :-1])
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"scales": (4, 1), "iterations": (10,)}, "same, non-zero length"),
+    ({"scales": (0,), "iterations": (10,)}, "scales must be >= 1"),
+    ({"control": (1, 8)}, "at least 2x2"),
+    ({"edge_noise": 0.0}, "greater than 0"),
+    ({"step": 1}, "Extra inputs are not permitted"),
+])
+def test_config_errors_name_the_field(fields: dict, message: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match=message):
+        RefinementConfig(**fields)
