@@ -42,7 +42,7 @@ class BusReFRegistration:
         self.model = model.eval().to(device)
         self.device = device
         self.refinement = refinement
-        self.name = "busref" if refinement is None else "busref-ngf"
+        self.name = "busref" if refinement is None else "busref-refined"
 
     @torch.no_grad()
     def estimate(self, vis: np.ndarray, ir: np.ndarray) -> RegistrationResult:

@@ -1,13 +1,14 @@
-"""Instance optimisation: refine one pair's registration grid by maximising normalised gradient
-fields (NGF) between the visible image and the warped IR, at full resolution.
+"""Instance optimisation: refine one pair's registration grid so that the warped IR's edges and
+local structure match the visible image's (normalised gradient fields + MIND), at full size.
 
 Why (issue 3): the shipped networks leave ~6-7 px of error on the moderate level, mostly a
 smooth residual that their cross-modal cost volumes cannot resolve at 1/4 of the registration
 size. IR and visible intensities are unrelated, but the *orientation* of their edges largely
-agrees (up to sign), which is what NGF scores; starting from the network's grid, a few hundred
-Adam steps on a small smooth residual pull the edges together. It is a per-pair optimisation
-(about a second on one CPU core), so it serves offline work (``busref eval``, ``busref batch``),
-not the real-time daemon, which runs the exported networks only.
+agrees (up to sign), which NGF scores, and so does the pattern of local self-similarity, which
+MIND describes; starting from the network's grid, a few hundred Adam steps on a small smooth
+residual pull the two together. It is a per-pair optimisation (about 1.5 s on one CPU core), so
+it serves offline work (``busref eval``, ``busref register --refine``), not the real-time
+daemon, which runs the exported networks only.
 """
 
 from __future__ import annotations
@@ -26,15 +27,19 @@ _PARAMETER_SCALE = 0.1
 
 
 class RefinementConfig(BaseModel):
-    """How :func:`refine_grid` optimises. The defaults were chosen on 8 held-out *train* pairs,
-    never on the test split. From the shipped network's grid they take the mean EPE from 6.4 to
-    3.8-4.0 px (moderate level) and from 13.5 to 10.7-11.1 px (hard); the ranges are float rounding
-    in the start (NGF has many nearby optima on this data, so single pairs can move by ~2 px).
+    """How :func:`refine_grid` optimises. The defaults were chosen on held-out *train* pairs,
+    never on the test split. On the 8 validation pairs, from the shipped network's grid: moderate
+    level 6.41 -> 3.57 px mean EPE (MNCC 0.851 -> 0.934), hard 13.46 -> 10.49 px (0.740 -> 0.816).
+    NGF alone gave 3.8-4.0 and 10.7-11.1 px (the ranges are float rounding in the start: NGF has
+    many nearby optima on this data, so single pairs can move by ~2 px), MIND alone 3.92 px.
+    Around the defaults, on those 8 pairs and 16 more train pairs (moderate, default 3.24 px):
+    MIND weight 0.5 / 2: 3.36 / 3.66; smoothness 0.03 / 0.3: 3.70 / 3.50; edge noise 0.02: 3.33;
+    learning rate 0.03: 3.27; 60 final-scale steps: 3.23.
 
-    Starting one scale coarser (8, 4, 2, 1) gave 3.9 and 12.6 px: started *at the truth* it
-    drifted 2.9 px away, against 1.7 px for the finest scale alone, so blurred NGF is biased and
-    only pays where the start is far off (:class:`models.baselines.registration.NgfElastic`). A
-    finer control grid (12 x 16) ended at 4.3-4.8 px; a Gaussian pre-blur drifted further from
+    Starting one scale coarser (8, 4, 2, 1) was worse from the network: started *at the truth*
+    it drifted 2.9 px away, against 1.7 px for the finest scale alone, so blurred NGF is biased
+    and only pays where the start is far off (:class:`models.baselines.registration.NgfMindElastic`).
+    A finer control grid (12 x 16) ended at 4.3-4.8 px; a Gaussian pre-blur drifted further from
     the truth.
     """
 
@@ -46,6 +51,7 @@ class RefinementConfig(BaseModel):
     control: tuple[int, int] = Field((6, 8), description="rows, cols of the smooth field's control grid")
     smoothness: float = Field(0.1, ge=0, description="weight of the control points' squared differences")
     edge_noise: float = Field(0.03, gt=0, description="NGF epsilon: gradients below it count as noise")
+    mind_weight: float = Field(1.0, ge=0, description="weight of the MIND descriptor distance (0: NGF only)")
 
     @model_validator(mode="after")
     def _check(self) -> RefinementConfig:
@@ -84,6 +90,33 @@ def ngf_similarity(a: Tensor, b: Tensor, mask: Tensor, edge_noise: float) -> Ten
     return (score * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def mind_descriptor(image: Tensor, radius: int = 2, patch: int = 3) -> Tensor:
+    """Modality-independent neighbourhood descriptor (MIND, Heinrich et al. 2012), four neighbours.
+
+    ``image`` ``(B, 1, H, W)`` -> ``(B, 4, H, W)`` in (0, 1]: for the offsets ``(+-radius, 0)`` and
+    ``(0, +-radius)``, ``exp(-D / V)`` with ``D`` the ``patch``-box mean of the squared difference to
+    the shifted image (replicate padding) and ``V`` the mean of the four ``D`` (floored at 1e-3 of
+    its image mean), each pixel's four values divided by their maximum. It describes local
+    structure, not intensity: inverting the contrast leaves it unchanged, rescaling nearly (only
+    the variance floor of flat areas sees the scale).
+    """
+    if image.dim() != 4 or image.shape[1] != 1:
+        raise ValueError(f"image must be (B, 1, H, W), got {tuple(image.shape)}")
+    h, w = image.shape[-2:]
+    padded = F.pad(image, (radius, radius, radius, radius), mode="replicate")
+    half = patch // 2
+    distances = []
+    for dx, dy in ((radius, 0), (-radius, 0), (0, radius), (0, -radius)):
+        shifted = padded[..., radius + dy:radius + dy + h, radius + dx:radius + dx + w]
+        squared = F.pad((image - shifted) ** 2, (half, half, half, half), mode="replicate")
+        distances.append(F.avg_pool2d(squared, patch, stride=1))
+    d = torch.cat(distances, dim=1)
+    variance = d.mean(dim=1, keepdim=True)
+    variance = torch.maximum(variance, 1e-3 * variance.mean() + 1e-6)
+    descriptor = torch.exp(-d / variance)
+    return descriptor / descriptor.amax(dim=1, keepdim=True)
+
+
 def _pool(image: Tensor, factor: int) -> Tensor:
     return F.avg_pool2d(image, factor) if factor > 1 else image
 
@@ -98,8 +131,10 @@ def refine_grid(vis: Tensor, ir: Tensor, grid: Tensor, config: RefinementConfig 
     The result is ``grid(R(p))`` with the residual ``R(p) = p + L p + t + phi(p)``: an affine
     ``(L, t)`` and a smooth field ``phi`` (bicubic upsampling of a ``control`` grid), both in
     normalised units of the reference frame and both starting at zero, fitted coarse to fine to
-    maximise :func:`ngf_similarity` of ``vis`` and the warped ``ir`` over the pixels that land
-    inside the moving image. Returns ``(1, H, W, 2)``, same dtype as ``grid``; no gradient.
+    maximise :func:`ngf_similarity` of ``vis`` and the warped ``ir``, less ``mind_weight`` times the
+    mean absolute difference of their :func:`mind_descriptor` (the moving image's, warped), over
+    the pixels that land inside the moving image. Returns ``(1, H, W, 2)``, same dtype as
+    ``grid``; no gradient.
     """
     if vis.dim() != 4 or vis.shape[:2] != (1, 1) or ir.dim() != 4 or ir.shape[:2] != (1, 1):
         raise ValueError(f"vis and ir must be (1, 1, H, W), got {tuple(vis.shape)} and {tuple(ir.shape)}")
@@ -127,6 +162,8 @@ def refine_grid(vis: Tensor, ir: Tensor, grid: Tensor, config: RefinementConfig 
             reference, moving = _pool(vis, factor), _pool(ir, factor)
             size = (reference.shape[-2], reference.shape[-1])
             inside = torch.ones_like(moving)
+            if config.mind_weight > 0:
+                mind_reference, mind_moving = mind_descriptor(reference), mind_descriptor(moving)
             for _ in range(steps):
                 current = composed(size)
                 # Only pixels that sample the moving image's content count (the IR's zero padding
@@ -136,6 +173,9 @@ def refine_grid(vis: Tensor, ir: Tensor, grid: Tensor, config: RefinementConfig 
                     ((control[..., 1:] - control[..., :-1]) ** 2).mean()
                 loss = -ngf_similarity(reference, warp_normalised(moving, current), mask, config.edge_noise) \
                     + config.smoothness * smooth
+                if config.mind_weight > 0:
+                    distance = (mind_reference - warp_normalised(mind_moving, current)).abs().mean(dim=1, keepdim=True)
+                    loss = loss + config.mind_weight * (distance * mask).sum() / mask.sum().clamp_min(1.0)
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()

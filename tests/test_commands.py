@@ -27,7 +27,7 @@ def three_pairs(tmp_path_factory, roadscene):
 
 def test_eval_registration_writes_tables(trained_checkpoint, roadscene, tmp_path, capsys):
     code = main(["eval", "registration", "--data", str(roadscene), "--split", "test", "--limit", "3",
-                 "--methods", "busref,busref-ngf,identity,ecc", "--checkpoint", str(trained_checkpoint),
+                 "--methods", "busref,busref-refined,identity,ecc", "--checkpoint", str(trained_checkpoint),
                  "--out", str(tmp_path),
                  "--no-progress", "--contact-sheet", "2"])
     assert code == 0
@@ -38,8 +38,8 @@ def test_eval_registration_writes_tables(trained_checkpoint, roadscene, tmp_path
     summary = report["results"]["identity"]["summary"]
     assert {"MNCC", "EPE_mean", "NCC", "MMSE"} <= set(summary["mean"]) and 0 <= summary["success_2px"] <= 1
     printed = capsys.readouterr().out
-    assert "| busref |" in printed and "| busref-ngf |" in printed
-    assert report["results"]["busref-ngf"]["summary"]["failures"] == 0
+    assert "| busref |" in printed and "| busref-refined |" in printed
+    assert report["results"]["busref-refined"]["summary"]["failures"] == 0
 
 
 def test_eval_fusion(trained_checkpoint, roadscene, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.geometry import identity_grid, pixel_to_normalised
-from models.refinement import RefinementConfig, ngf_similarity, refine_grid
+from models.refinement import RefinementConfig, mind_descriptor, ngf_similarity, refine_grid
 
 H, W = 64, 80
 FAST = RefinementConfig(scales=(2, 1), iterations=(60, 40))
@@ -44,6 +44,20 @@ def test_ngf_scores_edges_of_either_polarity_and_ignores_flat_images() -> None:
     assert torch.isclose(ngf_similarity(image, 1.0 - image, ones, 0.01), same)
     assert float(ngf_similarity(image, _texture((3.0, 0.0)), ones, 0.01)) < 0.8 * float(same)
     assert float(ngf_similarity(image, torch.full_like(image, 0.5), ones, 0.01)) == 0.0
+
+
+def test_mind_describes_structure_not_contrast() -> None:
+    image = _texture()
+    descriptor = mind_descriptor(image)
+    assert descriptor.shape == (1, 4, H, W)
+    assert float(descriptor.min()) > 0 and torch.allclose(descriptor.amax(dim=1), torch.ones(1, H, W))
+    # An inverted copy (IR against visible) has the same descriptor, a rescaled one nearly (only
+    # the variance floor of flat areas sees the scale); a shifted one does not.
+    assert torch.allclose(mind_descriptor(1.0 - image), descriptor, atol=1e-4)
+    assert float((mind_descriptor(0.9 - 0.5 * image) - descriptor).abs().mean()) < 0.01
+    assert float((mind_descriptor(_texture((3.0, 0.0))) - descriptor).abs().mean()) > 0.05
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        mind_descriptor(image.expand(1, 2, H, W))
 
 
 def test_ngf_rejects_mismatched_shapes() -> None:
@@ -85,6 +99,7 @@ def test_refinement_guards_its_inputs() -> None:
     ({"scales": (0,), "iterations": (10,)}, "scales must be >= 1"),
     ({"control": (1, 8)}, "at least 2x2"),
     ({"edge_noise": 0.0}, "greater than 0"),
+    ({"mind_weight": -1.0}, "greater than or equal to 0"),
     ({"step": 1}, "Extra inputs are not permitted"),
 ])
 def test_config_errors_name_the_field(fields: dict, message: str) -> None:

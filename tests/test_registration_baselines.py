@@ -62,7 +62,7 @@ def shifted_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return _pair(_true_affine(3.0, (3.0, -2.0)))
 
 
-@pytest.mark.parametrize("name", ["sift", "ecc", "mi", "ngf"])
+@pytest.mark.parametrize("name", ["sift", "ecc", "mi", "ngf-mind"])
 def test_baseline_recovers_a_known_affine(name: str, shifted_pair) -> None:
     vis, ir, true, mask = shifted_pair
     identity_epe = endpoint_error(affine_grid(np.eye(2, 3), H, W), true, mask)["mean"]
@@ -74,7 +74,7 @@ def test_baseline_recovers_a_known_affine(name: str, shifted_pair) -> None:
     assert epe < 1.0, f"{name}: EPE {epe:.2f} px"
 
 
-@pytest.mark.parametrize("name", ["ecc", "mi", "ngf"])
+@pytest.mark.parametrize("name", ["ecc", "mi", "ngf-mind"])
 def test_multimodal_baselines_survive_inverted_contrast(name: str, shifted_pair) -> None:
     # IR and visible intensities disagree; ECC on gradient magnitude and MI do not need them to agree.
     vis, ir, true, mask = shifted_pair
@@ -83,7 +83,7 @@ def test_multimodal_baselines_survive_inverted_contrast(name: str, shifted_pair)
     assert endpoint_error(grid, true, mask)["mean"] < 1.0
 
 
-@pytest.mark.parametrize("name", ["ecc", "mi", "ngf"])
+@pytest.mark.parametrize("name", ["ecc", "mi", "ngf-mind"])
 def test_zero_padding_of_the_moving_image_does_not_drag_the_fit(name: str) -> None:
     # The protocol's moving IR is zero outside the sensor; its sharp border must not be matched.
     # No checkerboard here: shifted by half its period it is its own negative, which MI cannot
@@ -105,7 +105,7 @@ def test_identity_method_returns_the_identity_grid() -> None:
     assert grid[7, 11].tolist() == [11.0, 7.0]
 
 
-@pytest.mark.parametrize("name", ["sift", "ecc", "mi", "ngf"])
+@pytest.mark.parametrize("name", ["sift", "ecc", "mi", "ngf-mind"])
 def test_featureless_images_give_none(name: str) -> None:
     flat = np.full((H, W), 0.5, dtype=np.float32)
     assert make_method(name).register(flat, flat) is None
@@ -133,10 +133,10 @@ def test_bad_pairs_raise_a_clear_value_error(vis: np.ndarray, ir: np.ndarray, me
 
 
 def test_make_method_builds_each_baseline_and_lists_valid_names_on_error() -> None:
-    for name in ("identity", "sift", "ecc", "mi", "ngf"):
+    for name in ("identity", "sift", "ecc", "mi", "ngf-mind"):
         method = make_method(name)
         assert isinstance(method, RegistrationMethod) and method.name == name
-    with pytest.raises(ValueError, match=r"'bogus'.*identity, sift, ecc, mi, ngf"):
+    with pytest.raises(ValueError, match=r"'bogus'.*identity, sift, ecc, mi, ngf-mind"):
         make_method("bogus")
 
 

@@ -8,7 +8,7 @@ and the moving ``ir`` (misaligned IR, same shape and range) and returns a pixel 
 the evaluator then scores the identity grid and counts a failure.
 
 The OpenCV and SimpleITK baselines estimate one affine ``G(p) = M[:, :2] p + M[:, 2]`` (``M`` is
-2x3, in pixels); :class:`NgfElastic` fits an affine plus a smooth field (torch). The learned
+2x3, in pixels); :class:`NgfMindElastic` fits an affine plus a smooth field (torch). The learned
 BusReF method implements the same :class:`RegistrationMethod` interface.
 """
 
@@ -295,21 +295,21 @@ class MattesMIAffine:
         return np.column_stack((unit_x - origin, unit_y - origin, origin))
 
 
-#: Below this share of pixels with a gradient above ``edge_noise`` NGF has nothing to align.
+#: Below this share of pixels with a gradient above ``edge_noise`` there is nothing to align.
 _MIN_EDGE_SHARE = 0.01
 
 
 @dataclass
-class NgfElastic:
-    """Affine + smooth elastic registration maximising normalised gradient fields, from the identity.
+class NgfMindElastic:
+    """Affine + smooth elastic registration by normalised gradient fields and MIND descriptors,
+    from the identity.
 
-    The optimiser (:func:`models.refinement.refine_grid`) that ``busref-ngf`` starts from the
+    The optimiser (:func:`models.refinement.refine_grid`) that ``busref-refined`` starts from the
     network's grid, started here from nothing, so it shows what the network adds. It begins one
-    scale coarser (1/8) than the refinement's default, for a wider capture range: on 8 held-out
-    train pairs (moderate level) it ends at 13.0 px mean EPE from 18.2 (identity).
+    scale coarser (1/8) than the refinement's default, for a wider capture range.
     """
 
-    name: str = field(default="ngf", init=False)
+    name: str = field(default="ngf-mind", init=False)
     config: RefinementConfig = field(default_factory=lambda: RefinementConfig(scales=(8, 4, 2, 1),
                                                                               iterations=(80, 60, 40, 30)))
 
@@ -319,7 +319,7 @@ class NgfElastic:
         for name, image in (("vis", reference), ("ir", moving)):
             gx, gy = image_gradients(image)
             if float((gx * gx + gy * gy > self.config.edge_noise**2).float().mean()) < _MIN_EDGE_SHARE:
-                log.debug("ngf: %s has (almost) no edges above the noise level", name)
+                log.debug("ngf-mind: %s has (almost) no edges above the noise level", name)
                 return None
         h, w = vis32.shape
         grid = refine_grid(reference, moving, pixel_to_normalised(identity_grid(h, w), h, w), self.config)
@@ -331,12 +331,12 @@ _METHODS: dict[str, Callable[[], RegistrationMethod]] = {
     "sift": SiftRansacAffine,
     "ecc": EccGradient,
     "mi": MattesMIAffine,
-    "ngf": NgfElastic,
+    "ngf-mind": NgfMindElastic,
 }
 
 
 def make_method(name: str) -> RegistrationMethod:
-    """The baseline called ``name`` ("identity", "sift", "ecc", "mi" or "ngf") with its default settings."""
+    """The baseline called ``name`` ("identity", "sift", "ecc", "mi" or "ngf-mind") with its default settings."""
     try:
         factory = _METHODS[name]
     except KeyError:

@@ -44,9 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     add_checkpoint_argument(parser)
     parser.add_argument("--level", choices=sorted(LEVELS), default="moderate", help="misalignment level")
-    parser.add_argument("--methods", help="comma list; registration: busref,busref-ngf,identity,sift,ecc,mi,ngf "
-                        "(default: all; busref-ngf refines busref's grid on each pair, ngf runs that refinement "
-                        "from the identity); fusion: gaf,average,laplacian (default: all)")
+    parser.add_argument("--methods", help="comma list; registration: busref,busref-refined,identity,sift,ecc,mi,"
+                        "ngf-mind (default: all; busref-refined refines busref's grid on each pair, ngf-mind runs "
+                        "that refinement from the identity); fusion: gaf,average,laplacian (default: all)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="report folder (default: results)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--contact-sheet", type=int, default=0, metavar="N",
@@ -60,13 +60,13 @@ def run(args: argparse.Namespace) -> int:
         pairs = load_pairs(paths)
         device = select_device(args.device)
         if args.task == "registration":
-            names = (args.methods or "busref,busref-ngf,identity,sift,ecc,mi,ngf").split(",")
+            names = (args.methods or "busref,busref-refined,identity,sift,ecc,mi,ngf-mind").split(",")
             methods = {}
             for name in names:
-                if name in ("busref", "busref-ngf"):
+                if name in ("busref", "busref-refined"):
                     model, _ = load_model(args.checkpoint, map_location=device, expect_stage="registration")
                     methods[name] = BusReFRegistration(model, device,
-                                                       RefinementConfig() if name == "busref-ngf" else None)
+                                                       RefinementConfig() if name == "busref-refined" else None)
                 else:
                     methods[name] = make_method(name)
             results = evaluate_registration(methods, pairs, indices, args.level, progress=not args.no_progress)
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     write_report(report, results, table, meta)
     print(table)
     log.info("wrote %s.json and %s.md", report, report)
-    shown = [name for name in ("busref-ngf", "busref") if name in methods]
+    shown = [name for name in ("busref-refined", "busref") if name in methods]
     if args.task == "registration" and args.contact_sheet and shown:
         n = args.contact_sheet
         sheet = registration_sheet(methods[shown[0]], pairs[:n], indices[:n], args.level)

@@ -42,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write OUT/contact_sheet.png (visible | moving IR | registered | edges | fused)")
     parser.add_argument("--sheet-rows", type=int, default=8, help="pairs on the contact sheet (default: 8)")
     parser.add_argument("--refine", action="store_true",
-                        help="refine each grid on its pair (NGF instance optimisation at full size, about a second "
-                             "per pair on a CPU core; 'busref-ngf' in the README tables). theta stays the network's")
+                        help="refine each grid on its pair (instance optimisation of edges and MIND descriptors at "
+                             "full size, ~1.5 s a pair on a CPU core; 'busref-refined' in the README tables); "
+                             "theta stays the network's")
 
 
 def run(args: argparse.Namespace) -> int:
