@@ -34,7 +34,8 @@ class RefinementConfig(BaseModel):
     many nearby optima on this data, so single pairs can move by ~2 px), MIND alone 3.92 px.
     Around the defaults, on those 8 pairs and 16 more train pairs (moderate, default 3.24 px):
     MIND weight 0.5 / 2: 3.36 / 3.66; smoothness 0.03 / 0.3: 3.70 / 3.50; edge noise 0.02: 3.33;
-    learning rate 0.03: 3.27; 60 final-scale steps: 3.23.
+    learning rate 0.03: 3.27; 60 final-scale steps: 3.23; MIND radius 1 / 3: 3.21 / 3.41; MIND
+    patch 5: 3.47; an 8 x 10 control grid: 3.54.
 
     Starting one scale coarser (8, 4, 2, 1) was worse from the network: started *at the truth*
     it drifted 2.9 px away, against 1.7 px for the finest scale alone, so blurred NGF is biased
