@@ -13,6 +13,8 @@ daemon, which runs the exported networks only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -145,28 +147,32 @@ def refine_grid(vis: Tensor, ir: Tensor, grid: Tensor, config: RefinementConfig 
     linear = torch.zeros(1, 2, 3, device=vis.device, requires_grad=True)
     control = torch.zeros(1, 2, *config.control, device=vis.device, requires_grad=True)
 
-    def residual(size: tuple[int, int]) -> Tensor:
+    def sampler(size: tuple[int, int]) -> Callable[[], Tensor]:
+        """The composed grid ``start(R(p))`` at ``size`` as a function of the current parameters;
+        the identity grid and the resampled start are built once per size, not per step."""
         ys = torch.linspace(-1, 1, size[0], device=vis.device)
         xs = torch.linspace(-1, 1, size[1], device=vis.device)
         base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
-        field = F.interpolate(control, size=size, mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
-        affine = base @ linear[:, :, :2].transpose(1, 2) + linear[:, None, :, 2]
-        return base + (affine + field) * _PARAMETER_SCALE
-
-    def composed(size: tuple[int, int]) -> Tensor:
         start_at = F.interpolate(start, size=size, mode="bilinear", align_corners=True)
-        return warp_normalised(start_at, residual(size), padding_mode="border").permute(0, 2, 3, 1)
+
+        def composed() -> Tensor:
+            field = F.interpolate(control, size=size, mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+            affine = base @ linear[:, :, :2].transpose(1, 2) + linear[:, None, :, 2]
+            residual = base + (affine + field) * _PARAMETER_SCALE
+            return warp_normalised(start_at, residual, padding_mode="border").permute(0, 2, 3, 1)
+
+        return composed
 
     optimiser = torch.optim.Adam([linear, control], lr=config.learning_rate)
     with torch.enable_grad():
         for factor, steps in zip(config.scales, config.iterations, strict=True):
             reference, moving = _pool(vis, factor), _pool(ir, factor)
-            size = (reference.shape[-2], reference.shape[-1])
+            composed = sampler((reference.shape[-2], reference.shape[-1]))
             inside = torch.ones_like(moving)
             if config.mind_weight > 0:
                 mind_reference, mind_moving = mind_descriptor(reference), mind_descriptor(moving)
             for _ in range(steps):
-                current = composed(size)
+                current = composed()
                 # Only pixels that sample the moving image's content count (the IR's zero padding
                 # would otherwise reward pushing its border onto visible edges).
                 mask = (warp_normalised(inside, current) > 0.999).float()
@@ -181,4 +187,4 @@ def refine_grid(vis: Tensor, ir: Tensor, grid: Tensor, config: RefinementConfig 
                 loss.backward()
                 optimiser.step()
     with torch.no_grad():
-        return composed((vis.shape[-2], vis.shape[-1])).to(grid.dtype)
+        return sampler((vis.shape[-2], vis.shape[-1]))().to(grid.dtype)

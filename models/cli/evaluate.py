@@ -61,10 +61,12 @@ def run(args: argparse.Namespace) -> int:
         device = select_device(args.device)
         if args.task == "registration":
             names = (args.methods or "busref,busref-refined,identity,sift,ecc,mi,ngf-mind").split(",")
+            learned = ("busref", "busref-refined")  # one network; the second also refines its grid
+            if any(name in learned for name in names):
+                model, _ = load_model(args.checkpoint, map_location=device, expect_stage="registration")
             methods = {}
             for name in names:
-                if name in ("busref", "busref-refined"):
-                    model, _ = load_model(args.checkpoint, map_location=device, expect_stage="registration")
+                if name in learned:
                     methods[name] = BusReFRegistration(model, device,
                                                        RefinementConfig() if name == "busref-refined" else None)
                 else:
