@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from models.config import load_train_config
 from models.networks import BusReF
 from models.train import STEPS, freeze_for, load_finetune_source
 
@@ -156,3 +159,21 @@ def test_finetune_starts_from_every_weight_and_refuses_an_earlier_stage(trained_
         train_stage("fusion", config=still, finetune=trained_checkpoint.parent / "bus.pt", **kwargs)
     with pytest.raises(ValueError, match="at most one of"):
         train_stage("fusion", config=still, finetune=trained_checkpoint, init=trained_checkpoint, **kwargs)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_training_config_validates_and_trains_the_shipped_architecture(path):
+    # --finetune and --resume refuse a model config that differs from the checkpoint's, so a recipe
+    # whose architecture drifted from weights/busref.pt would fail only after loading the data.
+    shipped = load_checkpoint(Path(__file__).parents[1] / "weights" / "busref.pt")["config"].model
+    assert load_train_config(path).model == shipped
+
+
+def test_a_bad_training_config_names_the_file_and_the_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("registration: {steps: 10, batch: 4}\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: invalid training config(.|\n)*registration\.batch"):
+        load_train_config(path)
+    path.write_text("registration: [unclosed\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: cannot read training config"):
+        load_train_config(path)
