@@ -164,7 +164,7 @@ def test_finetune_starts_from_every_weight_and_refuses_an_earlier_stage(trained_
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_training_config_validates_and_trains_the_shipped_architecture(path):
     # --finetune and --resume refuse a model config that differs from the checkpoint's, so a recipe
-    # whose architecture drifted from weights/busref.pt would fail only after loading the data.
+    # whose architecture drifted from weights/busref.pt would otherwise fail only when someone runs it.
     shipped = load_checkpoint(Path(__file__).parents[1] / "weights" / "busref.pt")["config"].model
     assert load_train_config(path).model == shipped
 
