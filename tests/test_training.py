@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from models.config import load_train_config
+from models.config import ModelConfig, load_train_config
 from models.networks import BusReF
 from models.train import STEPS, freeze_for, load_finetune_source
 
@@ -165,8 +165,9 @@ def test_finetune_starts_from_every_weight_and_refuses_an_earlier_stage(trained_
 def test_every_shipped_training_config_validates_and_trains_the_shipped_architecture(path):
     # --finetune and --resume refuse a model config that differs from the checkpoint's, so a recipe
     # whose architecture drifted from weights/busref.pt would otherwise fail only when someone runs it.
-    shipped = load_checkpoint(Path(__file__).parents[1] / "weights" / "busref.pt")["config"].model
-    assert load_train_config(path).model == shipped
+    # The shipped weights are the default ModelConfig (tests/test_shipped_weights.py checks that),
+    # so each config is compared with it instead of loading the checkpoint once per file.
+    assert load_train_config(path).model == ModelConfig()
 
 
 def test_a_bad_training_config_names_the_file_and_the_field(tmp_path):
