@@ -7,7 +7,7 @@ import pydantic
 import pytest
 import torch
 
-from models.geometry import identity_grid, pixel_to_normalised
+from models.geometry import identity_grid, normalised_to_pixel, pixel_to_normalised
 from models.refinement import RefinementConfig, mind_descriptor, ngf_similarity, refine_grid
 
 H, W = 64, 80
@@ -29,10 +29,8 @@ def _texture(shift: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
 
 def _epe(grid: torch.Tensor, shift: tuple[float, float]) -> float:
     """Mean pixel error of a normalised grid against the translation ``p -> p - shift`` (inner pixels)."""
-    scale = torch.tensor([(W - 1) / 2, (H - 1) / 2])
     truth = identity_grid(H, W) - torch.tensor(shift)
-    pixels = (grid + 1) * scale
-    return float((pixels - truth)[:, 8:-8, 8:-8].norm(dim=-1).mean())
+    return float((normalised_to_pixel(grid, H, W) - truth)[:, 8:-8, 8:-8].norm(dim=-1).mean())
 
 
 def test_ngf_scores_edges_of_either_polarity_and_ignores_flat_images() -> None:
