@@ -41,7 +41,7 @@ def file_sha256(path: Path) -> str:
 def save_checkpoint(path: Path, *, model: BusReF, config: TrainConfig, stage: str, step: int,
                     split_name: str, split_sha256: str, metrics: dict[str, float],
                     optimizer: torch.optim.Optimizer | None = None, history: list[dict] | None = None) -> None:
-    """Write atomically (temp file + rename) so an interrupted run never leaves a torn file."""
+    """Write a checkpoint with its metadata (:func:`save_payload`)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}")
     payload: dict[str, Any] = {
@@ -54,10 +54,15 @@ def save_checkpoint(path: Path, *, model: BusReF, config: TrainConfig, stage: st
         "split": {"name": split_name, "sha256": split_sha256},
         "metrics": metrics,
         "history": history or [],
-        "commit": git_commit(),
-        "versions": {"torch": torch.__version__},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    save_payload(path, payload)
+
+
+def save_payload(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` plus its provenance (commit, versions, time) atomically (temp file +
+    rename) so an interrupted run never leaves a torn file."""
+    payload = {**payload, "commit": git_commit(), "versions": {"torch": torch.__version__},
+               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -65,18 +70,27 @@ def save_checkpoint(path: Path, *, model: BusReF, config: TrainConfig, stage: st
     tmp.replace(path)
 
 
-def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and check a checkpoint's envelope; returns the payload (with a validated config)."""
+def read_payload(path: Path, expected_format: str, kind: str, *,
+                 map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a file written by :func:`save_payload` and check its format; :class:`CheckpointError`
+    names the file (``kind`` says what it should have been) when it is missing, unreadable or of
+    another format."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
+        raise CheckpointError(f"{path}: no such {kind}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # torch raises many types for a corrupt file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a readable {kind} ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != expected_format:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path}: format {found!r}, expected {FORMAT!r}")
+        raise CheckpointError(f"{path}: format {found!r}, expected {expected_format!r}")
+    return payload
+
+
+def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and check a checkpoint's envelope; returns the payload (with a validated config)."""
+    payload = read_payload(path, FORMAT, "checkpoint", map_location=map_location)
     try:
         payload["config"] = TrainConfig.model_validate(payload["config"])
     except ValueError as exc:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.descriptor import CrossModalDescriptor
 from models.geometry import normalised_to_pixel
 from models.networks import BusReF
 from models.refinement import RefinementConfig, refine_grid
@@ -38,10 +39,12 @@ class BusReFRegistration:
     """
 
     def __init__(self, model: BusReF, device: torch.device | str = "cpu",
-                 refinement: RefinementConfig | None = None) -> None:
+                 refinement: RefinementConfig | None = None, descriptor: CrossModalDescriptor | None = None
+                 ) -> None:
         self.model = model.eval().to(device)
         self.device = device
         self.refinement = refinement
+        self.descriptor = descriptor.eval().to(device) if descriptor is not None else None
         self.name = "busref" if refinement is None else "busref-refined"
 
     @torch.no_grad()
@@ -54,7 +57,8 @@ class BusReFRegistration:
         grid = F.interpolate(reg.grid.permute(0, 3, 1, 2), size=(h, w), mode="bilinear", align_corners=True)
         grid = grid.permute(0, 2, 3, 1)
         if self.refinement is not None:
-            grid = refine_grid(to_tensor(vis, self.device), to_tensor(ir, self.device), grid, self.refinement)
+            grid = refine_grid(to_tensor(vis, self.device), to_tensor(ir, self.device), grid, self.refinement,
+                              self.descriptor)
         grid = normalised_to_pixel(grid, *ir.shape)
         return RegistrationResult(grid[0].float().cpu().numpy(), reg.theta[0].float().cpu().numpy())
 

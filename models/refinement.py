@@ -1,5 +1,6 @@
 """Instance optimisation: refine one pair's registration grid so that the warped IR's edges and
-local structure match the visible image's (normalised gradient fields + MIND), at full size.
+local structure match the visible image's (normalised gradient fields + MIND, and at full size a
+learned cross-modal descriptor, :mod:`models.descriptor`).
 
 Why (issue 3): the shipped networks leave ~6-7 px of error on the moderate level, mostly a
 smooth residual that their cross-modal cost volumes cannot resolve at 1/4 of the registration
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.descriptor import CrossModalDescriptor
 from models.geometry import warp_normalised
 
 Tensor = torch.Tensor
@@ -31,13 +33,19 @@ _PARAMETER_SCALE = 0.1
 class RefinementConfig(BaseModel):
     """How :func:`refine_grid` optimises. The defaults were chosen on held-out *train* pairs,
     never on the test split. On the 8 validation pairs, from the shipped network's grid: moderate
-    level 6.41 -> 3.57 px mean EPE (MNCC 0.851 -> 0.934), hard 13.46 -> 10.49 px (0.740 -> 0.816).
-    NGF alone gave 3.8-4.0 and 10.7-11.1 px (the ranges are float rounding in the start: NGF has
-    many nearby optima on this data, so single pairs can move by ~2 px), MIND alone 3.92 px.
-    Around the defaults, on those 8 pairs and 16 more train pairs (moderate, default 3.24 px):
+    level 6.41 -> 2.76 px mean EPE (MNCC 0.851 -> 0.954), hard 13.46 -> 10.02 px with the shipped
+    descriptor; without it (NGF + MIND) 3.57 px (MNCC 0.934) and 10.49 px (0.816). NGF alone gave
+    3.8-4.0 and 10.7-11.1 px (the ranges are float rounding in the start: NGF has many nearby
+    optima on this data, so single pairs can move by ~2 px), MIND alone 3.92 px.
+    Around the NGF + MIND defaults, on those 8 pairs and 16 more train pairs (moderate, 3.24 px):
     MIND weight 0.5 / 2: 3.36 / 3.66; smoothness 0.03 / 0.3: 3.70 / 3.50; edge noise 0.02: 3.33;
     learning rate 0.03: 3.27; 60 final-scale steps: 3.23; MIND radius 1 / 3: 3.21 / 3.41; MIND
     patch 5: 3.47; an 8 x 10 control grid: 3.54.
+
+    The learned descriptor's term (``descriptor_weight``), on 24 train pairs held out from a
+    prototype descriptor's training (3074 steps on the other 152 train pairs): 3.23 -> 2.27 px with
+    weight 1 at full size only; weight 2 / 0.5: 2.33 / 2.35; at pool factors 2 and 1: 2.72; at
+    every scale: 3.24 (averaged unit vectors of a coarse scale are not descriptors).
 
     Starting one scale coarser (8, 4, 2, 1) was worse from the network: started *at the truth*
     it drifted 2.9 px away, against 1.7 px for the finest scale alone, so blurred NGF is biased
@@ -55,6 +63,8 @@ class RefinementConfig(BaseModel):
     smoothness: float = Field(0.1, ge=0, description="weight of the control points' squared differences")
     edge_noise: float = Field(0.03, gt=0, description="NGF epsilon: gradients below it count as noise")
     mind_weight: float = Field(1.0, ge=0, description="weight of the MIND descriptor distance (0: NGF only)")
+    descriptor_weight: float = Field(1.0, ge=0, description="weight of the learned descriptor's cosine distance, "
+                                     "at pool factor 1 only (used when refine_grid is given a descriptor)")
 
     @model_validator(mode="after")
     def _check(self) -> RefinementConfig:
@@ -124,7 +134,8 @@ def _pool(image: Tensor, factor: int) -> Tensor:
     return F.avg_pool2d(image, factor) if factor > 1 else image
 
 
-def refine_grid(vis: Tensor, ir: Tensor, grid: Tensor, config: RefinementConfig = RefinementConfig()) -> Tensor:
+def refine_grid(vis: Tensor, ir: Tensor, grid: Tensor, config: RefinementConfig = RefinementConfig(),
+                descriptor: CrossModalDescriptor | None = None) -> Tensor:
     """Refine a registration ``grid`` on one pair.
 
     ``vis`` ``(1, 1, H, W)`` reference and ``ir`` ``(1, 1, Hm, Wm)`` moving image, float in [0, 1];
@@ -136,8 +147,10 @@ def refine_grid(vis: Tensor, ir: Tensor, grid: Tensor, config: RefinementConfig 
     normalised units of the reference frame and both starting at zero, fitted coarse to fine to
     maximise :func:`ngf_similarity` of ``vis`` and the warped ``ir``, less ``mind_weight`` times the
     mean absolute difference of their :func:`mind_descriptor` (the moving image's, warped), over
-    the pixels that land inside the moving image. Returns ``(1, H, W, 2)``, same dtype as
-    ``grid``; no gradient.
+    the pixels that land inside the moving image. With a ``descriptor``, at pool factor 1 the loss
+    also adds ``descriptor_weight`` times the mean cosine distance of the visible image's
+    descriptors and the moving image's (warped). Returns ``(1, H, W, 2)``, same dtype as ``grid``;
+    no gradient.
     """
     if vis.dim() != 4 or vis.shape[:2] != (1, 1) or ir.dim() != 4 or ir.shape[:2] != (1, 1):
         raise ValueError(f"vis and ir must be (1, 1, H, W), got {tuple(vis.shape)} and {tuple(ir.shape)}")
@@ -146,6 +159,10 @@ def refine_grid(vis: Tensor, ir: Tensor, grid: Tensor, config: RefinementConfig 
     vis, ir, start = vis.float(), ir.float(), grid.detach().float().permute(0, 3, 1, 2)
     linear = torch.zeros(1, 2, 3, device=vis.device, requires_grad=True)
     control = torch.zeros(1, 2, *config.control, device=vis.device, requires_grad=True)
+    learned = None
+    if descriptor is not None and config.descriptor_weight > 0:
+        with torch.no_grad():
+            learned = descriptor.vis(vis), descriptor.ir(ir)
 
     def sampler(size: tuple[int, int]) -> Callable[[], Tensor]:
         """The composed grid ``start(R(p))`` at ``size`` as a function of the current parameters;
@@ -183,6 +200,10 @@ def refine_grid(vis: Tensor, ir: Tensor, grid: Tensor, config: RefinementConfig 
                 if config.mind_weight > 0:
                     distance = (mind_reference - warp_normalised(mind_moving, current)).abs().mean(dim=1, keepdim=True)
                     loss = loss + config.mind_weight * (distance * mask).sum() / mask.sum().clamp_min(1.0)
+                # Only at full size: averaged unit vectors are no longer descriptors (see the config).
+                if learned is not None and factor == 1:
+                    cosine = (learned[0] * warp_normalised(learned[1], current)).sum(dim=1, keepdim=True)
+                    loss = loss + config.descriptor_weight * ((1 - cosine) * mask).sum() / mask.sum().clamp_min(1.0)
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()

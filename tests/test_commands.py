@@ -40,6 +40,7 @@ def test_eval_registration_writes_tables(trained_checkpoint, roadscene, tmp_path
     printed = capsys.readouterr().out
     assert "| busref |" in printed and "| busref-refined |" in printed
     assert report["results"]["busref-refined"]["summary"]["failures"] == 0
+    assert report["descriptor"].endswith("descriptor.pt")
 
 
 def test_eval_fusion(trained_checkpoint, roadscene, tmp_path):
@@ -121,3 +122,26 @@ def test_missing_checkpoint_is_a_clear_error(three_pairs, tmp_path, caplog):
     code = main(["fuse", "--vis", str(root / "crop_LR_visible"), "--ir", str(root / "cropinfrared"),
                  "--out", str(tmp_path), "--checkpoint", str(tmp_path / "nope.pt")])
     assert code == 2 and "nope.pt: no such checkpoint" in caplog.text
+
+
+def test_train_descriptor_writes_a_file_that_refine_loads(trained_checkpoint, three_pairs, tmp_path):
+    from models.descriptor import load_descriptor
+
+    root, names = three_pairs
+    folders = ["--vis", str(root / "crop_LR_visible"), "--ir", str(root / "cropinfrared")]
+    assert main(["train", "descriptor", *folders, "--val-pairs", "1", "--steps", "3", "--out", str(tmp_path)]) == 0
+    _, meta = load_descriptor(tmp_path / "descriptor.pt")
+    assert meta["step"] == 3 and meta["split"]["name"] == "all"
+    assert main(["register", *folders, "--out", str(tmp_path / "reg"), "--checkpoint", str(trained_checkpoint),
+                 "--refine", "--descriptor", str(tmp_path / "descriptor.pt")]) == 0
+    assert sorted(p.stem for p in (tmp_path / "reg" / "grid").glob("*.npy")) == sorted(names)
+
+
+def test_descriptor_errors_are_clear(trained_checkpoint, three_pairs, tmp_path, caplog):
+    root, _ = three_pairs
+    folders = ["--vis", str(root / "crop_LR_visible"), "--ir", str(root / "cropinfrared")]
+    assert main(["train", "descriptor", *folders, "--init", str(trained_checkpoint), "--out", str(tmp_path)]) == 2
+    assert "--init does not apply to the descriptor stage" in caplog.text
+    assert main(["register", *folders, "--out", str(tmp_path / "reg"), "--checkpoint", str(trained_checkpoint),
+                 "--refine", "--descriptor", str(tmp_path / "nope.pt")]) == 2
+    assert "nope.pt: no such descriptor file" in caplog.text

@@ -9,12 +9,20 @@ from models.data import PairPaths, list_pairs, pair_index, roadscene_pairs
 
 #: The shipped checkpoint (MODEL_CARD.md).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "weights" / "busref.pt"
+#: The shipped cross-modal descriptor of the refinement (MODEL_CARD.md).
+DEFAULT_DESCRIPTOR = DEFAULT_CHECKPOINT.with_name("descriptor.pt")
 
 
 def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                         help=f"trained BusReF checkpoint (default: the shipped {DEFAULT_CHECKPOINT.name})")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
+
+
+def add_descriptor_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--descriptor", type=Path, default=DEFAULT_DESCRIPTOR,
+                        help="the refinement's learned cross-modal descriptor "
+                             f"(default: the shipped {DEFAULT_DESCRIPTOR.name}; 'busref train descriptor' makes one)")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, default_split: str = "test") -> None:

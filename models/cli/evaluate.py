@@ -11,8 +11,9 @@ import numpy as np
 from models.baselines.registration import make_method
 from models.checkpoint import CheckpointError, load_model
 from models.cli.batch import write_png
-from models.cli.common import add_checkpoint_argument, add_data_arguments, select_pairs
+from models.cli.common import add_checkpoint_argument, add_data_arguments, add_descriptor_argument, select_pairs
 from models.data import DataError, LoadedPair, load_pairs, split_sha256
+from models.descriptor import load_descriptor
 from models.evaluation import (
     evaluate_fusion,
     evaluate_registration,
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", choices=("registration", "fusion"))
     add_data_arguments(parser)
     add_checkpoint_argument(parser)
+    add_descriptor_argument(parser)
     parser.add_argument("--level", choices=sorted(LEVELS), default="moderate", help="misalignment level")
     parser.add_argument("--methods", help="comma list; registration: busref,busref-refined,identity,sift,ecc,mi,"
                         "ngf-mind (default: all; busref-refined refines busref's grid on each pair, ngf-mind runs "
@@ -64,11 +66,14 @@ def run(args: argparse.Namespace) -> int:
             learned = ("busref", "busref-refined")  # one network; the second also refines its grid
             if any(name in learned for name in names):
                 model, _ = load_model(args.checkpoint, map_location=device, expect_stage="registration")
+            if "busref-refined" in names:
+                descriptor = load_descriptor(args.descriptor)[0]
             methods = {}
             for name in names:
-                if name in learned:
-                    methods[name] = BusReFRegistration(model, device,
-                                                       RefinementConfig() if name == "busref-refined" else None)
+                if name == "busref":
+                    methods[name] = BusReFRegistration(model, device)
+                elif name == "busref-refined":
+                    methods[name] = BusReFRegistration(model, device, RefinementConfig(), descriptor)
                 else:
                     methods[name] = make_method(name)
             results = evaluate_registration(methods, pairs, indices, args.level, progress=not args.no_progress)
@@ -94,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     meta = {"task": args.task, "level": args.level if args.task == "registration" else None,
             "split": args.split if args.data else "all", "split_sha256": split_sha256(paths), "n_pairs": len(pairs),
-            "checkpoint": str(args.checkpoint)}
+            "checkpoint": str(args.checkpoint),
+            "descriptor": str(args.descriptor) if "busref-refined" in methods else None}
     write_report(report, results, table, meta)
     print(table)
     log.info("wrote %s.json and %s.md", report, report)

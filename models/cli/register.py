@@ -11,8 +11,9 @@ import numpy as np
 
 from models.checkpoint import CheckpointError, load_model
 from models.cli.batch import add_pair_arguments, merge_luminance, pairs_from_args, run_pairs, split_luminance, write_png
-from models.cli.common import add_checkpoint_argument
+from models.cli.common import add_checkpoint_argument, add_descriptor_argument
 from models.data import DataError, PairPaths, read_gray
+from models.descriptor import load_descriptor
 from models.geometry import theta_to_pixel_affine
 from models.inference import BusReFRegistration, fuse_luminance
 from models.metrics.registration import warp_numpy
@@ -38,12 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_pair_arguments(parser)
     add_checkpoint_argument(parser)
+    add_descriptor_argument(parser)
     parser.add_argument("--contact-sheet", action="store_true",
                         help="also write OUT/contact_sheet.png (visible | moving IR | registered | edges | fused)")
     parser.add_argument("--sheet-rows", type=int, default=8, help="pairs on the contact sheet (default: 8)")
     parser.add_argument("--refine", action="store_true",
-                        help="refine each grid on its pair (instance optimisation of edges and MIND descriptors at "
-                             "full size, ~1.5 s a pair on a CPU core; 'busref-refined' in the README tables); "
+                        help="refine each grid on its pair (instance optimisation of edges, MIND and the learned "
+                             "descriptor at full size, ~2 s a pair on a CPU core; 'busref-refined' in the README "
+                             "tables); "
                              "theta stays the network's")
 
 
@@ -52,10 +55,11 @@ def run(args: argparse.Namespace) -> int:
         pairs = pairs_from_args(args)
         device = select_device(args.device)
         model, _ = load_model(args.checkpoint, map_location=device, expect_stage="registration")
+        descriptor = load_descriptor(args.descriptor)[0] if args.refine else None
     except (DataError, CheckpointError) as exc:
         log.error("%s", exc)
         return 2
-    method = BusReFRegistration(model, device, RefinementConfig() if args.refine else None)
+    method = BusReFRegistration(model, device, RefinementConfig() if args.refine else None, descriptor)
     rows: list[list[np.ndarray]] = []
     labels: list[str] = []
 

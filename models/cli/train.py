@@ -1,4 +1,4 @@
-"""``busref train bus|fusion|registration``: one training stage."""
+"""``busref train bus|fusion|registration|descriptor``: one training stage."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 from models.checkpoint import STAGES, CheckpointError
 from models.cli.common import add_data_arguments, select_pairs
 from models.config import load_train_config
-from models.data import DataError
+from models.data import DataError, load_pairs, split_sha256
+from models.descriptor import train_descriptor
 from models.train import select_device, train_stage
 
 log = logging.getLogger(__name__)
@@ -20,13 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Train one BusReF stage. Order: bus (auto-encoder), then fusion (GAF, bus frozen), then\n"
         "registration (Affine + Deformable nets; bus and GAF frozen). Each stage writes\n"
-        "OUT/STAGE.pt (and OUT/STAGE_last.pt periodically); pass it to the next with --init.\n\n"
+        "OUT/STAGE.pt (and OUT/STAGE_last.pt periodically); pass it to the next with --init.\n"
+        "'descriptor' trains, on its own, the cross-modal descriptor that `--refine` and the\n"
+        "busref-refined evaluation use (OUT/descriptor.pt; --config and --init do not apply).\n\n"
         "example:\n"
         "  busref train bus --data ../shared/data/roadscene --out runs/demo\n"
         "  busref train fusion --data ../shared/data/roadscene --init runs/demo/bus.pt --out runs/demo\n"
         "  busref train registration --data ../shared/data/roadscene --init runs/demo/fusion.pt --out runs/demo"
     )
-    parser.add_argument("stage", choices=STAGES, help="which stage to train")
+    parser.add_argument("stage", choices=(*STAGES, "descriptor"), help="which stage to train")
     add_data_arguments(parser, default_split="train")
     parser.add_argument("--val-pairs", type=int, default=8,
                         help="hold out the last N training pairs for validation (default: 8)")
@@ -44,8 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.stage == "descriptor":
+            ignored = [f"--{name}" for name in ("config", "init", "resume", "finetune") if getattr(args, name)]
+            if ignored:
+                verb = "does" if len(ignored) == 1 else "do"
+                raise ValueError(f"{', '.join(ignored)} {verb} not apply to the descriptor stage (it trains alone)")
         config = load_train_config(args.config)
-        if args.steps:
+        if args.steps and args.stage != "descriptor":
             stage_cfg = getattr(config, args.stage).model_copy(update={"steps": args.steps})
             config = config.model_copy(update={args.stage: stage_cfg})
         pairs, indices = select_pairs(args)
@@ -54,8 +62,13 @@ def run(args: argparse.Namespace) -> int:
             return 2
         train, val = pairs[: len(pairs) - args.val_pairs], pairs[len(pairs) - args.val_pairs :]
         log.info("%d training pairs, %d validation pairs (held out from %r)", len(train), len(val), args.split)
+        split_name = args.split if args.data is not None else "all"
+        if args.stage == "descriptor":
+            train_descriptor(load_pairs(train), args.out / "descriptor.pt", steps=args.steps or 100_000,
+                             max_minutes=args.max_minutes, split_name=split_name, split_sha256=split_sha256(train))
+            return 0
         train_stage(args.stage, train_pairs=train, val_pairs=val, val_indices=indices[len(train):],
-                    split_name=args.split if args.data is not None else "all", config=config, out_dir=args.out,
+                    split_name=split_name, config=config, out_dir=args.out,
                     init=args.init, resume=args.resume, finetune=args.finetune, device=select_device(args.device),
                     max_minutes=args.max_minutes)
     except (DataError, CheckpointError, ValueError) as exc:

@@ -1,0 +1,119 @@
+"""The refinement's learned cross-modal descriptor (models/descriptor.py): the window softmax, the
+training loop, its file and metadata, and its use in refine_grid."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import CheckpointError
+from models.data import LoadedPair
+from models.descriptor import (
+    FORMAT,
+    CrossModalDescriptor,
+    DescriptorConfig,
+    load_descriptor,
+    save_descriptor,
+    train_descriptor,
+    window_log_likelihood,
+)
+from models.geometry import identity_grid, pixel_to_normalised
+from models.refinement import RefinementConfig, refine_grid
+from tests.test_refinement import FAST, H, W, _epe, _texture
+
+TINY = DescriptorConfig(channels=4, dims=4, crop=32, batch=4, radius=3, learning_rate=1e-2)
+
+
+def _pairs(n: int = 2) -> list[LoadedPair]:
+    """Aligned synthetic pairs whose 'IR' is the inverted visible image (contrast differs, structure agrees)."""
+    rng = np.random.default_rng(0)
+    pairs = []
+    for k in range(n):
+        vis = cv2.GaussianBlur(rng.random((48, 56)).astype(np.float32), (0, 0), 1.5)
+        vis = (vis - vis.min()) / (vis.max() - vis.min())
+        pairs.append(LoadedPair(name=f"p{k}", vis=vis, ir=(1 - vis).astype(np.float32)))
+    return pairs
+
+
+def test_the_window_softmax_peaks_at_the_offset_that_matches():
+    vis = torch.nn.functional.normalize(torch.randn(1, 4, 20, 24), dim=1)
+    logp = window_log_likelihood(vis, vis, radius=3, temperature=0.1)
+    assert logp.shape == (1, 49, 20, 24)
+    assert torch.allclose(logp.exp().sum(1), torch.ones(1, 20, 24), atol=1e-5)
+    assert bool((logp.argmax(1) == 24).all()), "identical descriptors must match at offset (0, 0)"
+    # IR content two pixels to the right: visible pixel p matches IR pixel p + (2, 0).
+    shifted = torch.roll(vis, shifts=2, dims=-1)
+    best = window_log_likelihood(vis, shifted, 3, 0.1).argmax(1)[0, :, 5:-5]
+    assert bool((best == 3 * 7 + 3 + 2).all())
+
+
+def test_training_learns_and_the_file_carries_its_metadata(tmp_path):
+    out = train_descriptor(_pairs(), tmp_path / "d.pt", config=TINY, steps=300, split_name="train",
+                           split_sha256="abc")
+    model, meta = load_descriptor(out)
+    assert meta["format"] == FORMAT and meta["step"] == 300 and meta["split"] == {"name": "train", "sha256": "abc"}
+    assert DescriptorConfig.model_validate(meta["config"]) == TINY and "torch" in meta["versions"]
+    # Against the uniform guess (cross-entropy log 49 with a normalised soft label) it has learned.
+    assert meta["metrics"]["loss"] < math.log(49) - 0.2, meta["metrics"]
+    assert not model.training
+    image = torch.rand(1, 1, 40, 40)
+    out_vis = model.vis(image)
+    assert out_vis.shape == (1, 4, 40, 40)
+    assert torch.allclose(out_vis.norm(dim=1), torch.ones(1, 40, 40), atol=1e-4)
+
+
+def test_pairs_smaller_than_the_crop_are_named(tmp_path):
+    small = LoadedPair(name="tiny_one", vis=np.zeros((20, 20), np.float32), ir=np.zeros((20, 20), np.float32))
+    with pytest.raises(ValueError, match="tiny_one"):
+        train_descriptor([small], tmp_path / "d.pt", config=TINY, steps=1)
+
+
+def test_bad_descriptor_files_are_refused_with_their_name(tmp_path):
+    with pytest.raises(CheckpointError, match=r"nope.pt: no such descriptor file"):
+        load_descriptor(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not torch")
+    with pytest.raises(CheckpointError, match=r"junk.pt: not a readable descriptor file"):
+        load_descriptor(tmp_path / "junk.pt")
+    torch.save({"format": "busref.checkpoint/1"}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other.pt: format 'busref.checkpoint/1'"):
+        load_descriptor(tmp_path / "other.pt")
+    save_descriptor(tmp_path / "d.pt", CrossModalDescriptor(TINY), step=0, split_name="x", split_sha256="",
+                    metrics={})
+    payload = torch.load(tmp_path / "d.pt", weights_only=False)
+    payload["config"]["dims"] = 6
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match=r"edited.pt: weights do not match the descriptor config"):
+        load_descriptor(tmp_path / "edited.pt")
+
+
+def _shared_towers() -> CrossModalDescriptor:
+    """A descriptor whose two towers are one function, so the same image content matches exactly."""
+    torch.manual_seed(0)
+    model = CrossModalDescriptor(TINY)
+    model.ir.load_state_dict(model.vis.state_dict())
+    return model.eval()
+
+
+def test_refine_grid_uses_the_descriptor_at_full_size_only():
+    shift = (2.5, -1.5)
+    reference, moving = _texture(), _texture(shift)
+    start = pixel_to_normalised(identity_grid(H, W), H, W)
+    config = FAST.model_copy(update={"mind_weight": 0.0, "descriptor_weight": 5.0})
+    plain = refine_grid(reference, moving, start, config)
+    learned = refine_grid(reference, moving, start, config, _shared_towers())
+    assert float((learned - plain).abs().max()) > 1e-3
+    assert _epe(start, shift) > 2.5 and _epe(learned, shift) < 1.0, _epe(learned, shift)
+    # Weight 0, or no full-size scale: the same computation as without a descriptor.
+    for update in ({"descriptor_weight": 0.0}, {"scales": (2,), "iterations": (40,)}):
+        changed = config.model_copy(update=update)
+        assert torch.equal(refine_grid(reference, moving, start, changed, _shared_towers()),
+                           refine_grid(reference, moving, start, changed))
+
+
+def test_the_refinement_config_refuses_a_negative_descriptor_weight():
+    with pytest.raises(ValueError, match="descriptor_weight"):
+        RefinementConfig(descriptor_weight=-1)
