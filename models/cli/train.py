@@ -23,11 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "registration (Affine + Deformable nets; bus and GAF frozen). Each stage writes\n"
         "OUT/STAGE.pt (and OUT/STAGE_last.pt periodically); pass it to the next with --init.\n"
         "'descriptor' trains, on its own, the cross-modal descriptor that `--refine` and the\n"
-        "busref-refined evaluation use (OUT/descriptor.pt; --config and --init do not apply).\n\n"
+        "busref-refined evaluation use (OUT/descriptor.pt; --config, --init, --resume and --finetune\n"
+        "do not apply).\n\n"
         "example:\n"
         "  busref train bus --data ../shared/data/roadscene --out runs/demo\n"
         "  busref train fusion --data ../shared/data/roadscene --init runs/demo/bus.pt --out runs/demo\n"
-        "  busref train registration --data ../shared/data/roadscene --init runs/demo/fusion.pt --out runs/demo"
+        "  busref train registration --data ../shared/data/roadscene --init runs/demo/fusion.pt --out runs/demo\n"
+        "  busref train descriptor --data ../shared/data/roadscene --out runs/demo --steps 8000"
     )
     parser.add_argument("stage", choices=(*STAGES, "descriptor"), help="which stage to train")
     add_data_arguments(parser, default_split="train")
