@@ -25,7 +25,7 @@ from models.geometry import identity_grid, pixel_to_normalised
 from models.refinement import RefinementConfig, refine_grid
 from tests.test_refinement import FAST, H, W, _epe, _texture
 
-TINY = DescriptorConfig(channels=4, dims=4, crop=32, batch=4, radius=3, learning_rate=1e-2)
+TINY = DescriptorConfig(channels=4, dims=4, crop=32, batch=4, radius=3, learning_rate=1e-2, steps=300)
 
 
 def _pairs(n: int = 2) -> list[LoadedPair]:
@@ -52,8 +52,7 @@ def test_the_window_softmax_peaks_at_the_offset_that_matches():
 
 
 def test_training_learns_and_the_file_carries_its_metadata(tmp_path):
-    out = train_descriptor(_pairs(), tmp_path / "d.pt", config=TINY, steps=300, split_name="train",
-                           split_sha256="abc")
+    out = train_descriptor(_pairs(), tmp_path / "d.pt", config=TINY, split_name="train", split_sha256="abc")
     model, meta = load_descriptor(out)
     assert meta["format"] == FORMAT and meta["step"] == 300 and meta["split"] == {"name": "train", "sha256": "abc"}
     assert DescriptorConfig.model_validate(meta["config"]) == TINY and "torch" in meta["versions"]
@@ -69,7 +68,7 @@ def test_training_learns_and_the_file_carries_its_metadata(tmp_path):
 def test_pairs_smaller_than_the_crop_are_named(tmp_path):
     small = LoadedPair(name="tiny_one", vis=np.zeros((20, 20), np.float32), ir=np.zeros((20, 20), np.float32))
     with pytest.raises(ValueError, match="tiny_one"):
-        train_descriptor([small], tmp_path / "d.pt", config=TINY, steps=1)
+        train_descriptor([small], tmp_path / "d.pt", config=TINY)
 
 
 def test_bad_descriptor_files_are_refused_with_their_name(tmp_path):

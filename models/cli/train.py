@@ -10,7 +10,7 @@ from models.checkpoint import STAGES, CheckpointError
 from models.cli.common import add_data_arguments, select_pairs
 from models.config import load_train_config
 from models.data import DataError, load_pairs, split_sha256
-from models.descriptor import train_descriptor
+from models.descriptor import DescriptorConfig, train_descriptor
 from models.train import select_device, train_stage
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         log.info("%d training pairs, %d validation pairs (held out from %r)", len(train), len(val), args.split)
         split_name = args.split if args.data is not None else "all"
         if args.stage == "descriptor":
-            train_descriptor(load_pairs(train), args.out / "descriptor.pt", steps=args.steps or 100_000,
+            descriptor_config = DescriptorConfig(**({"steps": args.steps} if args.steps else {}))
+            train_descriptor(load_pairs(train), args.out / "descriptor.pt", config=descriptor_config,
                              max_minutes=args.max_minutes, split_name=split_name, split_sha256=split_sha256(train))
             return 0
         train_stage(args.stage, train_pairs=train, val_pairs=val, val_indices=indices[len(train):],
