@@ -116,9 +116,12 @@ class _Crops:
     """Random aligned crops (same window in both images), joint flips, independent gammas."""
 
     def __init__(self, pairs: list[LoadedPair], config: DescriptorConfig) -> None:
-        small = [p.name for p in pairs if min(p.vis.shape) < config.crop]
+        uneven = [p.name for p in pairs if p.vis.shape != p.ir.shape]
+        if uneven:
+            raise ValueError(f"aligned pairs need one size for both images; these differ: {', '.join(uneven[:5])}")
+        small = [p.name for p in pairs if min(p.vis.shape) <= config.crop]
         if small:
-            raise ValueError(f"pairs smaller than the {config.crop}-pixel crop: {', '.join(small[:5])}")
+            raise ValueError(f"pairs not larger than the {config.crop}-pixel crop: {', '.join(small[:5])}")
         self.pairs, self.config = pairs, config
         self.rng = np.random.default_rng(config.seed)
 
@@ -166,6 +169,8 @@ def descriptor_loss(model: CrossModalDescriptor, vis: Tensor, ir: Tensor,
     inner = torch.zeros_like(valid)
     inner[..., r:-r, r:-r] = True
     keep = (valid & inner & (structure > threshold))[:, 0]
+    if not keep.any():  # a batch of flat crops (sky, a lens cap): no structure to prefer, but no NaN
+        keep = (valid & inner)[:, 0]
     loss = -(logp * label[None, :, None, None]).sum(1)[keep].mean()
     with torch.no_grad():
         hit = (logp.argmax(1) == len(label) // 2)[keep].float().mean().item()

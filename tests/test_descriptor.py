@@ -65,10 +65,21 @@ def test_training_learns_and_the_file_carries_its_metadata(tmp_path):
     assert torch.allclose(out_vis.norm(dim=1), torch.ones(1, 40, 40), atol=1e-4)
 
 
-def test_pairs_smaller_than_the_crop_are_named(tmp_path):
-    small = LoadedPair(name="tiny_one", vis=np.zeros((20, 20), np.float32), ir=np.zeros((20, 20), np.float32))
-    with pytest.raises(ValueError, match="tiny_one"):
+def test_pairs_that_cannot_be_cropped_are_named(tmp_path):
+    small = LoadedPair(name="tiny_one", vis=np.zeros((32, 40), np.float32), ir=np.zeros((32, 40), np.float32))
+    with pytest.raises(ValueError, match="not larger than the 32-pixel crop: tiny_one"):
         train_descriptor([small], tmp_path / "d.pt", config=TINY)
+    uneven = LoadedPair(name="odd_one", vis=np.zeros((48, 56), np.float32), ir=np.zeros((24, 28), np.float32))
+    with pytest.raises(ValueError, match="these differ: odd_one"):
+        train_descriptor([uneven], tmp_path / "d.pt", config=TINY)
+
+
+def test_flat_crops_train_without_nan(tmp_path):
+    flat = LoadedPair(name="flat", vis=np.full((48, 56), 0.5, np.float32), ir=np.full((48, 56), 0.2, np.float32))
+    model, meta = load_descriptor(train_descriptor([flat], tmp_path / "d.pt",
+                                                   config=TINY.model_copy(update={"steps": 5})))
+    assert np.isfinite(meta["metrics"]["loss"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_bad_descriptor_files_are_refused_with_their_name(tmp_path):
