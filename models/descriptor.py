@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 from models.checkpoint import CheckpointError, read_payload, save_payload
 from models.data import LoadedPair
+from models.geometry import invert_affine
+from models.networks.layers import correlation
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +92,9 @@ class CrossModalDescriptor(nn.Module):
 def window_log_likelihood(vis: Tensor, ir: Tensor, radius: int, temperature: float) -> Tensor:
     """``(B, D, H, W)`` unit descriptors of aligned images -> ``(B, (2r+1)^2, H, W)`` log-softmax
     over the offsets ``(dx, dy)`` (row-major, dy outer): how likely visible pixel ``p`` matches IR
-    pixel ``p + (dx, dy)`` (zero outside the image)."""
-    h, w = vis.shape[-2:]
-    padded = F.pad(ir, (radius,) * 4)
-    scores = [(vis * padded[..., radius + dy:radius + dy + h, radius + dx:radius + dx + w]).sum(1)
-              for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
-    return F.log_softmax(torch.stack(scores, 1) / temperature, dim=1)
+    pixel ``p + (dx, dy)`` (zero outside the image). The cosines are the networks' cost volume
+    (:func:`models.networks.layers.correlation`, a channel mean, hence the factor ``D``)."""
+    return F.log_softmax(correlation(vis, ir, radius) * vis.shape[1] / temperature, dim=1)
 
 
 def _random_affine(n: int, config: DescriptorConfig, generator: torch.Generator) -> Tensor:
@@ -105,11 +104,6 @@ def _random_affine(n: int, config: DescriptorConfig, generator: torch.Generator)
     cos, sin = scale * torch.cos(angle), scale * torch.sin(angle)
     zero = torch.zeros(n)
     return torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-
-
-def _invert_affine(matrix: Tensor) -> Tensor:
-    linear = torch.linalg.inv(matrix[:, :, :2])
-    return torch.cat([linear, -(linear @ matrix[:, :, 2:])], 2)
 
 
 class _Crops:
@@ -157,7 +151,7 @@ def descriptor_loss(model: CrossModalDescriptor, vis: Tensor, ir: Tensor,
     matrix = _random_affine(len(ir), config, generator)
     warped = F.grid_sample(ir, F.affine_grid(matrix, list(ir.shape), align_corners=True),
                            align_corners=True, padding_mode="reflection")
-    back = F.affine_grid(_invert_affine(matrix), list(ir.shape), align_corners=True)
+    back = F.affine_grid(invert_affine(matrix), list(ir.shape), align_corners=True)
     ir_desc = F.grid_sample(model.ir(warped), back, align_corners=True)
     valid = F.grid_sample(torch.ones_like(ir), back, align_corners=True) > 0.999
     logp = window_log_likelihood(model.vis(vis), ir_desc, r, config.temperature)

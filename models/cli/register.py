@@ -46,8 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine", action="store_true",
                         help="refine each grid on its pair (instance optimisation of edges, MIND and the learned "
                              "descriptor at full size, ~2 s a pair on a CPU core; 'busref-refined' in the README "
-                             "tables); "
-                             "theta stays the network's")
+                             "tables); theta stays the network's")
 
 
 def run(args: argparse.Namespace) -> int:
