@@ -2,7 +2,7 @@
 
 Each subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
 Loading lazily keeps ``busref run`` and ``busref watch`` free of torch: only ``train``,
-``eval``, ``register``, ``fuse`` and ``export`` need the ``train`` extra.
+``eval``, ``register``, ``fuse`` and ``export onnx`` need the ``train`` extra.
 """
 
 from __future__ import annotations
@@ -14,42 +14,56 @@ import sys
 from dataclasses import dataclass
 
 from busref import __version__
-from runtime import exit_codes  # imports nothing else: no torch, no numpy
+from busref.runtime import exit_codes  # imports nothing else: no torch, no numpy
 
 
 @dataclass(frozen=True)
 class Subcommand:
     module: str
     help: str
-    extra: str = ""  # the pip extra that provides its dependencies, "" for the base install
+    extra: str  # the pip extra that provides its dependencies
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "train": Subcommand("models.cli.train", "train one stage: bus, fusion or registration", "train"),
-    "eval": Subcommand("models.cli.evaluate", "evaluate registration or fusion on a data folder", "train"),
-    "register": Subcommand("models.cli.register", "register (and fuse) IR images onto visible ones", "train"),
-    "fuse": Subcommand("models.cli.fuse", "fuse already aligned IR/visible pairs", "train"),
-    "export": Subcommand("export.cli", "export a checkpoint to ONNX or an ONNX graph to a TensorRT engine",
+    "train": Subcommand("busref.models.cli.train", "train one stage: bus, fusion, registration or descriptor",
+                        "train"),
+    "eval": Subcommand("busref.models.cli.evaluate", "evaluate registration or fusion on a data folder", "train"),
+    "register": Subcommand("busref.models.cli.register", "register (and fuse) IR images onto visible ones", "train"),
+    "fuse": Subcommand("busref.models.cli.fuse", "fuse already aligned IR/visible pairs", "train"),
+    "export": Subcommand("busref.export.cli", "export a checkpoint to ONNX or an ONNX graph to a TensorRT engine",
                          "train"),
-    "run": Subcommand("runtime.cli.run", "run the rig daemon: capture, register, fuse, publish"),
-    "bench": Subcommand("runtime.cli.bench", "measure the daemon's per-stage latency and throughput"),
-    "watch": Subcommand("runtime.cli.watch", "subscribe to a fused stream: fps, latency, save frames"),
-    "calibrate": Subcommand("runtime.cli.calibrate", "estimate a rig's IR->RGB prior from live pairs"),
-    "config": Subcommand("runtime.cli.config", "check a rig file or print its JSON Schema"),
-    "keys": Subcommand("runtime.cli.keys", "generate CURVE key pairs for the publisher and clients"),
-    "doctor": Subcommand("export.doctor", "report the environment; GPU/TensorRT parity and timing checks"),
+    "run": Subcommand("busref.runtime.cli.run", "run the rig daemon: capture, register, fuse, publish", "runtime"),
+    "bench": Subcommand("busref.runtime.cli.bench", "measure the daemon's per-stage latency and throughput",
+                        "runtime"),
+    "watch": Subcommand("busref.runtime.cli.watch", "subscribe to a fused stream: fps, latency, save frames",
+                        "runtime"),
+    "calibrate": Subcommand("busref.runtime.cli.calibrate", "estimate a rig's IR->RGB prior from live pairs",
+                            "runtime"),
+    "config": Subcommand("busref.runtime.cli.config", "check a rig file or print its JSON Schema", "runtime"),
+    "keys": Subcommand("busref.runtime.cli.keys", "generate CURVE key pairs for the publisher and clients", "runtime"),
+    "doctor": Subcommand("busref.export.doctor", "report the environment; GPU/TensorRT parity and timing checks",
+                         "runtime"),
 }
 
+EPILOG = """\
+training, in order (each stage starts from the previous one's checkpoint with --init):
+  busref train bus           the reconstructor (auto-encoder) shared by all networks
+  busref train fusion        the GAF fusion network, bus frozen
+  busref train registration  the Affine and Deformable nets, bus and GAF frozen
+  busref train descriptor    the cross-modal descriptor of the per-pair refinement (on its own)
 
+extras: 'train' (torch) for train, eval, register, fuse and export onnx; 'runtime' for the
+others; 'client' (pyzmq + numpy) for the busref.client subscriber alone.
+
+Run 'busref COMMAND --help' for the options of one command."""
 def _load(name: str):
     sub = SUBCOMMANDS[name]
     try:
         return importlib.import_module(sub.module)
     except ModuleNotFoundError as exc:
         missing = exc.name or "a dependency"
-        hint = f" Install it with: pip install 'busref[{sub.extra}]'." if sub.extra else ""
-        print(f"busref {name}: needs the Python package '{missing}', which is not installed.{hint}",
-              file=sys.stderr)
+        print(f"busref {name}: needs the Python package '{missing}', which is not installed. "
+              f"Install it with: pip install 'busref[{sub.extra}]'.", file=sys.stderr)
         raise SystemExit(exit_codes.MISSING_DEPENDENCY) from None
 
 
@@ -58,7 +72,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         prog="busref",
         description="BusReF: register thermal-IR onto RGB, fuse them, and publish the fused stream.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run 'busref COMMAND --help' for the options of one command.",
+        epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"busref {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -22,7 +22,7 @@ import time
 import cv2
 import numpy as np
 
-from runtime.client import SilenceError, Subscriber
+from busref.client import SilenceError, Subscriber
 
 
 def people_detector() -> cv2.HOGDescriptor:

@@ -13,8 +13,8 @@ networks where ``BuilderFlag.FP16`` lets the builder pick FP16 kernels per layer
 kept in FP32 with per-layer precision plus ``OBEY_PRECISION_CONSTRAINTS``. TensorRT 11 removed
 those flags and the INT8 calibrators: networks are strongly typed and precision comes from the
 ONNX types. There, FP16 builds use a copy of the graph whose convolutions are FP16 between
-explicit casts (:mod:`export.onnx_fp16`). Either way the warps (GridSample, and the networks'
-gather-based feature warps, ``models.geometry.warp_features``) and the grid arithmetic feeding
+explicit casts (:mod:`busref.export.onnx_fp16`). Either way the warps (GridSample, and the networks'
+gather-based feature warps, ``busref.models.geometry.warp_features``) and the grid arithmetic feeding
 them stay FP32 (in the ``frame`` graph the grid is an FP32 network input read
 by GridSample alone). JetPack 6 ships TensorRT 10.3, so both paths are needed.
 """
@@ -30,15 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from export.samples import SamplePair, graph_feed
-from runtime.artifact import GraphKind, TensorSpec
-from runtime.engine_header import (
+from busref.conventions import file_sha256
+from busref.export.samples import SamplePair, graph_feed
+from busref.runtime.artifact import GraphKind, TensorSpec
+from busref.runtime.engine_header import (
     EngineHeader,
     EngineTensor,
     Platform,
     Precision,
     bytes_sha256,
-    file_sha256,
     read_header,
     write_engine,
 )
@@ -68,7 +68,7 @@ VERIFY_TOLERANCE: dict[str, dict[str, float]] = {
 SAMPLER_KINDS = frozenset({"GRID_SAMPLE", "GridSample", "GATHER", "GatherElements"})
 BARRIER_KINDS = frozenset({"CONVOLUTION", "DECONVOLUTION", "Conv", "ConvTranspose"})
 #: Elementwise layers that consume a sampler's output are part of the warp: the networks' feature
-#: warp (models.geometry.warp_features) gathers four corners, then weights and sums them.
+#: warp (busref.models.geometry.warp_features) gathers four corners, then weights and sums them.
 COMBINER_KINDS = frozenset({"ELEMENTWISE", "Mul", "Add"})
 
 
@@ -140,7 +140,7 @@ def profile_for(graph: GraphKind, fixed_hw: HW | None, *, rig: object | None = N
                 raise ValueError(f"{flag} {hw[0]}x{hw[1]}: the {graph} graph is fixed at {fixed_hw[0]}x{fixed_hw[1]}")
         return Profile(tuple(fixed_hw), tuple(fixed_hw), tuple(fixed_hw))
     if rig is not None:
-        from runtime.pipeline import fuse_size  # the daemon's own rule, so the engine fits its frames
+        from busref.runtime.pipeline import fuse_size  # the daemon's own rule, so the engine fits its frames
 
         w, h = fuse_size((rig.cameras.rgb.width, rig.cameras.rgb.height), rig.fusion.size)
         base = Profile((h, w), (h, w), (h, w))
@@ -163,7 +163,7 @@ def ir_profile_for(rig: object | None) -> Profile:
 
 def input_shapes(inputs: Sequence[TensorSpec], profile: Profile,
                  ir_profile: Profile = Profile(*DEFAULT_IR_PROFILE)) -> dict[str, Shapes]:
-    """Each input's (min, opt, max) shape: its declared shape (:mod:`runtime.artifact`) with the
+    """Each input's (min, opt, max) shape: its declared shape (:mod:`busref.runtime.artifact`) with the
     symbolic ``H``, ``W`` taken from ``profile`` and ``H_ir``, ``W_ir`` from ``ir_profile``."""
     symbols = {"H": (profile, 0), "W": (profile, 1), "H_ir": (ir_profile, 0), "W_ir": (ir_profile, 1)}
 
@@ -206,7 +206,7 @@ class PrecisionPlan:
     set_flags: tuple[str, ...] = ()
     clear_flags: tuple[str, ...] = ()
     pin_warp_fp32: bool = False  # TensorRT 10: per-layer FP32 on the warp region
-    fp16_graph: bool = False  # TensorRT 11: build from export.onnx_fp16's mixed-precision copy
+    fp16_graph: bool = False  # TensorRT 11: build from busref.export.onnx_fp16's mixed-precision copy
     notes: tuple[str, ...] = field(default=())
 
 
@@ -308,8 +308,8 @@ def stale_reason(header: EngineHeader, *, onnx_sha256: str, running: Platform, p
 
 def require_tensorrt_and_gpu(device: int = 0) -> tuple[object, Platform]:
     """The ``tensorrt`` module and the GPU description, or :class:`BuildUnavailable` saying which is missing."""
-    from runtime.backends.base import BackendUnavailable
-    from runtime.backends.tensorrt import gpu_platform, load_cudart, load_tensorrt
+    from busref.runtime.backends.base import BackendUnavailable
+    from busref.runtime.backends.tensorrt import gpu_platform, load_cudart, load_tensorrt
 
     try:
         trt = load_tensorrt()
@@ -376,7 +376,7 @@ class BuildRequest:
 def build(request: BuildRequest) -> EngineHeader:
     """Build and write one engine; returns its header. :class:`BuildUnavailable` without
     TensorRT or a GPU, :class:`BuildError` when TensorRT cannot parse or build the graph."""
-    from export.onnx_check import check_graph_file
+    from busref.export.onnx_check import check_graph_file
 
     checked = check_graph_file(request.onnx_path)  # refuse tampered or foreign graphs before TensorRT
     meta = checked.metadata
@@ -384,7 +384,7 @@ def build(request: BuildRequest) -> EngineHeader:
     plan = precision_plan(trt.__version__, request.precision, dla=request.dla_core is not None)
     onnx_bytes = checked.path.read_bytes()
     if plan.fp16_graph:
-        from export.onnx_fp16 import convolutions_to_fp16
+        from busref.export.onnx_fp16 import convolutions_to_fp16
 
         onnx_bytes = convolutions_to_fp16(checked.model).SerializeToString()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -459,8 +459,8 @@ def build(request: BuildRequest) -> EngineHeader:
 def build_if_stale(request: BuildRequest) -> tuple[EngineHeader, bool]:
     """:func:`build` unless the engine file exists and is current; returns (header, built)."""
     if request.engine_path.is_file():
-        from export.onnx_check import check_graph_file
-        from runtime.artifact import ArtifactError
+        from busref.export.onnx_check import check_graph_file
+        from busref.runtime.artifact import ArtifactError
 
         try:
             header = read_header(request.engine_path)
@@ -505,7 +505,7 @@ class OutputCheck:
 
 
 def engine_feeds(header: EngineHeader, pairs: Sequence[SamplePair]) -> list[dict[str, np.ndarray]]:
-    """Sample inputs (:func:`export.samples.graph_feed`) at each distinct point (min, opt, max) of
+    """Sample inputs (:func:`busref.export.samples.graph_feed`) at each distinct point (min, opt, max) of
     the engine's profile; the ``frame`` graph's IR at the same point of its own profile."""
     def points(tensor: EngineTensor) -> list[HW]:
         shapes = [s for s in (tensor.min, tensor.opt, tensor.max) if s] or [tensor.shape]
@@ -518,8 +518,8 @@ def engine_feeds(header: EngineHeader, pairs: Sequence[SamplePair]) -> list[dict
 
 def verify(engine_path: Path, onnx_path: Path, pairs: Sequence[SamplePair], device: int = 0) -> list[OutputCheck]:
     """Run the engine and ONNX Runtime (CPU) on ``pairs`` at each profile size; max |diff| and PSNR per output."""
-    from runtime.backends.onnxruntime import CPU, OnnxRuntimeBackend
-    from runtime.backends.tensorrt import TensorRTBackend
+    from busref.runtime.backends.onnxruntime import CPU, OnnxRuntimeBackend
+    from busref.runtime.backends.tensorrt import TensorRTBackend
 
     header = read_header(engine_path)
     graph = header.metadata.graph

@@ -10,7 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
-from runtime import exit_codes
+from busref.rig_config.resources import CHECKPOINT_FILE, WEIGHTS_ENV, weight_file
+from busref.runtime import exit_codes
 
 log = logging.getLogger("busref.export")
 
@@ -21,9 +22,11 @@ EXIT_UNAVAILABLE = exit_codes.UNAVAILABLE
 
 
 def add_onnx_arguments(parser: argparse.ArgumentParser) -> None:
-    from export.onnx_check import OPSET, SUPPORTED_OPSETS
+    from busref.export.onnx_check import OPSET, SUPPORTED_OPSETS
 
-    parser.add_argument("--checkpoint", type=Path, required=True, help="trained BusReF checkpoint (.pt)")
+    parser.add_argument("--checkpoint", type=Path, default=weight_file(CHECKPOINT_FILE),
+                        help=f"trained BusReF checkpoint (.pt; default: the shipped {CHECKPOINT_FILE}, "
+                             f"or the one in ${WEIGHTS_ENV})")
     parser.add_argument("--out", type=Path, required=True, help="folder for register.onnx, fuse.onnx and frame.onnx")
     parser.add_argument("--opset", type=int, default=OPSET,
                         help=f"ONNX opset, {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1} (default {OPSET})")
@@ -34,8 +37,8 @@ def add_onnx_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_onnx(args: argparse.Namespace) -> int:
-    from export.onnx_export import ExportError, export_checkpoint
-    from models.checkpoint import CheckpointError
+    from busref.export.onnx_export import ExportError, export_checkpoint
+    from busref.models.checkpoint import CheckpointError
 
     try:
         reports = export_checkpoint(args.checkpoint, args.out, opset=args.opset, verify_data=args.verify_data,
@@ -81,7 +84,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 def _targets(args: argparse.Namespace) -> tuple[list[tuple[Path, Path]], object | None]:
     """(onnx, engine) pairs to build and the rig (or None), from --onnx/--out or --rig."""
     if args.rig is not None:
-        from rig_config import load_rig
+        from busref.rig_config import load_rig
 
         rig = load_rig(args.rig)
         inf = rig.inference
@@ -104,9 +107,9 @@ def _targets(args: argparse.Namespace) -> tuple[list[tuple[Path, Path]], object 
 
 
 def run_engine(args: argparse.Namespace) -> int:
-    from export import build_engine as be
-    from export.samples import sample_pairs
-    from runtime.artifact import ArtifactError
+    from busref.export import build_engine as be
+    from busref.export.samples import sample_pairs
+    from busref.runtime.artifact import ArtifactError
 
     try:
         targets, rig = _targets(args)
@@ -141,7 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
         "examples:\n"
-        "  busref export onnx --checkpoint weights/busref.pt --out weights\n"
+        "  busref export onnx --out weights                  # the shipped checkpoint\n"
+        "  busref export onnx --checkpoint runs/mine/registration.pt --out runs/mine/onnx\n"
         "  busref export engine --onnx weights/fuse.onnx --out engines/fuse.engine --opt 512x640 --verify\n"
         "  busref export engine --rig /config/rig.yaml --reuse --timing-cache engines/timing.cache"
     )

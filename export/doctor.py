@@ -4,7 +4,7 @@ Sections, each reported as OK / FAILED / SKIPPED with the reason:
 
 * environment: Python, packages, ONNX Runtime providers, OpenCV GStreamer support, GPU;
 * graphs: ``register.onnx`` / ``fuse.onnx`` (and ``frame.onnx``, optional: older exports lack
-  it) pass the export checks (:mod:`export.onnx_check`);
+  it) pass the export checks (:mod:`busref.export.onnx_check`);
 * CUDA: device buffers round-trip through cuda-python (the TensorRT backend's memory path);
 * ONNX Runtime CUDA vs CPU parity on sample pairs (where ORT has the CUDA provider);
 * TensorRT: build the engines, verify them against ONNX Runtime, time them (fuse, frame at 640x512):
@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from busref.rig_config.resources import WEIGHTS_ENV, weights_dir
+
 log = logging.getLogger("busref.doctor")
 
-WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
-#: The fuse timing size of the issue (H x W): a 640x512 thermal-class frame.
+#: The fuse timing size (H x W): a 640x512 thermal-class frame, the size the speed targets are set at.
 TIMING_HW = (512, 640)
 #: ORT CUDA vs CPU: cuDNN picks other convolution algorithms (and TF32 on Ampere+), so the two
 #: agree to about 1e-3, not bit for bit.
@@ -87,8 +88,8 @@ def environment() -> tuple[list[Check], Any]:
         pass
     gpu = None
     try:
-        from runtime.backends.base import BackendUnavailable
-        from runtime.backends.tensorrt import gpu_platform
+        from busref.runtime.backends.base import BackendUnavailable
+        from busref.runtime.backends.tensorrt import gpu_platform
 
         try:
             gpu = gpu_platform(versions["tensorrt"] or "none")
@@ -104,10 +105,10 @@ def environment() -> tuple[list[Check], Any]:
 def check_graphs(weights: Path) -> tuple[list[Check], dict[str, Path]]:
     """The export checks on each graph; returns the graphs that passed."""
     try:
-        from export.onnx_check import check_graph_file
+        from busref.export.onnx_check import check_graph_file
     except ImportError as exc:
         return [Check("graphs", "SKIPPED", f"the onnx package is missing ({exc})")], {}
-    from runtime.artifact import ArtifactError
+    from busref.runtime.artifact import ArtifactError
 
     checks, good = [], {}
     for graph in ("register", "fuse", "frame"):
@@ -130,7 +131,7 @@ def check_graphs(weights: Path) -> tuple[list[Check], dict[str, Path]]:
 
 def check_cuda_buffers() -> Check:
     """Upload and download an array through the backend's DeviceBuffer/CudaStream."""
-    from runtime.backends.tensorrt import CudaStream, DeviceBuffer, load_cudart
+    from busref.runtime.backends.tensorrt import CudaStream, DeviceBuffer, load_cudart
 
     cudart = load_cudart()
     data = np.random.default_rng(0).random((1, 1, *TIMING_HW), dtype=np.float32)
@@ -154,14 +155,14 @@ def check_cuda_buffers() -> Check:
 def _feeds(graph: str, meta: Any, hw: tuple[int, int] = TIMING_HW) -> dict[str, np.ndarray]:
     """One synthetic input of ``graph`` at ``hw`` (the register graph at its own size; the frame
     graph's IR at ``hw`` too)."""
-    from export.samples import graph_feed, synthetic_pairs
+    from busref.export.samples import graph_feed, synthetic_pairs
 
     size = tuple(meta.registration_size) if graph == "register" else hw
     return graph_feed(graph, synthetic_pairs(1, hw)[0], size)
 
 
 def check_ort_cuda(graphs: dict[str, Path]) -> list[Check]:
-    from runtime.backends.onnxruntime import CPU, CUDA, OnnxRuntimeBackend
+    from busref.runtime.backends.onnxruntime import CPU, CUDA, OnnxRuntimeBackend
 
     checks = []
     for graph, path in graphs.items():
@@ -183,9 +184,9 @@ def check_ort_cuda(graphs: dict[str, Path]) -> list[Check]:
 
 def check_tensorrt(graphs: dict[str, Path], engine_dir: Path, precision: str, iterations: int) -> list[Check]:
     """Build, verify and time each graph's engine."""
-    from export import build_engine as be
-    from export.samples import synthetic_pairs
-    from runtime.backends.tensorrt import TensorRTBackend
+    from busref.export import build_engine as be
+    from busref.export.samples import synthetic_pairs
+    from busref.runtime.backends.tensorrt import TensorRTBackend
 
     checks = []
     for graph, path in graphs.items():
@@ -256,7 +257,8 @@ def diagnose(weights: Path, engine_dir: Path | None, precision: str, iterations:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", type=Path, default=WEIGHTS, help=f"folder with the graphs (default {WEIGHTS})")
+    parser.add_argument("--weights", type=Path, default=weights_dir(),
+                        help=f"folder with the graphs (default: the shipped weights, or ${WEIGHTS_ENV})")
     parser.add_argument("--engine-dir", type=Path, help="keep the built engines here (default: a temporary folder)")
     parser.add_argument("--precision", choices=("fp16", "fp32"), default="fp16", help="engine precision (default fp16)")
     parser.add_argument("--iterations", type=int, default=200, help="timed runs per engine (default 200)")

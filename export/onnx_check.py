@@ -1,7 +1,7 @@
 """The checks every consumer of an exported graph runs, and the opset pin. No torch.
 
 A busref graph carries two ``metadata_props`` entries: ``busref`` (the
-:class:`~runtime.artifact.ArtifactMetadata` JSON) and ``busref.graph_sha256`` (the sha256 of the
+:class:`~busref.runtime.artifact.ArtifactMetadata` JSON) and ``busref.graph_sha256`` (the sha256 of the
 serialized ``GraphProto``: nodes, weights and I/O). :func:`check_graph_file` refuses a file whose
 graph was edited after export, whose I/O is not the contract's or not the one its metadata
 declares, whose opset is outside the supported window, or that was exported from another
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import onnx
 
-from runtime.artifact import METADATA_KEY, ArtifactError, ArtifactMetadata, GraphKind, check_compatible
-from runtime.backends.base import check_io
-from runtime.engine_header import read_artifact_bytes
+from busref.runtime.artifact import METADATA_KEY, ArtifactError, ArtifactMetadata, GraphKind, check_compatible
+from busref.runtime.backends.base import check_io
+from busref.runtime.engine_header import read_artifact_bytes
 
 #: The ONNX opset of every exported graph: the one place it is pinned.
 OPSET = 17

@@ -2,8 +2,8 @@
 
 Per graph: trace with the TorchScript exporter (``dynamo=False``: the dynamo exporter does not
 keep the symbolic H/W of the fuse graph through ``pixel_unshuffle``), pin the declared I/O
-shapes to the contract (:mod:`runtime.artifact`), full ``onnx.checker``, write the metadata and
-graph digest (:mod:`export.onnx_check`), then run the file with the runtime's own ONNX Runtime
+shapes to the contract (:mod:`busref.runtime.artifact`), full ``onnx.checker``, write the metadata and
+graph digest (:mod:`busref.export.onnx_check`), then run the file with the runtime's own ONNX Runtime
 backend against PyTorch on sample pairs. Only when every output of both graphs is within
 :data:`TOLERANCE` are the files renamed into place, so a failed export never leaves a graph
 that the daemon would load.
@@ -13,7 +13,7 @@ convolution builds per-sample kernels from the batch size, which the tracer cann
 symbolic next to a symbolic H/W); the ``fuse`` graph has dynamic H and W (multiples of 8).
 The ``frame`` graph (:class:`FrameGraph`: warp + fuse in one call, for GPU backends) has
 dynamic H, W for the luminance and the grid and its own dynamic H_ir, W_ir for the IR.
-The warps (GridSample; inside the register graph's networks, gathers: ``models.geometry.warp_features``)
+The warps (GridSample; inside the register graph's networks, gathers: ``busref.models.geometry.warp_features``)
 and every grid computation stay float32: the whole graph is float32.
 """
 
@@ -32,15 +32,15 @@ import onnxruntime as ort
 import torch
 
 from busref import __version__
-from export.onnx_check import OPSET, check_graph_file, check_opset, set_metadata
-from export.samples import SamplePair, graph_feed, sample_pairs
-from models.checkpoint import file_sha256, load_model
-from models.geometry import warp_normalised
-from models.networks import BusReF
-from models.networks.busref import FuseGraph, RegisterGraph
-from runtime.artifact import ArtifactError, ArtifactMetadata, GraphKind, TensorSpec
-from runtime.backends.base import GRAPH_IO
-from runtime.backends.onnxruntime import OnnxRuntimeBackend
+from busref.conventions import GRAPH_IO, file_sha256
+from busref.export.onnx_check import OPSET, check_graph_file, check_opset, set_metadata
+from busref.export.samples import SamplePair, graph_feed, sample_pairs
+from busref.models.checkpoint import load_model
+from busref.models.geometry import warp_normalised
+from busref.models.networks import BusReF
+from busref.models.networks.busref import FuseGraph, RegisterGraph
+from busref.runtime.artifact import ArtifactError, ArtifactMetadata, GraphKind, TensorSpec
+from busref.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def trace_graph(model: BusReF, graph: GraphKind, metadata: ArtifactMetadata) -> 
 
 def graph_feeds(graph: GraphKind, pairs: list[SamplePair], registration_size: tuple[int, int]
                 ) -> list[dict[str, np.ndarray]]:
-    """Inputs to verify ``graph`` on (:func:`export.samples.graph_feed`): ``register`` at its
+    """Inputs to verify ``graph`` on (:func:`busref.export.samples.graph_feed`): ``register`` at its
     size; ``fuse`` at each pair's own size rounded down to multiples of 8 and at the registration
     size, so its dynamic H/W is exercised; ``frame`` at the same two sizes, with the IR at the
     pair's own size (another size than the luminance at least once) and a non-trivial grid."""
@@ -231,7 +231,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
                       tolerance: float = TOLERANCE) -> list[GraphReport]:
     """Write ``out_dir/{register,fuse,frame}.onnx`` from ``checkpoint``, verified.
 
-    ``verify_data``: a pair folder (see :mod:`export.samples`) whose first ``verify_pairs`` pairs
+    ``verify_data``: a pair folder (see :mod:`busref.export.samples`) whose first ``verify_pairs`` pairs
     are run through ONNX Runtime and PyTorch; None = the built-in synthetic pairs. Raises
     :class:`ExportError` (nothing written) when an output differs by more than ``tolerance``.
     """

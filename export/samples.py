@@ -2,7 +2,7 @@
 
 Either real pairs from a folder (the RoadScene layout ``cropinfrared/`` + ``crop_LR_visible/``,
 or ``ir/`` + ``vis/``; paired by file stem) or, when none is given, frames of the built-in
-synthetic street (:mod:`runtime.synthetic`) rendered the way the daemon sees a rig: visible
+synthetic street (:mod:`busref.runtime.synthetic`) rendered the way the daemon sees a rig: visible
 luminance = Y of OpenCV's BGR2YCrCb, IR = raw counts through the percentile window.
 """
 
@@ -14,11 +14,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rig_config.schema import Misalignment, PercentileWindow
-from runtime.artifact import GraphKind
-from runtime.registration import affine_grid
-from runtime.synthetic import IRRenderer, RGBRenderer, Scene
-from runtime.thermal import ThermalNormaliser
+from busref.conventions import IMAGE_SUFFIXES, affine_grid, read_gray
+from busref.rig_config.schema import Misalignment, PercentileWindow
+from busref.runtime.artifact import GraphKind
+from busref.runtime.synthetic import IRRenderer, RGBRenderer, Scene
+from busref.runtime.thermal import ThermalNormaliser
 
 #: The warp the ``frame`` graph is verified with (a normalised affine, ``F.affine_grid``'s
 #: convention): 2 degrees of rotation, 3 % zoom and a shift, so that the grid is no identity.
@@ -26,7 +26,6 @@ SAMPLE_THETA = np.array([[1.03 * np.cos(np.radians(2.0)), -np.sin(np.radians(2.0
                          [np.sin(np.radians(2.0)), 1.03 * np.cos(np.radians(2.0)), -0.03]])
 #: Folder pairs (ir, vis) a sample folder may use, first match wins.
 LAYOUTS = (("cropinfrared", "crop_LR_visible"), ("ir", "vis"))
-SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class SamplePair:
 
 def graph_feed(graph: GraphKind, pair: SamplePair, hw: tuple[int, int],
                ir_hw: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-    """The inputs of ``graph`` (:mod:`runtime.artifact`) made from ``pair``, images at (H, W) ``hw``.
+    """The inputs of ``graph`` (:mod:`busref.runtime.artifact`) made from ``pair``, images at (H, W) ``hw``.
 
     ``register`` / ``fuse``: ``vis`` and ``ir`` (1, 1, H, W). ``frame``: ``vis`` (1, 1, H, W), the
     unregistered ``ir`` at ``ir_hw`` (default: the pair's own size) and the ``grid`` (1, H, W, 2)
@@ -63,7 +62,7 @@ def graph_feed(graph: GraphKind, pair: SamplePair, hw: tuple[int, int],
     if graph == "frame":
         ir = pair.ir if ir_hw is None else pair.resized(ir_hw).ir
         feed["ir"] = ir[None, None]
-        feed["grid"] = affine_grid(SAMPLE_THETA, hw)[None]
+        feed["grid"] = affine_grid(SAMPLE_THETA, *hw, coordinates="normalised")[None]
     return feed
 
 
@@ -81,13 +80,6 @@ def synthetic_pairs(count: int = 2, hw: tuple[int, int] = (512, 640)) -> list[Sa
     return pairs
 
 
-def _read_unit(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise ValueError(f"{path}: cannot read this image (missing, unreadable or not an image)")
-    return image.astype(np.float32) / 255.0
-
-
 def folder_pairs(folder: str | Path, limit: int = 4) -> list[SamplePair]:
     """The first ``limit`` pairs (sorted by name) of a pair folder; ValueError naming it otherwise."""
     folder = Path(folder)
@@ -98,14 +90,14 @@ def folder_pairs(folder: str | Path, limit: int = 4) -> list[SamplePair]:
     else:
         layouts = " or ".join(f"{a}/ + {b}/" for a, b in LAYOUTS)
         raise ValueError(f"{folder}: not a pair folder (expected {layouts})")
-    vis_by_stem = {p.stem: p for p in vis_dir.iterdir() if p.suffix.lower() in SUFFIXES}
+    vis_by_stem = {p.stem: p for p in vis_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     pairs = []
-    for ir_path in sorted(p for p in ir_dir.iterdir() if p.suffix.lower() in SUFFIXES):
+    for ir_path in sorted(p for p in ir_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         if len(pairs) == limit:
             break
         if ir_path.stem not in vis_by_stem:
             continue
-        vis, ir = _read_unit(vis_by_stem[ir_path.stem]), _read_unit(ir_path)
+        vis, ir = read_gray(vis_by_stem[ir_path.stem]), read_gray(ir_path)
         if vis.shape != ir.shape:
             raise ValueError(f"{ir_path} and {vis_by_stem[ir_path.stem]} differ in size: aligned pairs needed")
         pairs.append(SamplePair(ir_path.stem, vis, ir))

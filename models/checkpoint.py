@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.torch_version import TorchVersion
 
-from models.config import TrainConfig
-from models.networks import BusReF
+from busref.models.config import TrainConfig
+from busref.models.networks import BusReF
 
 FORMAT = "busref.checkpoint/1"
 STAGES = ("bus", "fusion", "registration")
@@ -28,14 +28,6 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(path: Path, *, model: BusReF, config: TrainConfig, stage: str, step: int,
@@ -61,7 +53,7 @@ def save_checkpoint(path: Path, *, model: BusReF, config: TrainConfig, stage: st
 def save_payload(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` plus its provenance (commit, versions, time) atomically (temp file +
     rename) so an interrupted run never leaves a torn file."""
-    payload = {**payload, "commit": git_commit(), "versions": {"torch": torch.__version__},
+    payload = {**payload, "commit": git_commit(), "versions": {"torch": str(torch.__version__)},
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +71,10 @@ def read_payload(path: Path, expected_format: str, kind: str, *,
     if not path.is_file():
         raise CheckpointError(f"{path}: no such {kind}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        # Tensors and plain data only: a checkpoint cannot run code when it is read. TorchVersion
+        # (a str) is allowed because files written before save_payload stored str() of it hold one.
+        with torch.serialization.safe_globals([TorchVersion]):
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt file
         raise CheckpointError(f"{path}: not a readable {kind} ({exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != expected_format:
@@ -111,8 +106,8 @@ def load_model(path: Path, *, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"{path}: weights do not match its config: {exc}") from exc
     missing, unexpected = result.missing_keys, result.unexpected_keys
     if missing or unexpected:
-        # Summarised: a checkpoint of an earlier network design lists ~100 names (issue 3's new
-        # Deformable Net), which buried the point of the message.
+        # Summarised: a checkpoint of an earlier network design (another Deformable Net) lists
+        # ~100 names, which would bury the point of the message.
         raise CheckpointError(f"{path}: weights do not match its config (a checkpoint of an earlier network "
                               f"design?): {len(missing)} missing, e.g. {missing[:1]}; {len(unexpected)} "
                               f"unexpected, e.g. {unexpected[:1]}")

@@ -1,8 +1,7 @@
 """Data: IR/visible pair folders, the RoadScene split, random crops.
 
-Images are read with OpenCV: the visible image is converted to luminance with
-``COLOR_BGR2GRAY`` (the same weights as the Y of ``BGR2YCrCb``, so the networks see the Y
-channel the runtime fuses); the IR image is read as gray. Arrays are float32 in [0, 1].
+Images are read with :func:`busref.conventions.read_gray`: luminance (the Y channel the runtime
+fuses), float32 in [0, 1].
 """
 
 from __future__ import annotations
@@ -19,15 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from busref.conventions import IMAGE_SUFFIXES, DataError, read_gray
+
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ROADSCENE_IR = "cropinfrared"
 ROADSCENE_VIS = "crop_LR_visible"
-
-
-class DataError(ValueError):
-    """A pair folder or image cannot be used; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -35,28 +31,6 @@ class PairPaths:
     name: str
     ir: Path
     vis: Path
-
-
-def read_bgr(path: Path) -> np.ndarray:
-    """Read an 8-bit colour (or gray, promoted) image as BGR uint8 (H, W, 3)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError(f"{path}: cannot read this image (missing, unreadable or not an image)")
-    return image
-
-
-def read_gray(path: Path) -> np.ndarray:
-    """Read an image as luminance float32 (H, W) in [0, 1] (colour images via BGR2GRAY)."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise DataError(f"{path}: cannot read this image (missing, unreadable or not an image)")
-    if image.ndim == 3:
-        image = cv2.cvtColor(image[:, :, :3], cv2.COLOR_BGR2GRAY)
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / 65535.0
-    if image.dtype != np.uint8:
-        raise DataError(f"{path}: unsupported pixel type {image.dtype} (8- or 16-bit images only)")
-    return image.astype(np.float32) / 255.0
 
 
 def _images_by_stem(folder: Path) -> dict[str, Path]:

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from models.checkpoint import CheckpointError, read_payload, save_payload
-from models.data import LoadedPair
-from models.geometry import invert_affine
-from models.networks.layers import correlation
+from busref.models.checkpoint import CheckpointError, read_payload, save_payload
+from busref.models.data import LoadedPair
+from busref.models.geometry import invert_affine
+from busref.models.networks.layers import correlation
 
 log = logging.getLogger(__name__)
 

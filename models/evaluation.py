@@ -15,20 +15,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from models.baselines.registration import RegistrationMethod
-from models.data import LoadedPair
-from models.metrics.fusion import FUSION_METRICS, fusion_metrics
-from models.metrics.registration import registration_metrics, summarise, warp_numpy
-from models.misalignment import PROTOCOL, protocol_pair
+from busref.conventions import identity_grid
+from busref.models.baselines.registration import RegistrationMethod
+from busref.models.data import LoadedPair
+from busref.models.metrics.fusion import FUSION_METRICS, fusion_metrics
+from busref.models.metrics.registration import registration_metrics, summarise, warp_numpy
+from busref.models.misalignment import PROTOCOL, protocol_pair
 
 log = logging.getLogger(__name__)
 
 FuseFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def identity_grid_np(height: int, width: int) -> np.ndarray:
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    return np.stack((xs, ys), axis=-1)
 
 
 def evaluate_registration(methods: Mapping[str, RegistrationMethod], pairs: Sequence[LoadedPair],
@@ -50,7 +46,7 @@ def evaluate_registration(methods: Mapping[str, RegistrationMethod], pairs: Sequ
             seconds = time.perf_counter() - start
             failed = grid is None
             if failed:
-                grid = identity_grid_np(*pair.vis.shape)
+                grid = identity_grid(*pair.vis.shape, coordinates="pixel")
             registered = warp_numpy(truth.moving, grid.astype(np.float64))
             scores = registration_metrics(registered, pair.ir.astype(np.float64), truth.mask, grid, truth.inverse)
             per_method[name].append({"name": pair.name, "index": index, **scores, "failed": failed,
@@ -80,7 +76,6 @@ def evaluate_fusion(methods: Mapping[str, FuseFn], pairs: Sequence[LoadedPair], 
 
 
 REGISTRATION_COLUMNS = ("NCC", "MSE", "MNCC", "MMSE", "EPE_mean", "EPE_median", "EPE_p90")
-LOWER_IS_BETTER = {"MSE", "MMSE", "EPE_mean", "EPE_median", "EPE_p90"}
 
 
 def registration_table(results: Mapping[str, dict]) -> str:

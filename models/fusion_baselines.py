@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from models.metrics.fusion import check_images
+from busref.models.metrics.fusion import check_images
 
 
 def average(vis: np.ndarray, ir: np.ndarray) -> np.ndarray:

@@ -71,10 +71,10 @@ def warp_features(image: Tensor, grid: Tensor, padding_mode: str = "zeros") -> T
 
     The networks warp their feature maps with this one. Why: ONNX Runtime's CPU GridSample
     cost ~1 ms per feature warp at the registration size; with gathers (and the cost-volume
-    changes in ``models.networks.layers``) affine + deformable went from 14.4-14.6 to 8.6-9.0 ms in
-    back-to-back runs (issue 3, target 10 ms). Corner indices are cast to int64 while they are
+    changes in ``busref.models.networks.layers``) affine + deformable went from 14.4-14.6 to 8.6-9.0 ms
+    in back-to-back runs (the target is 10 ms). Corner indices are cast to int64 while they are
     still small exact integers, so an FP16 TensorRT build cannot round them; the sampled values
-    are weighted and summed before any reshape, so ``export.build_engine.warp_layers`` keeps that
+    are weighted and summed before any reshape, so ``busref.export.build_engine.warp_layers`` keeps that
     part in FP32 too.
     Gradients: with respect to ``image`` and (through the bilinear weights) ``grid``, as
     ``grid_sample``'s.

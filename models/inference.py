@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.descriptor import CrossModalDescriptor
-from models.geometry import normalised_to_pixel
-from models.networks import BusReF
-from models.refinement import RefinementConfig, refine_grid
+from busref.models.descriptor import CrossModalDescriptor
+from busref.models.geometry import normalised_to_pixel
+from busref.models.networks import BusReF
+from busref.models.refinement import RefinementConfig, refine_grid
 
 
 def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -35,7 +35,7 @@ class BusReFRegistration:
     Both images are resized (area) to the model's registration size; the normalised output grid
     is upsampled bilinearly (align_corners=True) to the visible frame and converted to pixels of
     the IR image. With ``refinement`` the full-size grid is then refined on the pair itself
-    (:func:`models.refinement.refine_grid`, about a second per pair on a CPU core).
+    (:func:`busref.models.refinement.refine_grid`, about a second per pair on a CPU core).
     """
 
     def __init__(self, model: BusReF, device: torch.device | str = "cpu",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from models.networks.layers import Match
+from busref.models.networks.layers import Match
 
 Tensor = torch.Tensor
 

@@ -13,14 +13,13 @@ to the field ``phi`` (2, H, W); forward sampling map ``T(p) = A(p + phi(p))``; t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.geometry import displacement_grid, invert_field, reconstructible_mask, warp
+from busref.models.geometry import displacement_grid, invert_field, reconstructible_mask, warp
 
 PROTOCOL = "irvis-reg-v1"
 LATTICE = 5  # g: elastic control lattice is g x g
@@ -165,8 +164,3 @@ def random_draws(batch: int, max_level: Level, *, generator: torch.Generator | N
     base = torch.tensor([[max_level.rot_deg, max_level.scale, max_level.shear, max_level.trans,
                           max_level.elastic]], dtype=dtype)
     return u.to(device), (base * s).to(device)
-
-
-def rotation_of(affine: np.ndarray) -> float:
-    """Rotation angle (degrees) of a 2x3 pixel affine, for reports."""
-    return math.degrees(math.atan2(affine[1, 0], affine[0, 0]))

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.descriptor import CrossModalDescriptor
-from models.geometry import warp_normalised
+from busref.models.descriptor import CrossModalDescriptor
+from busref.models.geometry import warp_normalised
 
 Tensor = torch.Tensor
 

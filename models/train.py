@@ -26,15 +26,15 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
-from models import losses
-from models.checkpoint import STAGES, load_checkpoint, load_model, save_checkpoint
-from models.config import ModelConfig, StageConfig, TrainConfig
-from models.data import CropDataset, LoadedPair, PairPaths, load_pairs, split_sha256
-from models.evaluation import evaluate_registration
-from models.geometry import pixel_to_normalised, warp_normalised
-from models.inference import BusReFRegistration
-from models.misalignment import level_by_name, misalign, random_draws
-from models.networks import BusReF
+from busref.models import losses
+from busref.models.checkpoint import STAGES, load_checkpoint, load_model, save_checkpoint
+from busref.models.config import ModelConfig, StageConfig, TrainConfig
+from busref.models.data import CropDataset, LoadedPair, PairPaths, load_pairs, split_sha256
+from busref.models.evaluation import evaluate_registration
+from busref.models.geometry import pixel_to_normalised, warp_normalised
+from busref.models.inference import BusReFRegistration
+from busref.models.misalignment import level_by_name, misalign, random_draws
+from busref.models.networks import BusReF
 
 log = logging.getLogger(__name__)
 

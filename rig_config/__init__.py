@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from rig_config.loader import DEMO_RIG, RigConfigError, load_rig, parse_rig
-from rig_config.schema import RigConfig, default_model_path
+from busref.rig_config.loader import RigConfigError, load_rig, parse_rig
+from busref.rig_config.resources import DEMO_RIG, default_model_path, rig_file, weight_file, weights_dir
+from busref.rig_config.schema import RigConfig
 
-__all__ = ["DEMO_RIG", "RigConfig", "RigConfigError", "default_model_path", "load_rig", "parse_rig"]
+__all__ = [
+    "DEMO_RIG",
+    "RigConfig",
+    "RigConfigError",
+    "default_model_path",
+    "load_rig",
+    "parse_rig",
+    "rig_file",
+    "weight_file",
+    "weights_dir",
+]

@@ -14,10 +14,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from rig_config.schema import RigConfig
-
-#: The built-in default rig: synthetic cameras, runs anywhere.
-DEMO_RIG = Path(__file__).resolve().parent / "demo.yaml"
+from busref.rig_config.schema import RigConfig
 
 
 class RigConfigError(ValueError):

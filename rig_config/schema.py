@@ -8,7 +8,7 @@ Conventions
       ``(H, W)`` for network resolutions (the tensor layout).
     * Times in the file are milliseconds (``*_ms``) or Hertz (``*_hz``).
     * Relative paths resolve against the folder of the rig file when it is loaded with
-      :func:`rig_config.load_rig` (validation context ``{"base_dir": folder}``).
+      :func:`busref.rig_config.load_rig` (validation context ``{"base_dir": folder}``).
     * ``registration.prior_homography`` maps IR pixel coordinates to RGB pixel coordinates
       (``x_rgb ~ H @ [x_ir, y_ir, 1]``), at the cameras' configured sizes. Unset, it is the
       same-field-of-view map :func:`same_view_homography` (:attr:`RigConfig.prior_homography`).
@@ -32,21 +32,10 @@ from pydantic import (
     model_validator,
 )
 
+from busref.rig_config.resources import default_model_path
+
 #: Registration cadence used when a rig file sets neither ``every_n_pairs`` nor ``rate_hz``.
 DEFAULT_REGISTRATION_RATE_HZ = 6.0
-
-_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
-def default_model_path(name: str) -> Path:
-    """Path of a shipped ONNX graph, e.g. ``default_model_path("register")``.
-
-    The graphs live in ``weights/`` next to the ``rig_config`` package (the repository root
-    of a source or editable install). ``name`` may omit the ``.onnx`` suffix.
-    """
-    filename = name if name.endswith(".onnx") else f"{name}.onnx"
-    return _WEIGHTS_DIR / filename
-
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     """Expand ``~`` and anchor a relative path at the rig file's folder (when known)."""

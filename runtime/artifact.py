@@ -1,36 +1,9 @@
 """Metadata that travels with every exported artifact (ONNX graph, TensorRT engine).
 
 The export side (``export/``) writes it; the runtime reads and checks it. It lives here
-because the runtime must not import the training code.
-
-Graph contract (schema ``busref.artifact/1``):
-
-``register`` graph
-    inputs  ``vis`` float32 (1, 1, H, W) visible luminance in [0, 1];
-            ``ir``  float32 (1, 1, H, W) moving thermal IR in [0, 1]
-            (H, W = the registration resolution, multiples of 8).
-    outputs ``theta`` float32 (1, 2, 3) coarse affine in normalised coordinates
-            (``align_corners=True``, the ``F.affine_grid`` convention: maps a reference
-            (visible) location to the moving (IR) location it samples);
-            ``grid`` float32 (1, H, W, 2) full sampling grid (affine then deformable) in
-            normalised coordinates, x first: ``grid[0, y, x] = (u, v)`` with
-            ``u = 2 x' / (W_ir - 1) - 1``; reference pixel -> moving IR location.
-``fuse`` graph
-    inputs  ``vis`` float32 (1, 1, H, W) visible luminance (Y of YCrCb) in [0, 1];
-            ``ir``  float32 (1, 1, H, W) registered IR in [0, 1] (H, W multiples of 8).
-    outputs ``fused`` float32 (1, 1, H, W) fused luminance in [0, 1].
-``frame`` graph (the per-frame path in one call, for GPU backends; optional: an artifact folder
-without it still loads and the runtime warps with ``cv2.remap`` and runs ``fuse``)
-    inputs  ``vis``  float32 (1, 1, H, W) visible luminance (Y of YCrCb) in [0, 1] at the
-            output (fuse) size (H, W multiples of 8);
-            ``ir``   float32 (1, 1, H_ir, W_ir) normalised thermal IR in [0, 1] at the IR
-            camera's own size, not registered (the graph warps it);
-            ``grid`` float32 (1, H, W, 2) sampling grid in normalised coordinates of the IR
-            frame, x first, ``align_corners=True``: ``grid[0, y, x] = (u, v)`` with
-            ``u = 2 x_ir / (W_ir - 1) - 1``; output pixel -> IR location (the
-            ``cv2.remap`` maps of the CPU path, normalised).
-    outputs ``fused`` float32 (1, 1, H, W) fused luminance in [0, 1]:
-            ``fuse(vis, grid_sample(ir, grid))``, bilinear, zeros padding, the warp in float32.
+because the runtime must not import the training code. Schema ``busref.artifact/1``; the
+graphs' inputs and outputs (names, shapes, coordinate conventions) are the contract in
+:mod:`busref.conventions` (``GRAPH_IO``), which :class:`ArtifactMetadata` records per file.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from rig_config.schema import CameraConfig
-from runtime.sources import FrameSource, make_source
+from busref.rig_config.schema import CameraConfig
+from busref.runtime.sources import FrameSource, make_source
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Startup order makes failures cheap and clear: models first (nothing is bound yet), then the
 publisher and metrics sockets, then the cameras, which must each deliver a frame within the
 startup timeout. Each failure is a :class:`StartupError` carrying its exit code
-(:mod:`runtime.exit_codes`). After startup nothing exits on its own: a camera that disappears
+(:mod:`busref.runtime.exit_codes`). After startup nothing exits on its own: a camera that disappears
 is reopened by its capture thread while the status topic reports ``degraded``.
 """
 
@@ -17,17 +17,17 @@ from typing import Literal
 
 import numpy as np
 
-from rig_config.schema import RigConfig
-from runtime import exit_codes
-from runtime.artifact import ArtifactError, GraphKind
-from runtime.backends.base import BackendUnavailable, InferenceBackend, ModelMissing
-from runtime.backends.select import open_backend
-from runtime.capture import CaptureThread
-from runtime.metrics import Family, HistogramFamily, MetricsServer, render
-from runtime.pairing import Pairer
-from runtime.pipeline import Pipeline
-from runtime.publisher import CurveServerKeys, Publisher, PublisherError
-from runtime.wire import StatusHeader
+from busref.client.wire import StatusHeader
+from busref.rig_config.schema import RigConfig
+from busref.runtime import exit_codes
+from busref.runtime.artifact import ArtifactError, GraphKind
+from busref.runtime.backends.base import BackendUnavailable, InferenceBackend, ModelMissing
+from busref.runtime.backends.select import open_backend
+from busref.runtime.capture import CaptureThread
+from busref.runtime.metrics import Family, HistogramFamily, MetricsServer, render
+from busref.runtime.pairing import Pairer
+from busref.runtime.pipeline import Pipeline
+from busref.runtime.publisher import CurveServerKeys, Publisher, PublisherError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ STATUS_PERIOD_S = 1.0
 
 
 class StartupError(RuntimeError):
-    """The daemon cannot start; ``exit_code`` says why (see :mod:`runtime.exit_codes`)."""
+    """The daemon cannot start; ``exit_code`` says why (see :mod:`busref.runtime.exit_codes`)."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
@@ -220,7 +220,7 @@ class Daemon:
 
     def backend_facts(self) -> dict[str, dict[str, object]]:
         """Each graph's ``describe()``, and under ``per_frame`` the per-frame path in use
-        (:class:`~runtime.pipeline.FramePath`): for logs, the status topic and the bench."""
+        (:class:`~busref.runtime.pipeline.FramePath`): for logs, the status topic and the bench."""
         facts: dict[str, dict[str, object]] = {g: b.describe() for g, b in self.backends.items()}
         if self.pipeline is not None:
             facts["per_frame"] = self.pipeline.frame_path.describe()

@@ -7,7 +7,7 @@ Layout (all integers little-endian)::
 The header (:class:`EngineHeader`) records what the plan was built from and for: TensorRT and
 CUDA versions, GPU name and compute capability, the ONNX file's sha256, the precision, the I/O
 tensors with their optimisation-profile shapes, the normalisation and the graph's
-:class:`~runtime.artifact.ArtifactMetadata`, plus the plan's size and sha256 so that a truncated
+:class:`~busref.runtime.artifact.ArtifactMetadata`, plus the plan's size and sha256 so that a truncated
 or corrupted file is refused before TensorRT sees it. TensorRT plans only run on the TensorRT
 version and GPU architecture they were built with; :func:`platform_mismatches` compares the
 header against the running platform as a pure function, so the check is testable without
@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runtime.artifact import ArtifactError, ArtifactMetadata, Normalisation
+from busref.runtime.artifact import ArtifactError, ArtifactMetadata, Normalisation
 
 MAGIC = b"BUSRFTRT"
 FORMAT = "busref.engine/1"
@@ -78,15 +78,6 @@ class EngineHeader(BaseModel):
 
 def bytes_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, read in chunks (engines and graphs are recorded by it)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def encode_engine(header: EngineHeader, plan: bytes) -> bytes:

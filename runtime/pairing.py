@@ -24,7 +24,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-from runtime.capture import Frame
+from busref.runtime.capture import Frame
 
 IR, RGB = "ir", "rgb"
 #: A camera's next frame is assumed to come at least this fraction of its period after the last.

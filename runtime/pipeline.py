@@ -17,7 +17,7 @@ in the status topic):
   IR is only made (``cv2.remap``, on the output thread) when its topic is published.
 
 Both hand-overs keep only the newest item: the inference thread takes the newest pair from the
-:class:`~runtime.pairing.Pairer` (older ones are superseded and counted there), the output
+:class:`~busref.runtime.pairing.Pairer` (older ones are superseded and counted there), the output
 thread the newest fused frame (``counters.output_superseded``). Nothing queues without bound
 and capture never waits for inference.
 """
@@ -34,14 +34,16 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from rig_config.schema import RigConfig
-from runtime.backends.base import InferenceBackend
-from runtime.metrics import Histogram
-from runtime.pairing import FramePair, Pairer
-from runtime.publisher import Publisher
-from runtime.registration import RegistrationGeometry, RegistrationScheduler, RegistrationState
-from runtime.thermal import ThermalNormaliser
-from runtime.wire import Encoding, FrameHeader, Registration
+from busref.client.wire import Encoding, FrameHeader, Registration
+from busref.rig_config.schema import RigConfig
+from busref.runtime.backends.base import InferenceBackend
+from busref.runtime.metrics import Histogram
+from busref.runtime.pairing import FramePair, Pairer
+from busref.runtime.publisher import Publisher
+from busref.runtime.registration.geometry import RegistrationGeometry
+from busref.runtime.registration.plausibility import RegistrationState
+from busref.runtime.registration.scheduler import RegistrationScheduler
+from busref.runtime.thermal import ThermalNormaliser
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,11 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from runtime.wire import FrameHeader, StatusHeader, encode_frame, encode_status
+from busref.client.subscriber import configure_common
+from busref.client.wire import FrameHeader, StatusHeader
+from busref.runtime.wire import encode_frame, encode_status
 
 log = logging.getLogger(__name__)
-
-#: ZMTP heartbeats: a vanished peer (cable pulled, host gone) is detected in ~3 s, its
-#: queue freed, and a client reconnects, instead of waiting for TCP's own timeouts.
-HEARTBEAT_IVL_MS = 1000
-HEARTBEAT_TIMEOUT_MS = 3000
 
 
 class PublisherError(RuntimeError):
@@ -54,13 +51,6 @@ class CurveServerKeys:
         if not any(allowed_clients_dir.glob("*.key")):
             log.warning("CURVE allow-list %s has no *.key files: no client can connect", allowed_clients_dir)
         return cls(public=public, secret=secret, allowed_clients_dir=allowed_clients_dir)
-
-
-def configure_common(socket: zmq.Socket) -> None:
-    """Options both ends share: no linger on close, ZMTP heartbeats."""
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
 
 
 class Publisher:

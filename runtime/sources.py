@@ -1,8 +1,8 @@
 """Frame sources: where one camera's frames come from (device, pipeline, file, folder, synthetic).
 
 Every source implements :class:`FrameSource`; :func:`make_source` builds one from a
-:class:`~rig_config.schema.CameraConfig`. Sources only read frames; threading, reconnection
-with backoff and resizing live in :mod:`runtime.capture`.
+:class:`~busref.rig_config.schema.CameraConfig`. Sources only read frames; threading, reconnection
+with backoff and resizing live in :mod:`busref.runtime.capture`.
 
 Timestamps (seconds on ``time.monotonic()``'s clock):
 
@@ -31,7 +31,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from rig_config.schema import (
+from busref.rig_config.schema import (
     CameraConfig,
     FolderSource,
     GStreamerSource,
@@ -40,7 +40,7 @@ from rig_config.schema import (
     V4L2Source,
     VideoSource,
 )
-from runtime.synthetic import IRRenderer, RGBRenderer, Scene
+from busref.runtime.synthetic import IRRenderer, RGBRenderer, Scene
 
 log = logging.getLogger(__name__)
 

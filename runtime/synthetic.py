@@ -25,7 +25,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from rig_config.schema import Misalignment
+from busref.rig_config.schema import Misalignment
 
 #: Object sizes and ``speed_px_s`` are given for a view this many pixels wide.
 REFERENCE_WIDTH = 640

@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from rig_config.schema import FixedWindow, PercentileWindow, ThermalConfig
+from busref.rig_config.schema import FixedWindow, PercentileWindow, ThermalConfig
 
 #: Percentiles are estimated on every STRIDE-th pixel in each direction: the window is a
 #: scene statistic, and 1/16 of a 640x512 frame estimates it well at a fraction of the cost.

@@ -1,7 +1,7 @@
-"""Speed of the BusReF networks under ONNX Runtime on the CPU, against the issue's targets.
+"""Speed of the BusReF networks under ONNX Runtime on the CPU, against the speed targets.
 
 Exports, to a temporary folder, ONNX graphs of a checkpoint's model with the repository's own
-tracer and opset (export.onnx_export), then runs each in an ONNX Runtime CPU session set up
+tracer and opset (busref.export.onnx_export), then runs each in an ONNX Runtime CPU session set up
 like the runtime's (sequential, --threads intra-op threads, one inter-op thread) and measures
 every call: CPU time of the whole process (time.process_time, which other load on the machine
 barely moves) and wall time. Reported: median and p90 over --repeats calls after --warmup calls.
@@ -31,15 +31,11 @@ import json
 import logging
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import onnx
@@ -47,20 +43,23 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from export.build_engine import parse_hw
-from export.onnx_check import OPSET
-from export.onnx_export import build_metadata, trace_graph, trace_module
-from export.samples import SamplePair, synthetic_pairs
-from models.checkpoint import CheckpointError, file_sha256, git_commit, load_model
-from models.networks import BusReF
-from models.networks.reconstructor import Features
-from runtime.backends.onnxruntime import CPU, session_options
+from busref.conventions import file_sha256
+from busref.export.build_engine import parse_hw
+from busref.export.onnx_check import OPSET
+from busref.export.onnx_export import build_metadata, trace_graph, trace_module
+from busref.export.samples import SamplePair, synthetic_pairs
+from busref.models.checkpoint import CheckpointError, git_commit, load_model
+from busref.models.networks import BusReF
+from busref.models.networks.reconstructor import Features
+from busref.rig_config.resources import CHECKPOINT_FILE, recorded_path, weight_file
+from busref.runtime.backends.onnxruntime import CPU, session_options
 
 log = logging.getLogger("bench_models")
 
 HW = tuple[int, int]
 FEATURES = ("f1", "f2", "f3", "f4")
-#: The issue's speed targets, CPU ms per call (default config, 640x512, one thread).
+#: The speed targets, CPU ms per call (default config, 640x512, one thread): what a 30 fps rig
+#: leaves the networks on one core of a small CPU.
 TARGET_FUSE_MS = 30.0
 TARGET_ENCODER_MS = 15.0
 TARGET_AFFINE_DEFORMABLE_MS = 10.0
@@ -138,8 +137,8 @@ def _positive(text: str) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_models.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=Path("weights/busref.pt"),
-                        help="model checkpoint (default: %(default)s)")
+    parser.add_argument("--checkpoint", type=Path, default=weight_file(CHECKPOINT_FILE),
+                        help=f"model checkpoint (default: the shipped {CHECKPOINT_FILE})")
     parser.add_argument("--size", type=_size, default=(512, 640), metavar="HxW",
                         help="fusion and encoder input size, height x width (default: 512x640, i.e. 640x512 "
                              "frames); registration runs at the checkpoint's registration_size")
@@ -269,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                  cpu["p90"], wall["median"])
     print(markdown_table(timings))
     report = {
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": recorded_path(args.checkpoint),
         "checkpoint_sha256": checkpoint_sha256,
         "size": list(args.size),
         "registration_size": list(reg),

@@ -16,8 +16,7 @@ from pathlib import Path
 
 log = logging.getLogger("demo")
 ROOT = Path(__file__).resolve().parents[1]
-RIG = ROOT / "rig_config" / "demo.yaml"
-ENDPOINT = "tcp://127.0.0.1:5555"  # demo.yaml's publisher
+ENDPOINT = "tcp://127.0.0.1:5555"  # the publisher of the demo rig (rig_config/demo.yaml, busref run's default)
 
 
 def main() -> int:
@@ -28,7 +27,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     cli = [sys.executable, "-m", "busref"]
-    daemon = subprocess.Popen([*cli, "run", "--rig", str(RIG)], cwd=ROOT)
+    daemon = subprocess.Popen([*cli, "run"], cwd=ROOT)  # no --rig: the demo rig shipped in the package
     try:
         time.sleep(2.0)  # let the cameras, models and publisher come up
         if daemon.poll() is not None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 5, in one short run on a machine with an NVIDIA GPU:
+# The GPU check, in one short run on a machine with an NVIDIA GPU:
 #   export the graphs (ONNX Runtime vs PyTorch), then 'busref doctor': GPU and CUDA buffer
 #   round trip, ONNX Runtime CUDA vs CPU parity, TensorRT build + verify + timing at 640x512.
 # Whatever the machine lacks (TensorRT, onnxruntime-gpu, pydantic...) is reported as skipped,
@@ -8,6 +8,7 @@
 # exit status: that of 'busref doctor' (0 = nothing failed), or 1 if the export failed.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
+repo="$PWD"
 out="${1:-${OUT:-/tmp/busref-device-check}}"
 py="${PYTHON:-python3}"
 mkdir -p "$out"
@@ -21,6 +22,18 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/busref-site \
         .whl/*.whl && export PYTHONPATH="/tmp/busref-site${PYTHONPATH:+:$PYTHONPATH}"
     ls .whl
+fi
+
+# Without an install, make the checkout importable as installed: busref.models, busref.runtime...
+# are the folders models/, runtime/... (pyproject.toml package-dir), so link them under one busref/.
+if ! "$py" -c "import busref.runtime" 2>/dev/null; then
+    section "linking the checkout as the busref package"
+    tree=/tmp/busref-checkout
+    rm -rf "$tree" && mkdir -p "$tree/busref"
+    for entry in busref/*; do ln -s "$repo/$entry" "$tree/busref/"; done
+    for folder in models export runtime rig_config weights; do ln -s "$repo/$folder" "$tree/busref/$folder"; done
+    export PYTHONPATH="$tree${PYTHONPATH:+:$PYTHONPATH}"
+    cd "$tree" || exit 1  # the checkout's own busref/ (the CLI alone) must not come first on the path
 fi
 
 section "machine"
@@ -37,15 +50,15 @@ for name in ("torch", "onnx", "onnxruntime", "pydantic", "cv2", "yaml", "tensorr
 EOF
 
 section "checkpoint"
-checkpoint=weights/busref.pt
+checkpoint="$repo/weights/busref.pt"
 if [ ! -f "$checkpoint" ]; then
     checkpoint=/tmp/busref-device-check.pt
     echo "weights/busref.pt is absent: exporting an untrained model (numbers check the path, not quality)"
     "$py" - "$checkpoint" <<'EOF' || { echo "cannot make a checkpoint (torch or pydantic missing?)"; exit 1; }
 import sys, torch
-from models.checkpoint import save_checkpoint
-from models.config import TrainConfig
-from models.networks import BusReF
+from busref.models.checkpoint import save_checkpoint
+from busref.models.config import TrainConfig
+from busref.models.networks import BusReF
 torch.manual_seed(0)
 config = TrainConfig()
 save_checkpoint(sys.argv[1], model=BusReF(config.model), config=config, stage="registration", step=0,
@@ -56,7 +69,7 @@ echo "$checkpoint"
 
 section "export onnx (ONNX Runtime vs PyTorch)"
 started=$SECONDS
-if ! "$py" export/export_onnx.py --checkpoint "$checkpoint" --out "$out/onnx"; then
+if ! "$py" -m busref export onnx --checkpoint "$checkpoint" --out "$out/onnx"; then
     echo "export failed: nothing to check on the GPU"
     exit 1
 fi

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from tiny_graphs import metadata, write_frame, write_fuse, write_register
 
-from runtime.artifact import ArtifactError
-from runtime.backends import BackendUnavailable, InferenceBackend, ModelMissing
-from runtime.backends.onnxruntime import OnnxRuntimeBackend
-from runtime.backends.select import open_backend
-from runtime.registration import affine_grid
+from busref.conventions import affine_grid
+from busref.runtime.artifact import ArtifactError
+from busref.runtime.backends import BackendUnavailable, InferenceBackend, ModelMissing
+from busref.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from busref.runtime.backends.select import open_backend
 
 
 @pytest.fixture
@@ -44,7 +44,8 @@ def test_held_input_stays_bound_between_runs(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     vis = rng.random((1, 1, 16, 24), dtype=np.float32) * 0.5
     irs = [rng.random((1, 1, 12, 20), dtype=np.float32) for _ in range(2)]
-    grids = [affine_grid(theta, (16, 24))[None] for theta in ([[0.9, 0.1, 0.05], [-0.1, 0.9, 0.0]], np.eye(2, 3))]
+    grids = [affine_grid(theta, 16, 24, coordinates="normalised")[None]
+             for theta in ([[0.9, 0.1, 0.05], [-0.1, 0.9, 0.0]], np.eye(2, 3))]
     plain = {(i, g): backend.run({"vis": vis, "ir": ir, "grid": grid})["fused"]
              for i, ir in enumerate(irs) for g, grid in enumerate(grids)}
     for g, grid in enumerate(grids):
@@ -133,8 +134,8 @@ def test_onnxruntime_choice_ignores_the_engine(fuse_onnx: Path, tmp_path: Path) 
 
 
 def _tensorrt_module(failure: str | None) -> types.ModuleType:
-    """Stand-in for runtime.backends.tensorrt (written elsewhere): the plug-in contract only."""
-    module = types.ModuleType("runtime.backends.tensorrt")
+    """Stand-in for busref.runtime.backends.tensorrt (written elsewhere): the plug-in contract only."""
+    module = types.ModuleType("busref.runtime.backends.tensorrt")
 
     class EngineMismatch(Exception):  # deliberately not a BackendUnavailable subclass
         pass
@@ -160,7 +161,7 @@ def _tensorrt_module(failure: str | None) -> types.ModuleType:
 @pytest.mark.parametrize("failure", [None, "mismatch", "import"])
 def test_tensorrt_plugin_contract(failure: str | None, fuse_onnx: Path, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "runtime.backends.tensorrt", _tensorrt_module(failure))
+    monkeypatch.setitem(sys.modules, "busref.runtime.backends.tensorrt", _tensorrt_module(failure))
     backend = open_backend("fuse", fuse_onnx, tmp_path / "fuse.engine", choice="auto")
     assert backend.name == ("tensorrt" if failure is None else "onnxruntime")
     if failure is not None:

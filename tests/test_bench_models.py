@@ -3,14 +3,23 @@ timed and written to the JSON with positive numbers."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
-from scripts.bench_models import main
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_models.py"
+_spec = importlib.util.spec_from_file_location("bench_models", SCRIPT)
+bench_models = sys.modules["bench_models"] = importlib.util.module_from_spec(_spec)  # a script, not a package
+_spec.loader.exec_module(bench_models)
+main = bench_models.main
 
 GRAPHS = {"fuse", "encoder", "encoder_registration", "affine_deformable", "register"}
 
 
+@pytest.mark.slow
 def test_bench_models_writes_every_graph(trained_checkpoint: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "speed.json"
     assert main(["--checkpoint", str(trained_checkpoint), "--size", "64x64", "--repeats", "2", "--warmup", "1",

@@ -12,12 +12,12 @@ import yaml
 from tiny_graphs import metadata, write_fuse
 
 from busref.cli import main as busref_main
-from export import build_engine as be
-from export.onnx_check import check_graph_file, set_metadata
-from rig_config import load_rig
-from runtime import exit_codes
-from runtime.artifact import ArtifactMetadata, TensorSpec
-from runtime.engine_header import EngineHeader, EngineTensor, Platform, bytes_sha256
+from busref.export import build_engine as be
+from busref.export.onnx_check import check_graph_file, set_metadata
+from busref.rig_config import load_rig
+from busref.runtime import exit_codes
+from busref.runtime.artifact import ArtifactMetadata, TensorSpec
+from busref.runtime.engine_header import EngineHeader, EngineTensor, Platform, bytes_sha256
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 NO_TENSORRT = "TensorRT is not installed (its PyPI wheels fetch from NVIDIA's own index)"
@@ -164,7 +164,7 @@ def test_warp_region_stops_at_convolutions() -> None:
 
 
 def test_a_gather_warp_and_the_layers_that_weight_its_samples_stay_fp32() -> None:
-    # models.geometry.warp_features: corners gathered, weighted by (x - floor x), summed, reshaped.
+    # busref.models.geometry.warp_features: corners gathered, weighted by (x - floor x), summed, reshaped.
     layers = [
         be.LayerInfo("tower", "CONVOLUTION", ("f",), ("desc",)),
         be.LayerInfo("flatten", "SHUFFLE", ("desc",), ("flat",)),
@@ -221,7 +221,7 @@ def test_stale_reason() -> None:
 
 
 def test_frame_engine_is_verified_with_the_ir_at_its_own_sizes() -> None:
-    from export.samples import synthetic_pairs
+    from busref.export.samples import synthetic_pairs
 
     feeds = be.engine_feeds(_frame_header((288, 384)), synthetic_pairs(1, (96, 128)))
     assert [(f["vis"].shape, f["ir"].shape, f["grid"].shape) for f in feeds] == [
@@ -276,7 +276,7 @@ def test_engine_cli_refuses_a_rig_without_engine_paths(tmp_path: Path, capsys: p
 def test_rig_builds_the_frame_engine_only_where_its_graph_and_path_are_set(tmp_path: Path) -> None:
     from argparse import Namespace
 
-    from export.cli import _targets
+    from busref.export.cli import _targets
 
     def engines(**inference: str) -> list[str]:
         paths = {f"{g}_engine": str(tmp_path / f"{g}.engine") for g in ("register", "fuse")}
@@ -293,7 +293,7 @@ def test_rig_builds_the_frame_engine_only_where_its_graph_and_path_are_set(tmp_p
 @pytest.mark.tensorrt
 @pytest.mark.skipif(not HAS_TENSORRT, reason=NO_TENSORRT)
 def test_build_verify_and_reuse_a_real_engine(tmp_path: Path) -> None:
-    from export.samples import synthetic_pairs
+    from busref.export.samples import synthetic_pairs
 
     graph = busref_graph(tmp_path)
     request = be.BuildRequest(graph, tmp_path / "fuse.engine", precision="fp32", opt_hw=(256, 320),

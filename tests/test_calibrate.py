@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rig_config import DEMO_RIG, RigConfigError, load_rig
-from runtime.cli.calibrate import PROVENANCE, write_rig
+from busref.rig_config import DEMO_RIG, RigConfigError, load_rig
+from busref.runtime.cli.calibrate import PROVENANCE, write_rig
 
 REPO = Path(__file__).resolve().parent.parent
 # Tiny perspective terms as calibration gives them: their repr has an exponent ("-2e-06").

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from rig_config.schema import (
+from busref.rig_config.schema import (
     CameraConfig,
     FolderSource,
     IRCameraConfig,
@@ -23,10 +23,10 @@ from rig_config.schema import (
     V4L2Source,
     VideoSource,
 )
-from runtime.capture import CaptureThread, Frame
-from runtime.pairing import Pairer
-from runtime.sources import SourceError, SyntheticCapture, make_source, y16_image
-from runtime.synthetic import IRRenderer, RGBRenderer, Scene
+from busref.runtime.capture import CaptureThread, Frame
+from busref.runtime.pairing import Pairer
+from busref.runtime.sources import SourceError, SyntheticCapture, make_source, y16_image
+from busref.runtime.synthetic import IRRenderer, RGBRenderer, Scene
 
 FAST_BACKOFF = (0.02, 0.16)
 

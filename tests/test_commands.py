@@ -1,4 +1,4 @@
-"""The eval, register and fuse commands on 3 RoadScene pairs: files, conventions, errors."""
+"""The eval, register and fuse commands on 3 synthetic pairs (RoadScene layout): files, conventions, errors."""
 
 from __future__ import annotations
 
@@ -15,18 +15,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def three_pairs(tmp_path_factory, roadscene):
+def three_pairs(tmp_path_factory, pair_data):
     root = tmp_path_factory.mktemp("pairs")
-    names = json.loads((roadscene / "split.json").read_text())["test"][:3]
+    names = json.loads((pair_data / "split.json").read_text())["test"][:3]
     for sub in ("cropinfrared", "crop_LR_visible"):
         (root / sub).mkdir()
         for n in names:
-            shutil.copy(roadscene / sub / f"{n}.jpg", root / sub / f"{n}.jpg")
+            shutil.copy(pair_data / sub / f"{n}.jpg", root / sub / f"{n}.jpg")
     return root, names
 
 
-def test_eval_registration_writes_tables(trained_checkpoint, roadscene, tmp_path, capsys):
-    code = main(["eval", "registration", "--data", str(roadscene), "--split", "test", "--limit", "3",
+def test_eval_registration_writes_tables(trained_checkpoint, pair_data, tmp_path, capsys):
+    code = main(["eval", "registration", "--data", str(pair_data), "--split", "test", "--limit", "3",
                  "--methods", "busref,busref-refined,identity,ecc", "--checkpoint", str(trained_checkpoint),
                  "--out", str(tmp_path),
                  "--no-progress", "--contact-sheet", "2"])
@@ -43,8 +43,8 @@ def test_eval_registration_writes_tables(trained_checkpoint, roadscene, tmp_path
     assert report["descriptor"].endswith("descriptor.pt")
 
 
-def test_eval_fusion(trained_checkpoint, roadscene, tmp_path):
-    assert main(["eval", "fusion", "--data", str(roadscene), "--limit", "2", "--methods", "gaf,average",
+def test_eval_fusion(trained_checkpoint, pair_data, tmp_path):
+    assert main(["eval", "fusion", "--data", str(pair_data), "--limit", "2", "--methods", "gaf,average",
                  "--checkpoint", str(trained_checkpoint), "--out", str(tmp_path), "--no-progress"]) == 0
     summary = json.loads((tmp_path / "fusion.json").read_text())["results"]["gaf"]["summary"]["mean"]
     assert {"EI", "CE", "SF", "FMI_w", "Q_cv", "Qabf", "VIF"} <= set(summary)
@@ -125,7 +125,7 @@ def test_missing_checkpoint_is_a_clear_error(three_pairs, tmp_path, caplog):
 
 
 def test_train_descriptor_writes_a_file_that_refine_loads(trained_checkpoint, three_pairs, tmp_path):
-    from models.descriptor import load_descriptor
+    from busref.models.descriptor import load_descriptor
 
     root, names = three_pairs
     folders = ["--vis", str(root / "crop_LR_visible"), "--ir", str(root / "cropinfrared")]

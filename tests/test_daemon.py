@@ -20,11 +20,11 @@ import yaml
 import zmq.auth
 from tiny_graphs import write_fuse, write_register
 
-from rig_config import DEMO_RIG, load_rig
-from runtime import exit_codes
-from runtime.client import CurveClientKeys, Subscriber
-from runtime.daemon import Daemon
-from runtime.wire import FrameHeader
+from busref.client import CurveClientKeys, Subscriber
+from busref.client.wire import FrameHeader
+from busref.rig_config import DEMO_RIG, load_rig
+from busref.runtime import exit_codes
+from busref.runtime.daemon import Daemon
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -181,8 +181,7 @@ def test_curve_admits_only_the_allowed_client(tmp_path: Path, graphs: dict[str, 
 
 
 def busref(*args: str, **kwargs: Any) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "busref", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "busref", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
@@ -254,7 +253,7 @@ def cli_args(module: Any, *argv: str) -> Any:
 
 def test_watch_saves_frames_video_and_contact_sheet(running: Daemon, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from runtime.cli import watch
+    from busref.runtime.cli import watch
 
     args = cli_args(watch, running.publisher.endpoints[1], "--seconds", "1.5", "--save-dir", str(tmp_path / "f"),
                     "--video", str(tmp_path / "clip.avi"), "--contact-sheet", str(tmp_path / "sheet.jpg"),
@@ -271,7 +270,7 @@ def test_watch_saves_frames_video_and_contact_sheet(running: Daemon, tmp_path: P
 
 
 def test_watch_reports_no_data(tmp_path: Path) -> None:
-    from runtime.cli import watch
+    from busref.runtime.cli import watch
 
     args = cli_args(watch, f"ipc://{tmp_path}/nobody.sock", "--seconds", "0.5")
     assert watch.run(args) == exit_codes.NO_DATA
@@ -279,7 +278,7 @@ def test_watch_reports_no_data(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_writes_json(tmp_path: Path, graphs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    from runtime.cli import bench
+    from busref.runtime.cli import bench
 
     rig = demo_rig(tmp_path, graphs)
     args = cli_args(bench, "--rig", str(rig), "--seconds", "1.5", "--warmup", "0.5", "--json", str(tmp_path / "b.json"))
@@ -292,8 +291,8 @@ def test_bench_writes_json(tmp_path: Path, graphs: dict[str, Path], capsys: pyte
 
 
 def test_calibrate_writes_the_corrected_prior(tmp_path: Path, graphs: dict[str, Path]) -> None:
-    from runtime.cli import calibrate
-    from runtime.registration import pixels_to_theta
+    from busref.runtime.cli import calibrate
+    from busref.runtime.registration.geometry import pixels_to_theta
 
     size = tuple(load_rig(DEMO_RIG).registration.size)
     shift = np.array([[1, 0, 6.0], [0, 1, -4.0], [0, 0, 1]])  # the network says: sample 6 px right, 4 up
@@ -310,7 +309,7 @@ def test_calibrate_writes_the_corrected_prior(tmp_path: Path, graphs: dict[str, 
 
 
 def test_the_shipped_graphs_run_on_the_demo_rig(tmp_path: Path) -> None:
-    from rig_config import default_model_path
+    from busref.rig_config import default_model_path
 
     if not (default_model_path("register").is_file() and default_model_path("fuse").is_file()):
         pytest.skip("weights/register.onnx and weights/fuse.onnx are not there (export them first)")

@@ -9,10 +9,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from test_refinement import FAST, H, W, _epe, _texture
 
-from models.checkpoint import CheckpointError
-from models.data import LoadedPair
-from models.descriptor import (
+from busref.models.checkpoint import CheckpointError
+from busref.models.data import LoadedPair
+from busref.models.descriptor import (
     FORMAT,
     CrossModalDescriptor,
     DescriptorConfig,
@@ -21,9 +22,8 @@ from models.descriptor import (
     train_descriptor,
     window_log_likelihood,
 )
-from models.geometry import identity_grid, pixel_to_normalised
-from models.refinement import RefinementConfig, refine_grid
-from tests.test_refinement import FAST, H, W, _epe, _texture
+from busref.models.geometry import identity_grid, pixel_to_normalised
+from busref.models.refinement import RefinementConfig, refine_grid
 
 TINY = DescriptorConfig(channels=4, dims=4, crop=32, batch=4, radius=3, learning_rate=1e-2, steps=300)
 
@@ -51,6 +51,7 @@ def test_the_window_softmax_peaks_at_the_offset_that_matches():
     assert bool((best == 3 * 7 + 3 + 2).all())
 
 
+@pytest.mark.slow
 def test_training_learns_and_the_file_carries_its_metadata(tmp_path):
     out = train_descriptor(_pairs(), tmp_path / "d.pt", config=TINY, split_name="train", split_sha256="abc")
     model, meta = load_descriptor(out)
@@ -93,7 +94,7 @@ def test_bad_descriptor_files_are_refused_with_their_name(tmp_path):
         load_descriptor(tmp_path / "other.pt")
     save_descriptor(tmp_path / "d.pt", CrossModalDescriptor(TINY), step=0, split_name="x", split_sha256="",
                     metrics={})
-    payload = torch.load(tmp_path / "d.pt", weights_only=False)
+    payload = torch.load(tmp_path / "d.pt", weights_only=True)
     payload["config"]["dims"] = 6
     torch.save(payload, tmp_path / "edited.pt")
     with pytest.raises(CheckpointError, match=r"edited.pt: weights do not match the descriptor config"):

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from tiny_graphs import metadata, write_fuse
 
-from runtime.artifact import ArtifactError, ArtifactMetadata
-from runtime.backends.base import BackendUnavailable
-from runtime.backends.onnxruntime import OnnxRuntimeBackend
-from runtime.backends.select import open_backend
-from runtime.engine_header import (
+from busref.conventions import file_sha256
+from busref.runtime.artifact import ArtifactError, ArtifactMetadata
+from busref.runtime.backends.base import BackendUnavailable
+from busref.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from busref.runtime.backends.select import open_backend
+from busref.runtime.engine_header import (
     MAGIC,
     EngineHeader,
     EngineTensor,
@@ -21,7 +22,6 @@ from runtime.engine_header import (
     bytes_sha256,
     decode_engine,
     encode_engine,
-    file_sha256,
     header_platform,
     mismatch_message,
     platform_mismatches,
@@ -133,7 +133,7 @@ def test_header_platform_is_what_the_header_records() -> None:
 
 
 def _tensorrt_backend():
-    from runtime.backends.tensorrt import EngineMismatch, TensorRTBackend
+    from busref.runtime.backends.tensorrt import EngineMismatch, TensorRTBackend
 
     return EngineMismatch, TensorRTBackend
 

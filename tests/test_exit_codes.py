@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from busref import cli
-from runtime import exit_codes
+from busref.runtime import exit_codes
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from busref.cli import main as busref_main
-from export import build_engine as be
-from export.onnx_check import (
+from busref.conventions import GRAPH_IO, file_sha256
+from busref.export import build_engine as be
+from busref.export.onnx_check import (
     DIGEST_KEY,
     OPSET,
     check_graph_file,
@@ -21,7 +22,7 @@ from export.onnx_check import (
     set_metadata,
     value_shape,
 )
-from export.onnx_export import (
+from busref.export.onnx_export import (
     TOLERANCE,
     ExportError,
     build_metadata,
@@ -30,16 +31,14 @@ from export.onnx_export import (
     graph_feeds,
     trace_graph,
 )
-from export.onnx_fp16 import convolutions_to_fp16
-from export.samples import folder_pairs, graph_feed, synthetic_pairs
-from models.checkpoint import file_sha256, load_model, save_checkpoint
-from models.config import ModelConfig, TrainConfig
-from models.networks import BusReF
-from runtime.artifact import METADATA_KEY, PROTOCOL, ArtifactError, ArtifactMetadata, TensorSpec
-from runtime.backends.base import GRAPH_IO
-from runtime.backends.onnxruntime import OnnxRuntimeBackend
+from busref.export.onnx_fp16 import convolutions_to_fp16
+from busref.export.samples import folder_pairs, graph_feed, synthetic_pairs
+from busref.models.checkpoint import load_model, save_checkpoint
+from busref.models.config import ModelConfig, TrainConfig
+from busref.models.networks import BusReF
+from busref.runtime.artifact import METADATA_KEY, PROTOCOL, ArtifactError, ArtifactMetadata, TensorSpec
+from busref.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-ROADSCENE = Path(__file__).resolve().parents[2] / "shared" / "data" / "roadscene"
 REG_HW = (64, 80)
 SPLIT_SHA = "5" * 64
 
@@ -79,18 +78,16 @@ def test_export_writes_three_verified_graphs(exported: tuple[Path, list]) -> Non
     assert set(frame.max_abs_diff) == {"fused"} and frame.sizes == fuse.sizes
 
 
-def test_ort_matches_pytorch_on_real_roadscene_pairs(exported: tuple[Path, list], checkpoint: Path) -> None:
-    if not ROADSCENE.is_dir():
-        pytest.skip(f"RoadScene pairs not found at {ROADSCENE}")
+def test_ort_matches_pytorch_on_folder_pairs(exported: tuple[Path, list], checkpoint: Path, pair_data: Path) -> None:
     out, _ = exported
     model, _ = load_model(checkpoint)
-    pairs = folder_pairs(ROADSCENE, limit=2)
+    pairs = folder_pairs(pair_data, limit=2)
     for graph in ("register", "fuse", "frame"):
         feeds = graph_feeds(graph, pairs, REG_HW)
         diffs = compare_with_torch(model, graph, out / f"{graph}.onnx", feeds)
         print(f"{graph} on {[p.name for p in pairs]}: max |ORT - torch| {diffs}")
         assert max(diffs.values()) <= TOLERANCE, diffs
-    # Real images of odd sizes: the fuse graph ran at each pair's own size (cropped to /8).
+    # Images of a size that is no multiple of 8: the fuse graph ran at their own size (cropped to /8).
     assert {f["vis"].shape for f in graph_feeds("fuse", pairs, REG_HW)} > {(1, 1, *REG_HW)}
 
 

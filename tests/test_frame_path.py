@@ -18,19 +18,20 @@ import pytest
 import yaml
 from tiny_graphs import write_frame, write_fuse, write_register
 
-from export.onnx_check import OPSET, check_graph_file
-from export.onnx_export import TOLERANCE, build_metadata, compare_with_torch, graph_feeds, trace_graph
-from export.samples import folder_pairs
-from models.checkpoint import file_sha256, load_model
-from rig_config import DEMO_RIG, load_rig
-from rig_config.schema import RigConfig
-from runtime.backends.onnxruntime import OnnxRuntimeBackend
-from runtime.capture import Frame
-from runtime.daemon import open_frame_graph
-from runtime.pairing import FramePair, Pairer
-from runtime.pipeline import Pipeline, fuse_size, to_unit, warp_ir
-from runtime.publisher import Publisher
-from runtime.registration import RegistrationGeometry, affine_grid
+from busref.conventions import affine_grid, file_sha256
+from busref.export.onnx_check import OPSET, check_graph_file
+from busref.export.onnx_export import TOLERANCE, build_metadata, compare_with_torch, graph_feeds, trace_graph
+from busref.export.samples import folder_pairs
+from busref.models.checkpoint import load_model
+from busref.rig_config import DEMO_RIG, load_rig
+from busref.rig_config.schema import RigConfig
+from busref.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from busref.runtime.capture import Frame
+from busref.runtime.daemon import open_frame_graph
+from busref.runtime.pairing import FramePair, Pairer
+from busref.runtime.pipeline import Pipeline, fuse_size, to_unit, warp_ir
+from busref.runtime.publisher import Publisher
+from busref.runtime.registration.geometry import RegistrationGeometry
 
 #: A 3 degree rotation, 4 % zoom and a shift (normalised affine) ...
 THETA = np.array([[1.04 * np.cos(np.radians(3.0)), -np.sin(np.radians(3.0)), 0.05],
@@ -62,20 +63,20 @@ def graphs(trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="module")
-def pair_u8(roadscene: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A RoadScene pair as cameras deliver it: visible BGR uint8, IR gray uint8 shrunk to 80 %
-    (an IR camera of its own size)."""
-    name = folder_pairs(roadscene, limit=1)[0].name
-    bgr = cv2.imread(str(roadscene / "crop_LR_visible" / f"{name}.jpg"), cv2.IMREAD_COLOR)
-    ir = cv2.imread(str(roadscene / "cropinfrared" / f"{name}.jpg"), cv2.IMREAD_GRAYSCALE)
+def pair_u8(pair_data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A pair as cameras deliver it: visible BGR uint8, IR gray uint8 shrunk to 80 % (an IR camera
+    of its own size)."""
+    name = folder_pairs(pair_data, limit=1)[0].name
+    bgr = cv2.imread(str(pair_data / "crop_LR_visible" / f"{name}.jpg"), cv2.IMREAD_COLOR)
+    ir = cv2.imread(str(pair_data / "cropinfrared" / f"{name}.jpg"), cv2.IMREAD_GRAYSCALE)
     h, w = ir.shape
     return bgr, cv2.resize(ir, (round(w * 0.8), round(h * 0.8)), interpolation=cv2.INTER_AREA)
 
 
-def test_frame_graph_matches_pytorch_on_roadscene(graphs: dict[str, Path], trained_checkpoint: Path,
-                                                  roadscene: Path) -> None:
+def test_frame_graph_matches_pytorch_on_folder_pairs(graphs: dict[str, Path], trained_checkpoint: Path,
+                                                     pair_data: Path) -> None:
     model, _ = load_model(trained_checkpoint)
-    feeds = graph_feeds("frame", folder_pairs(roadscene, limit=2), tuple(model.config.registration_size))
+    feeds = graph_feeds("frame", folder_pairs(pair_data, limit=2), tuple(model.config.registration_size))
     assert any(f["ir"].shape[2:] != f["vis"].shape[2:] for f in feeds)  # the IR at its own size
     diffs = compare_with_torch(model, "frame", graphs["frame"], feeds)
     assert diffs["fused"] <= TOLERANCE, diffs
@@ -94,7 +95,7 @@ def test_frame_graph_matches_the_cpu_path(graphs: dict[str, Path], pair_u8: tupl
     geometry = RegistrationGeometry(rgb_size=rgb_size, ir_size=ir_size, reg_hw=REG_HW, out_size=out_size,
                                     prior=same_view @ PRIOR_TILT)
     # Affine plus a smooth deformable part, as the register graph's grid would be.
-    grid = affine_grid(THETA, REG_HW)
+    grid = affine_grid(THETA, *REG_HW, coordinates="normalised")
     ys, xs = np.mgrid[0:REG_HW[0], 0:REG_HW[1]] / np.array(REG_HW, dtype=np.float64)[:, None, None]
     grid[..., 0] += (0.02 * np.sin(2 * np.pi * ys)).astype(np.float32)
     grid[..., 1] += (0.02 * np.cos(2 * np.pi * xs)).astype(np.float32)
@@ -174,7 +175,7 @@ def test_pipeline_takes_the_frame_path_on_a_gpu_resident_backend(
     assert frame.gpu_resident and frame.describe()["gpu_resident"] and not fuse.gpu_resident
     common = {"register": register, "fuse": fuse, "publisher": publisher, "to_wall": float}
     cpu = Pipeline(config, pairer=Pairer(0.02), **common)
-    with caplog.at_level(logging.INFO, logger="runtime.pipeline"):
+    with caplog.at_level(logging.INFO, logger="busref.runtime.pipeline"):
         device = Pipeline(config, pairer=Pairer(0.02), frame=frame, **common)
     assert "per-frame path: device: the frame graph runs on a GPU (onnxruntime)" in caplog.text
     assert not cpu.frame_path.device and cpu.frame is None
@@ -215,10 +216,10 @@ def test_an_artifact_without_the_frame_graph_falls_back_to_the_cpu_path(
     register = OnnxRuntimeBackend(models["register"], graph="register", threads=1)
     fuse_gpu = OnnxRuntimeBackend(graphs["fuse"], graph="fuse", threads=1, gpu_resident=True)
     assert open_frame_graph(config, fuse_gpu) is None
-    with caplog.at_level(logging.INFO, logger="runtime.pipeline"):
+    with caplog.at_level(logging.INFO, logger="busref.runtime.pipeline"):
         pipeline = Pipeline(config, register=register, fuse=fuse_gpu, publisher=publisher, pairer=Pairer(0.02),
                             to_wall=float, frame=open_frame_graph(config, fuse_gpu))
-    assert [r.levelno for r in caplog.records if r.name == "runtime.pipeline"] == [logging.WARNING]
+    assert [r.levelno for r in caplog.records if r.name == "busref.runtime.pipeline"] == [logging.WARNING]
     assert "the artifact has no frame graph" in caplog.text and "cv2.remap" in caplog.text
     assert not pipeline.frame_path.device and pipeline.frame_path.describe()["path"] == "cpu"
     fused = pipeline.infer(frame_pair(bgr, ir, 0))
@@ -239,7 +240,7 @@ def test_the_frame_graph_is_loaded_only_where_it_can_pay_off(
     assert frame is not None and frame.metadata.graph == "frame"
     # Opened here on ONNX Runtime's CPU provider: not GPU-resident, so the CPU path is kept.
     register = OnnxRuntimeBackend(models["register"], graph="register", threads=1)
-    with caplog.at_level(logging.INFO, logger="runtime.pipeline"):
+    with caplog.at_level(logging.INFO, logger="busref.runtime.pipeline"):
         pipeline = Pipeline(config, register=register, fuse=fuse_gpu, publisher=publisher, pairer=Pairer(0.02),
                             to_wall=float, frame=frame)
     assert not pipeline.frame_path.device and pipeline.frame is None

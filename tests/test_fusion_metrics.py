@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from models.fusion_baselines import average, laplacian_pyramid_maxabs
-from models.metrics.fusion import (
+from busref.models.fusion_baselines import average, laplacian_pyramid_maxabs
+from busref.models.metrics.fusion import (
     _DMEY_BANK,
     FUSION_METRICS,
     _fmi_windows,

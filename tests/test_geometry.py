@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.geometry import (
+from busref.models.geometry import (
     affine_to_grid,
     compose,
     identity_grid,
@@ -64,8 +64,8 @@ def test_invert_field_of_pure_affine_is_the_inverse_affine():
 
 
 def test_inverse_composition_is_identity_inside_the_mask():
-    from models.geometry import apply_affine, displacement_grid
-    from models.misalignment import LEVELS, deformation_from_draws
+    from busref.models.geometry import apply_affine, displacement_grid
+    from busref.models.misalignment import LEVELS, deformation_from_draws
 
     lv = LEVELS["hard"]
     u = torch.from_numpy(np.random.default_rng(3).uniform(-1, 1, size=(1, 56)))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from models import losses
+from busref.models import losses
 
 
 def test_mncc_of_image_with_itself_and_its_negative():
@@ -101,8 +101,8 @@ def test_fusion_loss_adds_the_optional_terms_only_when_weighted():
 
 
 def test_match_loss_reads_the_truth_at_each_levels_points_inside_the_mask():
-    from models.networks.busref import normalised_base
-    from models.networks.layers import Match
+    from busref.models.networks.busref import normalised_base
+    from busref.models.networks.layers import Match
 
     h, w = 9, 11
     truth = normalised_base(torch.zeros(1, 1, h, w)) * 0.9  # a scaling about the centre

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.misalignment import N_DRAWS, protocol_draws, protocol_pair
+from busref.models.misalignment import N_DRAWS, protocol_draws, protocol_pair
 
 
 def _image(seed: int = 0) -> np.ndarray:

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.config import ModelConfig
-from models.networks import BusReF
-from models.networks.busref import normalised_base
-from models.networks.layers import DynamicConv2d, cells_to_normalised, correlation, cost_logits, expected_offset
+from busref.models.config import ModelConfig
+from busref.models.networks import BusReF
+from busref.models.networks.busref import normalised_base
+from busref.models.networks.layers import DynamicConv2d, cells_to_normalised, correlation, cost_logits, expected_offset
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,8 @@ def test_correlation_peaks_at_the_true_shift():
 
 def test_cost_logits_find_a_shift_among_nearly_equal_cosines():
     """Smooth features: every neighbour's cosine is within a few hundredths of the best one. The
-    standardised logits still read the shift; the raw cosines times 10 (the shipped nets' scale
-    before issue 3's fix) shrink it towards zero."""
+    standardised logits still read the shift; the raw cosines times 10 (the scale an earlier design
+    learned) shrink it towards zero."""
     g = torch.Generator().manual_seed(0)
     common = torch.randn(1, 32, 1, 1, generator=g)
     detail = 0.15 * torch.randn(1, 32, 12, 16, generator=g)

@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from rig_config.schema import CameraConfig, IRCameraConfig, SyntheticSource
-from runtime.capture import CaptureThread, Frame
-from runtime.pairing import FramePair, Pairer
+from busref.rig_config.schema import CameraConfig, IRCameraConfig, SyntheticSource
+from busref.runtime.capture import CaptureThread, Frame
+from busref.runtime.pairing import FramePair, Pairer
 
 PIXEL = np.zeros((1, 1), np.uint8)
 

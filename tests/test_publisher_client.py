@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 import zmq.auth
 
-from runtime.client import CurveClientKeys, SilenceError, Subscriber
-from runtime.publisher import CurveServerKeys, Publisher, PublisherError
-from runtime.wire import FrameHeader, Registration, StatusHeader
+from busref.client import CurveClientKeys, SilenceError, Subscriber
+from busref.client.wire import FrameHeader, Registration, StatusHeader
+from busref.runtime.publisher import CurveServerKeys, Publisher, PublisherError
 
 TCP_ANY = "tcp://127.0.0.1:*"
 
@@ -77,14 +78,14 @@ def test_stalled_subscriber_does_not_slow_the_publisher(ipc_endpoint: str) -> No
         first_frame(pub, stalled)  # connected; from now on it reads nothing
         started = time.perf_counter()
         for seq in range(1, 501):  # ~500 MB offered to a reader that takes nothing
-            pub.publish_frame("fused", header.model_copy(update={"seq": seq}), image)
+            pub.publish_frame("fused", dataclasses.replace(header, seq=seq), image)
         elapsed = time.perf_counter() - started
         assert elapsed < 3.0, f"500 sends took {elapsed:.2f} s: the publisher waited for the stalled reader"
         # The reader wakes up: it gets a few queued frames, then sees the gap.
         for _ in range(10):
             if stalled.recv(timeout_s=0.2) is None:
                 break
-        pub.publish_frame("fused", header.model_copy(update={"seq": 501}), image)
+        pub.publish_frame("fused", dataclasses.replace(header, seq=501), image)
         while (got := stalled.recv(timeout_s=1.0)) is not None and got[1].seq != 501:
             pass
         assert got is not None and stalled.stats.lost > 400

@@ -8,23 +8,26 @@ wrong direction (moving -> reference) would be off by about 7 px, far above the 
 
 from __future__ import annotations
 
+from functools import partial
+
 import cv2
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from models.baselines.registration import (
+from busref import conventions
+from busref.models.baselines.registration import (
     EccGradient,
     IdentityMethod,
     MattesMIAffine,
     RegistrationMethod,
     _checked_affine_grid,
-    affine_grid,
     make_method,
 )
-from models.metrics.registration import endpoint_error, warp_numpy
+from busref.models.metrics.registration import endpoint_error, warp_numpy
 
 H, W = 96, 128
+affine_grid = partial(conventions.affine_grid, coordinates="pixel")  # the baselines' pixel grids
 
 
 def _texture(x: np.ndarray, y: np.ndarray, checker: float = 0.6) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.metrics.registration import (
+from busref.models.metrics.registration import (
     endpoint_error,
     mse,
     ncc,

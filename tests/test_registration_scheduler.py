@@ -11,21 +11,19 @@ import numpy as np
 import pytest
 from tiny_graphs import write_register
 
-from rig_config import RigConfig
-from rig_config.schema import Plausibility, RegistrationConfig
-from runtime.backends.onnxruntime import OnnxRuntimeBackend
-from runtime.registration import (
-    RELOCK_AFTER,
+from busref.conventions import affine_grid
+from busref.rig_config import RigConfig
+from busref.rig_config.schema import Plausibility, RegistrationConfig
+from busref.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from busref.runtime.registration.geometry import (
     Estimate,
-    RegistrationFilter,
     RegistrationGeometry,
-    RegistrationScheduler,
-    affine_grid,
-    grid_quality,
     identity_theta,
     pixels_to_theta,
     rgb_to_norm,
 )
+from busref.runtime.registration.plausibility import RELOCK_AFTER, RegistrationFilter, grid_quality
+from busref.runtime.registration.scheduler import RegistrationScheduler
 
 RGB = (160, 128)
 REG = (64, 80)
@@ -66,14 +64,14 @@ def test_norm_convention_matches_cv2_resize_and_align_corners() -> None:
 
 def test_affine_grid_matches_theta_at_the_corners() -> None:
     theta = np.array([[0.9, 0.1, 0.05], [-0.1, 1.1, -0.2]])
-    grid = affine_grid(theta, REG)
+    grid = affine_grid(theta, *REG, coordinates="normalised")
     for (y, x), (gx, gy) in {(0, 0): (-1, -1), (0, REG[1] - 1): (1, -1), (REG[0] - 1, 0): (-1, 1)}.items():
         np.testing.assert_allclose(grid[y, x], theta @ [gx, gy, 1], atol=1e-6)
 
 
 def test_identity_maps_are_the_identity() -> None:
     g = geometry()
-    x, y = float_maps(g, affine_grid(identity_theta(), REG))
+    x, y = float_maps(g, affine_grid(identity_theta(), *REG, coordinates="normalised"))
     gx, gy = np.meshgrid(np.arange(RGB[0]), np.arange(RGB[1]))
     # exact inside; the outermost half registration pixel is clamped by bilinear upsampling
     np.testing.assert_allclose(x[2:-2, 2:-2], gx[2:-2, 2:-2], atol=1 / 32)
@@ -84,7 +82,7 @@ def test_prior_is_applied_first_and_theta_on_top() -> None:
     prior = np.array([[1, 0, 10.0], [0, 1, 5.0], [0, 0, 1]])  # IR pixel (0, 0) is RGB pixel (10, 5)
     g = geometry(prior)
     theta = translation_theta(3.0, -2.0, g)
-    x, y = float_maps(g, affine_grid(theta, REG))
+    x, y = float_maps(g, affine_grid(theta, *REG, coordinates="normalised"))
     # RGB (50, 40) -> canvas (53, 38) -> IR (43, 33)
     assert x[40, 50] == pytest.approx(43.0, abs=0.05) and y[40, 50] == pytest.approx(33.0, abs=0.05)
     np.testing.assert_allclose(g.frame_to_ir(theta) @ [50, 40, 1], [43, 33, 1], atol=1e-9)
@@ -100,7 +98,7 @@ def test_an_unset_prior_maps_a_smaller_ir_frame_onto_the_rgb_frame() -> None:
         "registration": {"size": REG},
     })
     g = RegistrationGeometry.from_config(config, out_size=RGB)
-    x, y = float_maps(g, affine_grid(identity_theta(), REG))
+    x, y = float_maps(g, affine_grid(identity_theta(), *REG, coordinates="normalised"))
     # Pixel centres: RGB pixel x shows IR pixel (x + 0.5) * W_ir / W_rgb - 0.5.
     assert x[64, 100] == pytest.approx((100 + 0.5) * ir_size[0] / RGB[0] - 0.5, abs=0.05)
     assert y[64, 100] == pytest.approx((64 + 0.5) * ir_size[1] / RGB[1] - 0.5, abs=0.05)
@@ -114,7 +112,7 @@ def test_network_inputs_and_warp_realign_a_shifted_ir() -> None:
     ir = scene[6:6 + RGB[1], 4:4 + RGB[0]]  # IR pixel (x, y) shows scene (x + 4, y + 6) = RGB (x - 6, y - 4)
     inputs = g.network_inputs((rgb * 255).astype(np.uint8), ir)
     assert inputs["vis"].shape == inputs["ir"].shape == (1, 1, *REG)
-    m1, m2 = g.maps(affine_grid(translation_theta(6.0, 4.0, g), REG))
+    m1, m2 = g.maps(affine_grid(translation_theta(6.0, 4.0, g), *REG, coordinates="normalised"))
     warped = cv2.remap(ir, m1, m2, cv2.INTER_LINEAR)
     inner = np.s_[8:-8, 8:-8]
     assert np.abs(warped[inner] - rgb[inner]).max() < 0.02
@@ -122,7 +120,7 @@ def test_network_inputs_and_warp_realign_a_shifted_ir() -> None:
 
 
 def test_grid_quality_flags_folds_and_nans() -> None:
-    good = affine_grid(identity_theta(), REG)
+    good = affine_grid(identity_theta(), *REG, coordinates="normalised")
     assert grid_quality(good) == (0.0, 1.0)
     assert grid_quality(good[:, ::-1])[0] == 1.0  # mirrored: every cell folded
     bad = good.copy()
@@ -143,7 +141,7 @@ def estimate(g: RegistrationGeometry, dx: float = 0.0, t: float = 0.0, rotation_
     rot = np.array([[c, -s, cx - c * cx + s * cy], [s, c, cy - s * cx - c * cy], [0, 0, 1]])
     pixels = rot @ np.array([[1, 0, dx], [0, 1, 0], [0, 0, 1.0]])
     theta = pixels_to_theta(pixels, RGB, REG)
-    return Estimate(theta=theta, grid=affine_grid(theta, REG), t_capture=t)
+    return Estimate(theta=theta, grid=affine_grid(theta, *REG, coordinates="normalised"), t_capture=t)
 
 
 def test_first_estimate_accepted_then_smoothed() -> None:
@@ -208,7 +206,7 @@ def test_coarse_mode_uses_the_affine_only() -> None:
     wobbly = e.grid + 0.01 * np.sin(np.arange(REG[1]))[None, :, None].astype(np.float32)
     state = f.update(Estimate(e.theta, wobbly, 0.0))
     assert state is not None and state.source == "coarse"
-    np.testing.assert_allclose(state.grid, affine_grid(e.theta, REG), atol=1e-6)
+    np.testing.assert_allclose(state.grid, affine_grid(e.theta, *REG, coordinates="normalised"), atol=1e-6)
 
 
 # --------------------------------------------------------------------------- scheduler

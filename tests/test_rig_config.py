@@ -12,8 +12,9 @@ import pytest
 import zmq
 import zmq.auth
 
-from rig_config import DEMO_RIG, RigConfig, RigConfigError, default_model_path, load_rig, parse_rig
-from rig_config.schema import (
+from busref.rig_config import DEMO_RIG, RigConfig, RigConfigError, default_model_path, load_rig, parse_rig, weights_dir
+from busref.rig_config.resources import WEIGHTS_ENV
+from busref.rig_config.schema import (
     DEFAULT_REGISTRATION_RATE_HZ,
     FixedWindow,
     IRCameraConfig,
@@ -22,9 +23,9 @@ from rig_config.schema import (
     V4L2Source,
     same_view_homography,
 )
-from runtime import exit_codes
-from runtime.cli.config import check_files
-from runtime.cli.keys import generate_keys
+from busref.runtime import exit_codes
+from busref.runtime.cli.config import check_files
+from busref.runtime.cli.keys import generate_keys
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "rig_config").glob("*.yaml"))
@@ -66,8 +67,21 @@ def test_demo_rig_is_synthetic_jpeg_on_loopback_with_shipped_models() -> None:
         assert (cam.width, cam.height, cam.fps) == (640, 512, 30)
     assert rig.publisher.endpoints == ["tcp://127.0.0.1:5555"]
     assert rig.publisher.encoding == "jpeg"
-    assert rig.inference.register_model == REPO / "weights" / "register.onnx"
-    assert rig.inference.fuse_model == default_model_path("fuse.onnx") == REPO / "weights" / "fuse.onnx"
+    assert rig.inference.register_model == weights_dir() / "register.onnx"
+    assert rig.inference.fuse_model == default_model_path("fuse.onnx") == weights_dir() / "fuse.onnx"
+    assert rig.inference.register_model.is_file() and rig.inference.fuse_model.is_file()
+
+
+def test_busref_weights_replaces_the_shipped_folder_and_the_rig_file_overrides_both(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "mine"))
+    assert weights_dir() == tmp_path / "mine"
+    assert load_rig(DEMO_RIG).inference.fuse_model == tmp_path / "mine" / "fuse.onnx"
+    rig = tmp_path / "rig.yaml"
+    rig.write_text(DEMO_RIG.read_text().replace("inference:\n", "inference:\n  fuse_model: graphs/fuse.onnx\n", 1))
+    loaded = load_rig(rig).inference
+    assert loaded.fuse_model == tmp_path / "graphs" / "fuse.onnx"
+    assert loaded.register_model == tmp_path / "mine" / "register.onnx"
 
 
 def test_usb_rig_requests_y16_from_the_thermal_camera() -> None:
@@ -258,3 +272,15 @@ def test_keys_generate_writes_a_usable_curve_pair(tmp_path: Path) -> None:
     finally:
         server.close(0)
         client.close(0)
+
+
+def test_result_files_record_paths_without_the_machines_folders(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from busref.rig_config.resources import recorded_path, weight_file
+
+    monkeypatch.chdir(REPO)
+    assert recorded_path(weight_file("busref.pt")) == "weights/busref.pt"
+    monkeypatch.chdir(tmp_path)
+    assert recorded_path(tmp_path / "runs" / "mine.pt") == "runs/mine.pt"
+    assert recorded_path(weight_file("busref.pt")) == "busref/weights/busref.pt"
+    assert recorded_path(DEMO_RIG) == "busref/rig_config/demo.yaml"

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from rig_config.schema import FixedWindow, PercentileWindow
-from runtime.thermal import (
+from busref.rig_config.schema import FixedWindow, PercentileWindow
+from busref.runtime.thermal import (
     ThermalNormaliser,
     apply_window,
     percentile_window,

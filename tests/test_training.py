@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from models.config import ModelConfig, load_train_config
-from models.networks import BusReF
-from models.train import STEPS, freeze_for, load_finetune_source
+from busref.models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from busref.models.config import ModelConfig, load_train_config
+from busref.models.networks import BusReF
+from busref.models.train import STEPS, freeze_for, load_finetune_source
 
 
 def _fit(stage: str, tiny_config, size: tuple[int, int], steps: int = 25) -> tuple[float, float]:
@@ -66,7 +66,7 @@ def test_checkpoint_carries_metadata_and_refuses_bad_files(tmp_path, tiny_config
     assert payload["config"] == tiny_config and payload["commit"]
     with pytest.raises(CheckpointError, match="a 'registration' one is needed"):
         load_model(path, expect_stage="registration")
-    stale = torch.load(path, weights_only=False)
+    stale = torch.load(path, weights_only=True)
     stale["model"]["deformable.branches.0.weight"] = stale["model"].pop("deformable.coarse.sharpness")
     torch.save(stale, tmp_path / "stale.pt")
     with pytest.raises(CheckpointError, match=r"stale\.pt: weights do not match its config .*1 missing, e\.g\. "
@@ -75,6 +75,9 @@ def test_checkpoint_carries_metadata_and_refuses_bad_files(tmp_path, tiny_config
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"junk\.pt: not a readable checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
+    torch.save({**stale, "extra": Path("objects are not weights")}, tmp_path / "code.pt")
+    with pytest.raises(CheckpointError, match=r"code\.pt: not a readable checkpoint .*Weights only load failed"):
+        load_checkpoint(tmp_path / "code.pt")  # weights_only: a pickled object is never constructed
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
 
@@ -82,7 +85,7 @@ def test_checkpoint_carries_metadata_and_refuses_bad_files(tmp_path, tiny_config
 def test_finetune_starts_a_redesigned_part_fresh_and_keeps_the_rest(tmp_path, tiny_config):
     """A fine-tune may change the config of a part its stage trains (that part starts fresh, the
     others keep the source's weights); never a frozen part's, and never when resuming."""
-    from models.config import BusConfig, DeformableConfig
+    from busref.models.config import BusConfig, DeformableConfig
 
     torch.manual_seed(0)
     source = BusReF(tiny_config.model)
@@ -105,15 +108,15 @@ def test_finetune_starts_a_redesigned_part_fresh_and_keeps_the_rest(tmp_path, ti
 
 
 @pytest.mark.slow
-def test_three_stages_and_resume(trained_checkpoint, tiny_config, roadscene):
-    from models.data import roadscene_pairs
-    from models.train import train_stage
+def test_three_stages_and_resume(trained_checkpoint, tiny_config, pair_data):
+    from busref.models.data import roadscene_pairs
+    from busref.models.train import train_stage
 
     payload = load_checkpoint(trained_checkpoint)
     assert payload["stage"] == "registration" and payload["step"] == 2
     assert "val_moderate_mncc" in payload["metrics"]
     more = tiny_config.model_copy(update={"registration": tiny_config.registration.model_copy(update={"steps": 3})})
-    pairs = roadscene_pairs(roadscene, "train")[:4]
+    pairs = roadscene_pairs(pair_data, "train")[:4]
     out = train_stage("registration", train_pairs=pairs[:3], val_pairs=pairs[3:], val_indices=[3],
                       split_name="train", config=more, out_dir=trained_checkpoint.parent / "resumed",
                       resume=trained_checkpoint)
@@ -121,12 +124,12 @@ def test_three_stages_and_resume(trained_checkpoint, tiny_config, roadscene):
 
 
 @pytest.mark.slow
-def test_init_takes_the_earlier_parts_at_another_registration_size(trained_checkpoint, tiny_config, roadscene):
-    from models.config import BusConfig
-    from models.data import roadscene_pairs
-    from models.train import train_stage
+def test_init_takes_the_earlier_parts_at_another_registration_size(trained_checkpoint, tiny_config, pair_data):
+    from busref.models.config import BusConfig
+    from busref.models.data import roadscene_pairs
+    from busref.models.train import train_stage
 
-    pairs = roadscene_pairs(roadscene, "train")[:4]
+    pairs = roadscene_pairs(pair_data, "train")[:4]
     kwargs = dict(train_pairs=pairs[:3], val_pairs=pairs[3:], val_indices=[3], split_name="train",
                   out_dir=trained_checkpoint.parent / "reinit", init=trained_checkpoint)
     smaller = tiny_config.model_copy(update={
@@ -142,11 +145,11 @@ def test_init_takes_the_earlier_parts_at_another_registration_size(trained_check
 
 
 @pytest.mark.slow
-def test_finetune_starts_from_every_weight_and_refuses_an_earlier_stage(trained_checkpoint, tiny_config, roadscene):
-    from models.data import roadscene_pairs
-    from models.train import train_stage
+def test_finetune_starts_from_every_weight_and_refuses_an_earlier_stage(trained_checkpoint, tiny_config, pair_data):
+    from busref.models.data import roadscene_pairs
+    from busref.models.train import train_stage
 
-    pairs = roadscene_pairs(roadscene, "train")[:4]
+    pairs = roadscene_pairs(pair_data, "train")[:4]
     kwargs = dict(train_pairs=pairs[:3], val_pairs=pairs[3:], val_indices=[3], split_name="train",
                   out_dir=trained_checkpoint.parent / "finetuned")
     # A vanishing learning rate: the fine-tuned GAF must still be the source's, not a fresh one.

@@ -5,15 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from runtime.wire import (
-    FrameHeader,
-    Registration,
-    StatusHeader,
-    WireError,
-    decode_message,
-    encode_frame,
-    encode_status,
-)
+from busref.client.wire import FrameHeader, Registration, StatusHeader, WireError, decode_message
+from busref.runtime.wire import encode_frame, encode_status
 
 
 def header(encoding: str = "bgr8", width: int = 32, height: int = 24, **overrides: object) -> FrameHeader:
@@ -98,7 +91,7 @@ def good_parts() -> list[bytes]:
         (lambda p: [p[0], b"[1, 2]", p[2]], "not a JSON object"),
         (lambda p: [p[0], p[1].replace(b"busref.frame/1", b"busref.frame/2"), p[2]], "schema 'busref.frame/2'"),
         (lambda p: [p[0], p[1].replace(b'"width":32', b'"width":-1'), p[2]], "width"),
-        (lambda p: [p[0], p[1].replace(b'"seq":7,', b""), p[2]], "seq: Field required"),
+        (lambda p: [p[0], p[1].replace(b'"seq":7,', b""), p[2]], "seq: field required"),
         (lambda p: [p[0], p[1].replace(b'"encoding":"bgr8"', b'"encoding":"rgb565"'), p[2]], "encoding"),
         (lambda p: [p[0], p[1], p[2][:-5]], "expected 2304"),
         (lambda p: [p[0], p[1].replace(b'"encoding":"bgr8"', b'"encoding":"jpeg"'), p[2]], "not a decodable JPEG"),

@@ -1,7 +1,7 @@
 """Tiny real ONNX graphs that honour the busref artifact contract, for runtime tests.
 
 ``fuse``: ``fused = max(vis, ir)`` (any H, W). ``register``: constant ``theta`` and the
-matching ``affine_grid`` (fixed H, W), so a test knows exactly what registration must do.
+matching ``busref.conventions.affine_grid`` (fixed H, W), so a test knows exactly what registration must do.
 ``frame``: ``fused = max(vis, GridSample(ir, grid))``, the tiny fuse graph after the contract's
 warp (bilinear, zeros, align_corners), so it must agree with ``cv2.remap`` + the tiny fuse graph.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.artifact import METADATA_KEY, ArtifactMetadata, TensorSpec
-from runtime.registration import affine_grid
+from busref.conventions import affine_grid
+from busref.runtime.artifact import METADATA_KEY, ArtifactMetadata, TensorSpec
 
 onnx = pytest.importorskip("onnx", reason="building test graphs needs the 'onnx' package")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -68,7 +68,7 @@ def write_register(path: Path, theta: np.ndarray, hw: tuple[int, int], *, meta: 
     """Outputs the constant ``theta`` and its grid; ``vis`` feeds a no-op so both inputs are used."""
     h, w = hw
     theta = np.asarray(theta, dtype=np.float32).reshape(1, 2, 3)
-    grid = affine_grid(theta[0], hw)[None]
+    grid = affine_grid(theta[0], *hw, coordinates="normalised")[None]
     shape = [1, 1, h, w]
     nodes = [
         helper.make_node("Constant", [], ["theta_c"], value=numpy_helper.from_array(theta, "theta_c")),

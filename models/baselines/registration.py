@@ -24,8 +24,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from models.geometry import identity_grid, normalised_to_pixel, pixel_to_normalised
-from models.refinement import RefinementConfig, image_gradients, refine_grid
+from busref.conventions import affine_grid, identity_grid
+from busref.models import geometry
+from busref.models.geometry import normalised_to_pixel, pixel_to_normalised
+from busref.models.refinement import RefinementConfig, image_gradients, refine_grid
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +41,6 @@ class RegistrationMethod(Protocol):
     def register(self, vis: np.ndarray, ir: np.ndarray) -> np.ndarray | None:
         """Grid mapping reference (``vis``) pixels to moving (``ir``) pixels; ``None`` on failure."""
         ...
-
-
-def affine_grid(matrix: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Pixel grid ``(H, W, 2)`` float32 of the 2x3 pixel affine ``G(p) = M[:, :2] p + M[:, 2]``."""
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.shape != (2, 3):
-        raise ValueError(f"affine matrix must be 2x3, got shape {m.shape}")
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    gx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
-    gy = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
-    return np.stack((gx, gy), axis=-1).astype(np.float32)
 
 
 def _check_pair(vis: np.ndarray, ir: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +75,7 @@ def _checked_affine_grid(name: str, matrix: np.ndarray, shape: tuple[int, int]) 
     if singular.max() > 2.0 or singular.min() < 0.5:
         log.debug("%s: implausible affine %s", name, np.asarray(matrix).tolist())
         return None
-    return affine_grid(matrix, *shape)
+    return affine_grid(matrix, *shape, coordinates="pixel")
 
 
 @dataclass
@@ -95,7 +86,7 @@ class IdentityMethod:
 
     def register(self, vis: np.ndarray, ir: np.ndarray) -> np.ndarray | None:
         vis32, _ = _check_pair(vis, ir)
-        return affine_grid(np.eye(2, 3), *vis32.shape)
+        return identity_grid(*vis32.shape, coordinates="pixel")
 
 
 @dataclass
@@ -304,7 +295,7 @@ class NgfMindElastic:
     """Affine + smooth elastic registration by normalised gradient fields and MIND descriptors,
     from the identity.
 
-    The optimiser (:func:`models.refinement.refine_grid`) that ``busref-refined`` starts from the
+    The optimiser (:func:`busref.models.refinement.refine_grid`) that ``busref-refined`` starts from the
     network's grid, started here from nothing, so it shows what the network adds. It begins one
     scale coarser (1/8) than the refinement's default, for a wider capture range.
     """
@@ -322,7 +313,7 @@ class NgfMindElastic:
                 log.debug("ngf-mind: %s has (almost) no edges above the noise level", name)
                 return None
         h, w = vis32.shape
-        grid = refine_grid(reference, moving, pixel_to_normalised(identity_grid(h, w), h, w), self.config)
+        grid = refine_grid(reference, moving, pixel_to_normalised(geometry.identity_grid(h, w), h, w), self.config)
         return normalised_to_pixel(grid, h, w)[0].numpy()
 
 

@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from models.data import DataError, PairPaths, list_pairs, read_bgr
+from busref.conventions import DataError, read_bgr
+from busref.models.data import PairPaths, list_pairs
 
 log = logging.getLogger(__name__)
 

@@ -5,24 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models.data import PairPaths, list_pairs, pair_index, roadscene_pairs
-
-#: The shipped checkpoint (MODEL_CARD.md).
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "weights" / "busref.pt"
-#: The shipped cross-modal descriptor of the refinement (MODEL_CARD.md).
-DEFAULT_DESCRIPTOR = DEFAULT_CHECKPOINT.with_name("descriptor.pt")
+from busref.models.data import PairPaths, list_pairs, pair_index, roadscene_pairs
+from busref.rig_config.resources import CHECKPOINT_FILE, DESCRIPTOR_FILE, WEIGHTS_ENV, weight_file
 
 
 def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
-                        help=f"trained BusReF checkpoint (default: the shipped {DEFAULT_CHECKPOINT.name})")
+    parser.add_argument("--checkpoint", type=Path, default=weight_file(CHECKPOINT_FILE),
+                        help=f"trained BusReF checkpoint (default: the shipped {CHECKPOINT_FILE}, "
+                             f"or the one in ${WEIGHTS_ENV})")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
 
 
 def add_descriptor_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--descriptor", type=Path, default=DEFAULT_DESCRIPTOR,
-                        help="the refinement's learned cross-modal descriptor "
-                             f"(default: the shipped {DEFAULT_DESCRIPTOR.name}; 'busref train descriptor' makes one)")
+    parser.add_argument("--descriptor", type=Path, default=weight_file(DESCRIPTOR_FILE),
+                        help="the refinement's learned cross-modal descriptor (default: the shipped "
+                             f"{DESCRIPTOR_FILE}, or the one in ${WEIGHTS_ENV}; 'busref train descriptor' makes one)")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, default_split: str = "test") -> None:

@@ -8,26 +8,28 @@ from pathlib import Path
 
 import numpy as np
 
-from models.baselines.registration import make_method
-from models.checkpoint import CheckpointError, load_model
-from models.cli.batch import write_png
-from models.cli.common import add_checkpoint_argument, add_data_arguments, add_descriptor_argument, select_pairs
-from models.data import DataError, LoadedPair, load_pairs, split_sha256
-from models.descriptor import load_descriptor
-from models.evaluation import (
+from busref.conventions import DataError
+from busref.models.baselines.registration import make_method
+from busref.models.checkpoint import CheckpointError, load_model
+from busref.models.cli.batch import write_png
+from busref.models.cli.common import add_checkpoint_argument, add_data_arguments, add_descriptor_argument, select_pairs
+from busref.models.data import LoadedPair, load_pairs, split_sha256
+from busref.models.descriptor import load_descriptor
+from busref.models.evaluation import (
     evaluate_fusion,
     evaluate_registration,
     fusion_table,
     registration_table,
     write_report,
 )
-from models.fusion_baselines import average, laplacian_pyramid_maxabs
-from models.inference import BusReFRegistration, fuse_luminance
-from models.metrics.registration import warp_numpy
-from models.misalignment import LEVELS, protocol_pair
-from models.refinement import RefinementConfig
-from models.train import select_device
-from models.visualise import contact_sheet, edge_overlay
+from busref.models.fusion_baselines import average, laplacian_pyramid_maxabs
+from busref.models.inference import BusReFRegistration, fuse_luminance
+from busref.models.metrics.registration import warp_numpy
+from busref.models.misalignment import LEVELS, protocol_pair
+from busref.models.refinement import RefinementConfig
+from busref.models.train import select_device
+from busref.models.visualise import contact_sheet, edge_overlay
+from busref.rig_config.resources import recorded_path
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     meta = {"task": args.task, "level": args.level if args.task == "registration" else None,
             "split": args.split if args.data else "all", "split_sha256": split_sha256(paths), "n_pairs": len(pairs),
-            "checkpoint": str(args.checkpoint),
-            "descriptor": str(args.descriptor) if "busref-refined" in methods else None}
+            "checkpoint": recorded_path(args.checkpoint),
+            "descriptor": recorded_path(args.descriptor) if "busref-refined" in methods else None}
     write_report(report, results, table, meta)
     print(table)
     log.info("wrote %s.json and %s.md", report, report)

@@ -7,12 +7,20 @@ import logging
 
 import numpy as np
 
-from models.checkpoint import CheckpointError, load_model
-from models.cli.batch import add_pair_arguments, merge_luminance, pairs_from_args, run_pairs, split_luminance, write_png
-from models.cli.common import add_checkpoint_argument
-from models.data import DataError, PairPaths, read_gray
-from models.inference import fuse_luminance
-from models.train import select_device
+from busref.conventions import DataError, read_gray
+from busref.models.checkpoint import CheckpointError, load_model
+from busref.models.cli.batch import (
+    add_pair_arguments,
+    merge_luminance,
+    pairs_from_args,
+    run_pairs,
+    split_luminance,
+    write_png,
+)
+from busref.models.cli.common import add_checkpoint_argument
+from busref.models.data import PairPaths
+from busref.models.inference import fuse_luminance
+from busref.models.train import select_device
 
 log = logging.getLogger(__name__)
 

@@ -9,17 +9,25 @@ import logging
 import cv2
 import numpy as np
 
-from models.checkpoint import CheckpointError, load_model
-from models.cli.batch import add_pair_arguments, merge_luminance, pairs_from_args, run_pairs, split_luminance, write_png
-from models.cli.common import add_checkpoint_argument, add_descriptor_argument
-from models.data import DataError, PairPaths, read_gray
-from models.descriptor import load_descriptor
-from models.geometry import theta_to_pixel_affine
-from models.inference import BusReFRegistration, fuse_luminance
-from models.metrics.registration import warp_numpy
-from models.refinement import RefinementConfig
-from models.train import select_device
-from models.visualise import contact_sheet, edge_overlay
+from busref.conventions import DataError, read_gray
+from busref.models.checkpoint import CheckpointError, load_model
+from busref.models.cli.batch import (
+    add_pair_arguments,
+    merge_luminance,
+    pairs_from_args,
+    run_pairs,
+    split_luminance,
+    write_png,
+)
+from busref.models.cli.common import add_checkpoint_argument, add_descriptor_argument
+from busref.models.data import PairPaths
+from busref.models.descriptor import load_descriptor
+from busref.models.geometry import theta_to_pixel_affine
+from busref.models.inference import BusReFRegistration, fuse_luminance
+from busref.models.metrics.registration import warp_numpy
+from busref.models.refinement import RefinementConfig
+from busref.models.train import select_device
+from busref.models.visualise import contact_sheet, edge_overlay
 
 log = logging.getLogger(__name__)
 

@@ -6,12 +6,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from models.checkpoint import STAGES, CheckpointError
-from models.cli.common import add_data_arguments, select_pairs
-from models.config import load_train_config
-from models.data import DataError, load_pairs, split_sha256
-from models.descriptor import DescriptorConfig, train_descriptor
-from models.train import select_device, train_stage
+from busref.conventions import DataError
+from busref.models.checkpoint import STAGES, CheckpointError
+from busref.models.cli.common import add_data_arguments, select_pairs
+from busref.models.config import load_train_config
+from busref.models.data import load_pairs, split_sha256
+from busref.models.descriptor import DescriptorConfig, train_descriptor
+from busref.models.train import select_device, train_stage
 
 log = logging.getLogger(__name__)
 

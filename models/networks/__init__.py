@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from models.networks.affine import AffineNet
-from models.networks.busref import BusReF, Registration
-from models.networks.deformable import DeformableNet
-from models.networks.gaf import GAF
-from models.networks.reconstructor import Features, Reconstructor
+from busref.models.networks.affine import AffineNet
+from busref.models.networks.busref import BusReF, Registration
+from busref.models.networks.deformable import DeformableNet
+from busref.models.networks.gaf import GAF
+from busref.models.networks.reconstructor import Features, Reconstructor
 
 __all__ = ["GAF", "AffineNet", "BusReF", "DeformableNet", "Features", "Reconstructor", "Registration"]

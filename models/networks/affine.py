@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.geometry import apply_affine, warp_features
-from models.networks.layers import (
+from busref.models.geometry import apply_affine, warp_features
+from busref.models.networks.layers import (
     DynamicConv2d,
     Match,
     Matcher,
@@ -17,7 +17,7 @@ from models.networks.layers import (
     coordinates,
     expected_offset,
 )
-from models.networks.reconstructor import Features
+from busref.models.networks.reconstructor import Features
 
 
 class _Stage(nn.Module):

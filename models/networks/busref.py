@@ -7,13 +7,13 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from models.config import ModelConfig
-from models.geometry import apply_affine, warp_normalised
-from models.networks.affine import AffineNet
-from models.networks.deformable import DeformableNet
-from models.networks.gaf import GAF
-from models.networks.layers import Match, coordinates
-from models.networks.reconstructor import Reconstructor
+from busref.models.config import ModelConfig
+from busref.models.geometry import apply_affine, warp_normalised
+from busref.models.networks.affine import AffineNet
+from busref.models.networks.deformable import DeformableNet
+from busref.models.networks.gaf import GAF
+from busref.models.networks.layers import Match, coordinates
+from busref.models.networks.reconstructor import Reconstructor
 
 
 class Registration(NamedTuple):

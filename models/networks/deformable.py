@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.geometry import warp_features
-from models.networks.layers import (
+from busref.models.geometry import warp_features
+from busref.models.networks.layers import (
     SHARPNESS,
     act,
     cells_to_normalised,
@@ -18,7 +18,7 @@ from models.networks.layers import (
     expected_offset,
     separable,
 )
-from models.networks.reconstructor import Features
+from busref.models.networks.reconstructor import Features
 
 
 class _Level(nn.Module):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.networks.layers import ResidualBlock, act, conv, separable
+from busref.models.networks.layers import ResidualBlock, act, conv, separable
 
 
 class Features(NamedTuple):

@@ -1,11 +1,11 @@
 """Inference backends: one interface (:class:`InferenceBackend`) over ONNX Runtime and TensorRT.
 
-Use :func:`runtime.backends.select.open_backend`; it imports TensorRT only when an engine is
+Use :func:`busref.runtime.backends.select.open_backend`; it imports TensorRT only when an engine is
 configured, so the CPU install never needs it.
 """
 
 from __future__ import annotations
 
-from runtime.backends.base import BackendUnavailable, InferenceBackend, ModelMissing, check_io
+from busref.runtime.backends.base import BackendUnavailable, InferenceBackend, ModelMissing, check_io
 
 __all__ = ["BackendUnavailable", "InferenceBackend", "ModelMissing", "check_io"]

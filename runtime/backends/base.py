@@ -1,9 +1,9 @@
 """The interface every inference backend implements, and the checks they share.
 
 A backend runs one exported graph (``register``, ``fuse`` or ``frame``, see
-:mod:`runtime.artifact`) on named float32 arrays. Implementations: :mod:`runtime.backends.onnxruntime` and
-:mod:`runtime.backends.tensorrt` (optional; its engine-mismatch errors subclass
-:class:`BackendUnavailable` so that :func:`runtime.backends.select.open_backend` can fall back).
+:mod:`busref.runtime.artifact`) on named float32 arrays. Implementations: :mod:`busref.runtime.backends.onnxruntime` and
+:mod:`busref.runtime.backends.tensorrt` (optional; its engine-mismatch errors subclass
+:class:`BackendUnavailable` so that :func:`busref.runtime.backends.select.open_backend` can fall back).
 """
 
 from __future__ import annotations
@@ -13,14 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from runtime.artifact import ArtifactError, ArtifactMetadata, GraphKind
-
-#: The tensor names of each graph (the artifact contract).
-GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "register": (("vis", "ir"), ("theta", "grid")),
-    "fuse": (("vis", "ir"), ("fused",)),
-    "frame": (("vis", "ir", "grid"), ("fused",)),
-}
+from busref.conventions import GRAPH_IO
+from busref.runtime.artifact import ArtifactError, ArtifactMetadata, GraphKind
 
 
 class ModelMissing(ArtifactError):

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from runtime.artifact import METADATA_KEY, ArtifactError, ArtifactMetadata, GraphKind, check_compatible
-from runtime.backends.base import GRAPH_IO, ModelMissing, artifact_facts, check_feed, check_io
+from busref.conventions import GRAPH_IO
+from busref.runtime.artifact import METADATA_KEY, ArtifactError, ArtifactMetadata, GraphKind, check_compatible
+from busref.runtime.backends.base import ModelMissing, artifact_facts, check_feed, check_io
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,10 @@ def session_options(threads: int, *, spin: bool = False) -> ort.SessionOptions:
 
 
 class OnnxRuntimeBackend:
-    """An :class:`~runtime.backends.base.InferenceBackend` over an ``onnxruntime.InferenceSession``.
+    """An :class:`~busref.runtime.backends.base.InferenceBackend` over an ``onnxruntime.InferenceSession``.
 
     Raises :class:`ModelMissing` when ``path`` does not exist and
-    :class:`~runtime.artifact.ArtifactError` when it is not a readable busref graph of kind ``graph``.
+    :class:`~busref.runtime.artifact.ArtifactError` when it is not a readable busref graph of kind ``graph``.
     """
 
     name = "onnxruntime"

@@ -1,10 +1,10 @@
 """Pick and open the backend for one graph: TensorRT engine -> ONNX Runtime CUDA -> ONNX Runtime CPU.
 
-``runtime.backends.tensorrt`` is imported only when an engine is configured (``importlib``), so
+``busref.runtime.backends.tensorrt`` is imported only when an engine is configured (``importlib``), so
 installs without TensorRT never touch it. That module provides ``TensorRTBackend(engine_path,
 *, graph, onnx_path)`` (``onnx_path`` lets it refuse an engine built from another version of the
 graph); its load failures (``EngineMismatch`` and the like) are expected to subclass
-:class:`~runtime.backends.base.BackendUnavailable` or :class:`~runtime.artifact.ArtifactError`.
+:class:`~busref.runtime.backends.base.BackendUnavailable` or :class:`~busref.runtime.artifact.ArtifactError`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Literal
 
 import onnxruntime as ort
 
-from runtime.artifact import ArtifactError, GraphKind
-from runtime.backends.base import BackendUnavailable, InferenceBackend
-from runtime.backends.onnxruntime import CPU, CUDA, OnnxRuntimeBackend
+from busref.runtime.artifact import ArtifactError, GraphKind
+from busref.runtime.backends.base import BackendUnavailable, InferenceBackend
+from busref.runtime.backends.onnxruntime import CPU, CUDA, OnnxRuntimeBackend
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ BackendChoice = Literal["auto", "onnxruntime", "tensorrt"]
 def _open_tensorrt(engine_path: Path, graph: GraphKind, onnx_path: Path) -> InferenceBackend:
     """The TensorRT backend for ``engine_path``, or :class:`BackendUnavailable` saying why not."""
     try:
-        module = importlib.import_module("runtime.backends.tensorrt")
+        module = importlib.import_module("busref.runtime.backends.tensorrt")
     except ImportError as exc:
         raise BackendUnavailable(f"the TensorRT backend cannot be imported ({exc})") from exc
     mismatch = getattr(module, "EngineMismatch", BackendUnavailable)
@@ -53,7 +53,7 @@ def open_backend(
     (with ``allow_fallback``) ONNX Runtime. ``onnxruntime``: ORT, CUDA first when available.
     Every fallback is logged with its reason; with ``allow_fallback=False`` it raises
     :class:`BackendUnavailable` instead. A missing or foreign ONNX file raises
-    :class:`~runtime.artifact.ArtifactError` (``ModelMissing`` when absent).
+    :class:`~busref.runtime.artifact.ArtifactError` (``ModelMissing`` when absent).
     """
     if choice in ("auto", "tensorrt"):
         if engine_path is not None:

@@ -1,7 +1,7 @@
-"""TensorRT backend: runs a busref engine file (:mod:`runtime.engine_header`) on a CUDA GPU.
+"""TensorRT backend: runs a busref engine file (:mod:`busref.runtime.engine_header`) on a CUDA GPU.
 
 Loading checks, in order, and refuses with :class:`EngineMismatch` (a
-:class:`~runtime.backends.base.BackendUnavailable`, so ``auto`` falls back to ONNX Runtime):
+:class:`~busref.runtime.backends.base.BackendUnavailable`, so ``auto`` falls back to ONNX Runtime):
 the file's header and plan (truncated/corrupt/foreign files), the graph kind and I/O contract,
 the ONNX file the engine was built from when the caller names it (a stale engine), then the
 header's TensorRT version and GPU against the running ones, naming both.
@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from runtime.artifact import GraphKind, check_compatible
-from runtime.backends.base import GRAPH_IO, BackendUnavailable, check_feed, check_io
-from runtime.engine_header import (
+from busref.conventions import GRAPH_IO, file_sha256
+from busref.runtime.artifact import GraphKind, check_compatible
+from busref.runtime.backends.base import BackendUnavailable, check_feed, check_io
+from busref.runtime.engine_header import (
     EngineHeader,
     Platform,
-    file_sha256,
     header_platform,
     mismatch_message,
     platform_mismatches,
@@ -81,7 +81,7 @@ def cuda_check(cudart: ModuleType, result: Any, what: str) -> Any:
 
 
 def gpu_platform(tensorrt_version: str, device: int = 0, cudart: ModuleType | None = None) -> Platform:
-    """The running platform for :func:`runtime.engine_header.platform_mismatches`.
+    """The running platform for :func:`busref.runtime.engine_header.platform_mismatches`.
 
     Raises :class:`CudaError` with one sentence when no CUDA GPU is visible.
     """
@@ -166,7 +166,7 @@ def check_header_against(header: EngineHeader, *, graph: GraphKind, source: str,
 
 
 class TensorRTBackend:
-    """An :class:`~runtime.backends.base.InferenceBackend` over a busref TensorRT engine file."""
+    """An :class:`~busref.runtime.backends.base.InferenceBackend` over a busref TensorRT engine file."""
 
     name = "tensorrt"
     gpu_resident = True

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import zmq
 
-from runtime import exit_codes
-from runtime.cli.run import add_rig_argument, load_or_report
-from runtime.daemon import Daemon, StartupError
-from runtime.logs import setup_logging
+from busref.rig_config.resources import recorded_path
+from busref.runtime import exit_codes
+from busref.runtime.cli.run import add_rig_argument, load_or_report
+from busref.runtime.daemon import Daemon, StartupError
+from busref.runtime.logs import setup_logging
 
 log = logging.getLogger("busref.bench")
 
@@ -156,7 +157,10 @@ def run(args: argparse.Namespace) -> int:
             if counter is not None:
                 counter.stop()
             daemon.stop()
-    results["rig"] = str(args.rig)
+    results["rig"] = recorded_path(args.rig)
+    for graph, facts in results["backends"].items():
+        if graph != "per_frame":  # its "path" is cpu or device, not a file
+            facts["path"] = recorded_path(facts["path"])
     results["targets"] = TARGETS
     results["targets_met"] = verdict(results)
     print_table(results)

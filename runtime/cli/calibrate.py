@@ -23,16 +23,21 @@ from typing import Any, cast
 import numpy as np
 import yaml
 
-from rig_config import RigConfig, RigConfigError, parse_rig
-from rig_config.schema import Matrix3
-from runtime import exit_codes
-from runtime.capture import CaptureThread
-from runtime.cli.run import add_rig_argument, load_or_report
-from runtime.daemon import StartupError, open_graph
-from runtime.pairing import Pairer
-from runtime.pipeline import fuse_size, split_ycrcb
-from runtime.registration import RegistrationGeometry, corner_displacement, rotation_scale, run_register
-from runtime.thermal import ThermalNormaliser
+from busref.rig_config import RigConfig, RigConfigError, parse_rig
+from busref.rig_config.schema import Matrix3
+from busref.runtime import exit_codes
+from busref.runtime.capture import CaptureThread
+from busref.runtime.cli.run import add_rig_argument, load_or_report
+from busref.runtime.daemon import StartupError, open_graph
+from busref.runtime.pairing import Pairer
+from busref.runtime.pipeline import fuse_size, split_ycrcb
+from busref.runtime.registration.geometry import (
+    RegistrationGeometry,
+    corner_displacement,
+    rotation_scale,
+    run_register,
+)
+from busref.runtime.thermal import ThermalNormaliser
 
 log = logging.getLogger("busref.calibrate")
 

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from rig_config import RigConfig, RigConfigError, load_rig
-from runtime import exit_codes
+from busref.rig_config import RigConfig, RigConfigError, load_rig
+from busref.runtime import exit_codes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """``busref run --rig FILE``: the rig daemon in the foreground until SIGINT/SIGTERM.
 
-Exit codes are those of :mod:`runtime.exit_codes` (0 after a clean stop by signal).
+Exit codes are those of :mod:`busref.runtime.exit_codes` (0 after a clean stop by signal).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import signal
 import threading
 from pathlib import Path
 
-from rig_config import DEMO_RIG, RigConfig, RigConfigError, load_rig
-from runtime import exit_codes
-from runtime.daemon import Daemon, StartupError
-from runtime.logs import setup_logging
+from busref.rig_config import DEMO_RIG, RigConfig, RigConfigError, load_rig
+from busref.runtime import exit_codes
+from busref.runtime.daemon import Daemon, StartupError
+from busref.runtime.logs import setup_logging
 
 log = logging.getLogger("busref.run")
 

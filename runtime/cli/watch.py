@@ -15,10 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime import exit_codes
-from runtime.client import CurveClientKeys, Subscriber
-from runtime.logs import setup_logging
-from runtime.wire import IMAGE_TOPICS, FrameHeader
+from busref.client import CurveClientKeys, Subscriber
+from busref.client.wire import IMAGE_TOPICS, FrameHeader
+from busref.runtime import exit_codes
+from busref.runtime.logs import setup_logging
 
 log = logging.getLogger("busref.watch")
 

@@ -25,13 +25,25 @@ import numpy as np
 import zmq
 import zmq.auth
 
-from runtime.publisher import configure_common
-from runtime.wire import IMAGE_TOPICS, FrameHeader, StatusHeader, WireError, decode_header, decode_image
+from busref.client.wire import IMAGE_TOPICS, FrameHeader, StatusHeader, WireError, decode_header, decode_image
 
 log = logging.getLogger(__name__)
 
+#: ZMTP heartbeats: a vanished peer (cable pulled, host gone) is detected in ~3 s, its
+#: queue freed, and a client reconnects, instead of waiting for TCP's own timeouts.
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
+
 #: How long the socket is polled per step, bounding how late ``close`` or a timeout is noticed.
 _POLL_MS = 50
+
+
+def configure_common(socket: zmq.Socket) -> None:
+    """Options both ends (this subscriber and the daemon's publisher) share: no linger on close,
+    ZMTP heartbeats."""
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
 
 
 class SilenceError(TimeoutError):
@@ -169,7 +181,7 @@ class Subscriber:
     def recv(self, timeout_s: float | None = None) -> tuple[str, FrameHeader, np.ndarray] | None:
         """The next (latest-only: newest) image as ``(topic, header, image)``; None after ``timeout_s``.
 
-        Raises :class:`runtime.wire.WireError` only for an image whose payload does not decode.
+        Raises :class:`~busref.client.wire.WireError` only for an image whose payload does not decode.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not self._closing.is_set():

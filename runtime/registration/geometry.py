@@ -1,0 +1,198 @@
+"""Registration geometry: the IR->RGB prior, the network's coordinates, and the warp maps they give.
+
+Coordinate conventions (all sizes as (width, height) for frames, (H, W) for network tensors):
+
+* The IR->RGB prior homography ``P`` (``RigConfig.prior_homography``: calibrated, else the
+  same-field-of-view default) maps IR pixels to RGB pixels; it is applied first: the ``register``
+  network sees the IR already warped by ``P`` into the RGB frame's geometry (the "pre-warped
+  canvas"), at the registration size.
+* Both network inputs are made at the registration size with OpenCV's half-pixel convention
+  (``cv2.resize``): RGB pixel ``x`` <-> registration pixel ``(x + 0.5) * W_reg / W_rgb - 0.5``.
+* The network's normalised coordinates follow ``align_corners=True`` at the registration size:
+  ``u = 2 x_reg / (W_reg - 1) - 1``. Its ``grid[y, x] = (u, v)`` says where in the pre-warped
+  canvas the reference pixel ``(x, y)`` samples; through ``P^-1`` that is an IR pixel.
+  (With equal sizes and no prior this is ``x_ir = (u + 1) / 2 * (W_ir - 1)``.)
+* :meth:`RegistrationGeometry.sampling` upsamples the grid bilinearly to the output size and
+  converts it to IR pixel coordinates (:func:`ir_pixels`), once per new estimate (never per
+  frame), for ``cv2.remap`` maps and, for the ``frame`` graph (GPU backends), :func:`frame_grid`:
+  the same IR locations normalised to the IR frame (``align_corners=True``:
+  ``u = 2 x_ir / (W_ir - 1) - 1``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from busref.rig_config.schema import RigConfig
+from busref.runtime.backends.base import InferenceBackend
+
+Size = tuple[int, int]  # (width, height)
+
+
+def rgb_to_norm(rgb_size: Size, reg_hw: tuple[int, int]) -> np.ndarray:
+    """3x3 map from RGB pixel ``(x, y, 1)`` to the registration canvas' normalised ``(u, v, 1)``."""
+    h_r, w_r = reg_hw
+    to_norm = np.array([[2.0 / (w_r - 1), 0.0, -1.0], [0.0, 2.0 / (h_r - 1), -1.0], [0.0, 0.0, 1.0]])
+    return to_norm @ rgb_to_reg(rgb_size, reg_hw)
+
+
+def rgb_to_reg(rgb_size: Size, reg_hw: tuple[int, int]) -> np.ndarray:
+    """3x3 map from RGB pixels to registration-canvas pixels (``cv2.resize``'s half-pixel convention)."""
+    w_rgb, h_rgb = rgb_size
+    h_r, w_r = reg_hw
+    sx, sy = w_r / w_rgb, h_r / h_rgb
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+
+
+def identity_theta() -> np.ndarray:
+    return np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+def theta_to_pixels(theta: np.ndarray, rgb_size: Size, reg_hw: tuple[int, int]) -> np.ndarray:
+    """The normalised affine ``theta`` (2x3) as a 3x3 map of RGB pixels to pre-warped-canvas RGB pixels."""
+    n = rgb_to_norm(rgb_size, reg_hw)
+    return np.linalg.inv(n) @ np.vstack([theta, [0.0, 0.0, 1.0]]) @ n
+
+
+def pixels_to_theta(matrix: np.ndarray, rgb_size: Size, reg_hw: tuple[int, int]) -> np.ndarray:
+    """Inverse of :func:`theta_to_pixels`: a 3x3 affine pixel map back to a normalised 2x3 theta."""
+    n = rgb_to_norm(rgb_size, reg_hw)
+    return (n @ matrix @ np.linalg.inv(n))[:2]
+
+
+def corner_displacement(a: np.ndarray, b: np.ndarray, size: Size) -> float:
+    """Largest distance (pixels) between where 3x3 maps ``a`` and ``b`` send the frame's corners."""
+    w, h = size
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], dtype=np.float64).T
+    pa, pb = a @ corners, b @ corners
+    pa, pb = pa[:2] / pa[2], pb[:2] / pb[2]
+    return float(np.max(np.hypot(*(pa - pb))))
+
+
+def rotation_scale(matrix: np.ndarray) -> tuple[float, float]:
+    """Rotation (degrees) and isotropic scale of the linear part of a 3x3 (near-)similarity."""
+    a = matrix[:2, :2]
+    rotation = math.degrees(math.atan2(a[1, 0] - a[0, 1], a[0, 0] + a[1, 1]))
+    return rotation, math.sqrt(abs(float(np.linalg.det(a))))
+
+
+def ir_pixels(grid: np.ndarray, norm_to_ir: np.ndarray, out_size: Size) -> tuple[np.ndarray, np.ndarray]:
+    """The IR pixel ``(x, y)`` each output pixel samples: two (H_out, W_out) float32 arrays.
+
+    ``grid``: (H_reg, W_reg, 2) float32 normalised canvas coordinates, upsampled bilinearly.
+    ``norm_to_ir``: 3x3 from canvas-normalised ``(u, v, 1)`` to IR pixels
+    (``P^-1 @ rgb_to_norm^-1``). ``out_size``: (width, height) of the output, covering the same
+    extent as the RGB frame.
+    """
+    w, h = out_size
+    up = cv2.resize(grid, (w, h), interpolation=cv2.INTER_LINEAR)
+    m = norm_to_ir.astype(np.float32)
+    u, v = up[:, :, 0], up[:, :, 1]
+    x = m[0, 0] * u + m[0, 1] * v + m[0, 2]
+    y = m[1, 0] * u + m[1, 1] * v + m[1, 2]
+    if not np.allclose(m[2], (0.0, 0.0, 1.0)):
+        z = m[2, 0] * u + m[2, 1] * v + m[2, 2]
+        x /= z
+        y /= z
+    return x, y
+
+
+def frame_grid(x: np.ndarray, y: np.ndarray, ir_size: Size) -> np.ndarray:
+    """The ``frame`` graph's ``grid`` input from the IR pixel coordinates of :func:`ir_pixels`:
+    (1, H_out, W_out, 2) float32 normalised to the IR frame of ``ir_size`` (width, height), x
+    first, ``align_corners=True``: what ``grid_sample`` needs to sample like ``cv2.remap`` with
+    :meth:`RegistrationGeometry.maps` (up to the maps' 1/32-pixel fixed point). ``x``, ``y`` are not changed."""
+    w_ir, h_ir = ir_size
+    u = x * np.float32(2.0 / (w_ir - 1)) - np.float32(1.0)
+    v = y * np.float32(2.0 / (h_ir - 1)) - np.float32(1.0)
+    return np.stack([u, v], axis=-1)[None]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One output of the ``register`` graph: ``theta`` (2, 3) and ``grid`` (H_reg, W_reg, 2), normalised."""
+
+    theta: np.ndarray
+    grid: np.ndarray
+    t_capture: float  # capture time (monotonic s) of the pair it was computed from
+
+
+@dataclass(frozen=True)
+class RegistrationGeometry:
+    """Sizes and the prior of one rig; converts estimates to pixels and warp maps."""
+
+    rgb_size: Size
+    ir_size: Size
+    reg_hw: tuple[int, int]
+    out_size: Size
+    prior: np.ndarray  # 3x3 IR pixel -> RGB pixel
+
+    @classmethod
+    def from_config(cls, config: RigConfig, *, out_size: Size) -> RegistrationGeometry:
+        """The rig's geometry; the prior is the resolved one (calibrated, or the same-view default)."""
+        cams = config.cameras
+        return cls(rgb_size=(cams.rgb.width, cams.rgb.height), ir_size=(cams.ir.width, cams.ir.height),
+                   reg_hw=tuple(config.registration.size), out_size=out_size,
+                   prior=np.asarray(config.prior_homography, dtype=np.float64))
+
+    @property
+    def ir_to_canvas(self) -> np.ndarray:
+        """3x3 IR pixel -> registration-canvas pixel: how the IR input of the network is made."""
+        return rgb_to_reg(self.rgb_size, self.reg_hw) @ self.prior
+
+    @property
+    def norm_to_ir(self) -> np.ndarray:
+        return np.linalg.inv(self.prior) @ np.linalg.inv(rgb_to_norm(self.rgb_size, self.reg_hw))
+
+    def theta_pixels(self, theta: np.ndarray) -> np.ndarray:
+        """``theta`` as RGB pixel -> canvas RGB pixel (the correction on top of the prior)."""
+        return theta_to_pixels(theta, self.rgb_size, self.reg_hw)
+
+    def frame_to_ir(self, theta: np.ndarray) -> np.ndarray:
+        """Published-frame (RGB) pixel -> IR pixel for the coarse affine ``theta``."""
+        return np.linalg.inv(self.prior) @ self.theta_pixels(theta)
+
+    def network_inputs(self, vis_y: np.ndarray, ir: np.ndarray) -> dict[str, np.ndarray]:
+        """The ``register`` graph inputs from full-size frames.
+
+        ``vis_y``: (H_rgb, W_rgb) uint8 luminance. ``ir``: (H_ir, W_ir) float32 [0, 1] normalised IR.
+        Returns ``vis``/``ir`` float32 (1, 1, H_reg, W_reg) in [0, 1]; the IR pre-warped by the prior.
+        """
+        h, w = self.reg_hw
+        vis = cv2.resize(vis_y, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+        vis *= np.float32(1.0 / 255.0)
+        # Smoothing before the warp stands in for INTER_AREA, which warpPerspective lacks.
+        scale = min(self.ir_size[0] / w, self.ir_size[1] / h)
+        src = cv2.GaussianBlur(ir, (0, 0), 0.5 * scale) if scale > 1.5 else ir
+        warped = cv2.warpPerspective(src, self.ir_to_canvas, (w, h), flags=cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        return {"vis": vis[None, None], "ir": warped[None, None]}
+
+    def maps(self, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``cv2.remap`` maps (CV_16SC2 + CV_16UC1; fixed point, 1/32 pixel) sending each output
+        pixel to its IR pixel (:func:`ir_pixels`)."""
+        return self.sampling(grid, with_frame_grid=False)[:2]
+
+    def frame_grid(self, grid: np.ndarray) -> np.ndarray:
+        return frame_grid(*ir_pixels(grid, self.norm_to_ir, self.out_size), self.ir_size)
+
+    def sampling(self, grid: np.ndarray, *, with_frame_grid: bool
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`maps` and, if asked, :meth:`frame_grid` of one estimate, upsampling and
+        projecting the grid (:func:`ir_pixels`) once for both."""
+        x, y = ir_pixels(grid, self.norm_to_ir, self.out_size)
+        map1, map2 = cv2.convertMaps(x, y, cv2.CV_16SC2)
+        return map1, map2, frame_grid(x, y, self.ir_size) if with_frame_grid else None
+
+
+def run_register(backend: InferenceBackend, geometry: RegistrationGeometry, vis_y: np.ndarray,
+                 ir: np.ndarray, t_capture: float) -> Estimate:
+    """Run the ``register`` graph on one pair; see :meth:`RegistrationGeometry.network_inputs`."""
+    out = backend.run(geometry.network_inputs(vis_y, ir))
+    theta = np.asarray(out["theta"], dtype=np.float64).reshape(2, 3)
+    grid = np.asarray(out["grid"], dtype=np.float32).reshape(*geometry.reg_hw, 2)
+    return Estimate(theta=theta, grid=grid, t_capture=t_capture)

@@ -1,0 +1,194 @@
+"""What to trust: plausibility checks, hold-last-good and smoothing of successive estimates.
+
+Each estimate of the ``register`` graph is judged (:meth:`RegistrationFilter.judge`): a folded or
+off-frame grid, a rotation or scale far from the prior, or a jump from the last accepted estimate
+is rejected and the last good registration is held, its confidence decaying; a run of rejected
+estimates that agree with one another means the rig really moved, and is followed ("re-lock").
+Accepted estimates are blended into the state in force by an exponential moving average.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from busref.conventions import affine_grid
+from busref.rig_config.schema import RegistrationConfig
+from busref.runtime.registration.geometry import (
+    Estimate,
+    RegistrationGeometry,
+    corner_displacement,
+    rotation_scale,
+)
+
+log = logging.getLogger(__name__)
+
+#: A grid whose Jacobian is folded (det <= 0) on more than this fraction of cells is degenerate.
+MAX_FOLDED_FRACTION = 0.02
+#: Fraction of grid samples that must land inside the IR frame (with a 10 % margin).
+MIN_INSIDE_FRACTION = 0.5
+#: Confidence of a held estimate is multiplied by this for each consecutive rejection.
+HELD_CONFIDENCE_DECAY = 0.8
+#: After this many consecutive rejected estimates that agree with one another, the rig is taken
+#: to have really moved (a bumped camera) and the new estimate is accepted ("re-lock").
+RELOCK_AFTER = 5
+NON_FINITE = "non-finite output"
+
+
+def grid_quality(grid: np.ndarray) -> tuple[float, float]:
+    """``(folded, inside)``: fraction of grid cells whose Jacobian determinant is <= 0, and
+    fraction of samples within the moving image (normalised [-1.1, 1.1]); NaNs count as bad.
+
+    ``grid``: (H, W, 2) normalised (u, v).
+    """
+    if not np.all(np.isfinite(grid)):
+        return 1.0, 0.0
+    du_dx = np.diff(grid[:, :, 0], axis=1)[:-1]
+    dv_dx = np.diff(grid[:, :, 1], axis=1)[:-1]
+    du_dy = np.diff(grid[:, :, 0], axis=0)[:, :-1]
+    dv_dy = np.diff(grid[:, :, 1], axis=0)[:, :-1]
+    folded = float(np.mean(du_dx * dv_dy - du_dy * dv_dx <= 0.0))
+    inside = float(np.mean(np.all(np.abs(grid) <= 1.1, axis=-1)))
+    return folded, inside
+
+
+@dataclass(frozen=True)
+class Judgement:
+    accepted: bool
+    confidence: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RegistrationState:
+    """The registration in force: what the pipeline warps with, and what headers report."""
+
+    version: int
+    theta: np.ndarray  # (2, 3) smoothed coarse affine, normalised
+    grid: np.ndarray  # (H_reg, W_reg, 2) smoothed sampling grid, normalised
+    source: Literal["fine", "coarse", "held"]
+    confidence: float
+    t_capture: float  # capture time (monotonic s) of the pair of the newest accepted estimate
+    frame_to_ir: np.ndarray  # 3x3: published-frame pixel -> IR pixel (coarse part)
+    map1: np.ndarray = field(repr=False)  # cv2.remap maps at the output size
+    map2: np.ndarray = field(repr=False)
+    # The frame graph's grid input (1, H_out, W_out, 2), when the filter was asked for it
+    # (GPU per-frame path); the same array object for as long as this estimate is in force.
+    sampling_grid: np.ndarray | None = field(default=None, repr=False)
+
+
+class RegistrationFilter:
+    """Plausibility check, hold-last-good and EMA smoothing of successive estimates.
+
+    Not thread-safe: one registration thread feeds it. :meth:`update` returns the new state
+    (also when the estimate is rejected: then ``source`` is ``held``). With ``sampling_grid``
+    each new state also carries the ``frame`` graph's grid (:meth:`RegistrationGeometry.frame_grid`).
+    """
+
+    def __init__(self, config: RegistrationConfig, geometry: RegistrationGeometry, *,
+                 sampling_grid: bool = False) -> None:
+        self.config = config
+        self.geometry = geometry
+        self.sampling_grid = sampling_grid
+        self.state: RegistrationState | None = None
+        self.accepted = 0
+        self.rejected = 0
+        self.consecutive_rejections = 0
+        self._last_rejected: Estimate | None = None
+        self._held_confidence = 0.0
+
+    def judge(self, estimate: Estimate) -> Judgement:
+        """Is ``estimate`` plausible, and how much is it trusted (confidence in [0, 1])?"""
+        lim = self.config.plausibility
+        g = self.geometry
+        if not (np.all(np.isfinite(estimate.theta)) and np.all(np.isfinite(estimate.grid))):
+            return Judgement(False, 0.0, NON_FINITE)
+        folded, inside = grid_quality(estimate.grid)
+        pixels = g.theta_pixels(estimate.theta)
+        rotation, scale = rotation_scale(pixels)
+        jump = 0.0
+        if self.state is not None:
+            jump = corner_displacement(pixels, g.theta_pixels(self.state.theta), g.rgb_size)
+        confidence = (
+            max(0.0, 1.0 - folded / MAX_FOLDED_FRACTION)
+            * min(1.0, max(0.0, (inside - MIN_INSIDE_FRACTION) / (1.0 - MIN_INSIDE_FRACTION)))
+            * max(0.0, 1.0 - (jump / lim.max_jump_px) ** 2)
+        )
+        if folded > MAX_FOLDED_FRACTION:
+            return Judgement(False, confidence, f"grid folded on {folded:.1%} of cells")
+        if inside < MIN_INSIDE_FRACTION:
+            return Judgement(False, confidence, f"only {inside:.0%} of the grid samples the IR frame")
+        if abs(rotation) > lim.max_rotation_deg:
+            return Judgement(False, confidence, f"rotation {rotation:.1f} deg > {lim.max_rotation_deg}")
+        if abs(scale - 1.0) > lim.max_scale_change:
+            return Judgement(False, confidence, f"scale {scale:.3f} off by > {lim.max_scale_change}")
+        if jump > lim.max_jump_px:
+            return Judgement(False, confidence, f"jump of {jump:.1f} px > {lim.max_jump_px}")
+        if confidence < lim.min_confidence:
+            return Judgement(False, confidence, f"confidence {confidence:.2f} < {lim.min_confidence}")
+        return Judgement(True, confidence)
+
+    def _relock(self, estimate: Estimate) -> bool:
+        """Consecutive rejections that agree with each other mean the rig moved: follow it."""
+        previous = self._last_rejected
+        if previous is None or self.consecutive_rejections + 1 < RELOCK_AFTER:
+            return False
+        g = self.geometry
+        moved = corner_displacement(g.theta_pixels(estimate.theta), g.theta_pixels(previous.theta),
+                                    g.rgb_size)
+        folded, inside = grid_quality(estimate.grid)
+        return (moved <= self.config.plausibility.max_jump_px and folded <= MAX_FOLDED_FRACTION
+                and inside >= MIN_INSIDE_FRACTION)
+
+    def update(self, estimate: Estimate) -> RegistrationState | None:
+        """Fold ``estimate`` in; returns the state now in force (None while nothing was ever accepted)."""
+        judgement = self.judge(estimate)
+        held = self.state
+        # Without hold-last-good every finite estimate is taken, judged only for its confidence.
+        finite = judgement.reason != NON_FINITE
+        accept = judgement.accepted or (not self.config.hold_last_good and finite)
+        relock = not accept and self._relock(estimate)
+        if not accept and not relock:
+            self.rejected += 1
+            self.consecutive_rejections += 1
+            self._last_rejected = estimate
+            log.info("registration estimate rejected (%s); holding the last good one", judgement.reason)
+            if held is None:
+                return None
+            confidence = self._held_confidence * HELD_CONFIDENCE_DECAY**self.consecutive_rejections
+            self.state = dataclasses.replace(held, source="held", confidence=confidence)
+            return self.state
+        if relock:
+            log.warning("registration re-locked after %d consecutive rejections: the rig moved?",
+                        self.consecutive_rejections)
+        self.accepted += 1
+        self.consecutive_rejections = 0
+        self._last_rejected = None
+        a = self.config.smoothing
+        if held is None or relock:
+            theta, grid, confidence = estimate.theta, estimate.grid, judgement.confidence
+        else:
+            theta = (1.0 - a) * held.theta + a * estimate.theta
+            grid = (1.0 - a) * held.grid + a * estimate.grid
+            confidence = (1.0 - a) * self._held_confidence + a * judgement.confidence
+        if not self.config.deformable:
+            grid = affine_grid(theta, *self.geometry.reg_hw, coordinates="normalised")
+        self._held_confidence = confidence
+        map1, map2, sampling_grid = self.geometry.sampling(grid, with_frame_grid=self.sampling_grid)
+        self.state = RegistrationState(
+            version=0 if held is None else held.version + 1,
+            theta=theta,
+            grid=grid.astype(np.float32, copy=False),
+            source="fine" if self.config.deformable else "coarse",
+            confidence=confidence,
+            t_capture=estimate.t_capture,
+            frame_to_ir=self.geometry.frame_to_ir(theta),
+            map1=map1,
+            map2=map2,
+            sampling_grid=sampling_grid,
+        )
+        return self.state

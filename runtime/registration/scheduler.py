@@ -1,0 +1,132 @@
+"""When to estimate: the ``register`` graph on its own thread, on the rig's cadence."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from busref.rig_config.schema import RegistrationConfig
+from busref.runtime.backends.base import InferenceBackend
+from busref.runtime.registration.geometry import RegistrationGeometry, run_register
+from busref.runtime.registration.plausibility import RegistrationFilter, RegistrationState
+
+log = logging.getLogger(__name__)
+
+
+class RegistrationScheduler:
+    """Runs the ``register`` graph on its own thread, on the rig's cadence, on the newest pair offered.
+
+    The pipeline calls :meth:`offer` for every pair (cheap: it only keeps references) and reads
+    :attr:`state`; it never waits for registration. ``every_n_pairs`` counts offered pairs;
+    ``rate_hz`` starts runs on a fixed ``1 / rate_hz`` schedule (pairs arrive on their own clock,
+    so a start is at the first pair after each due time; the schedule does not drift by that
+    lateness, and runs go back-to-back when one is slower than the period).
+    ``observe(stage, seconds)`` receives the duration of each run (stage ``register``).
+    ``sampling_grid``: see :class:`RegistrationFilter`.
+    """
+
+    def __init__(
+        self,
+        backend: InferenceBackend,
+        config: RegistrationConfig,
+        geometry: RegistrationGeometry,
+        *,
+        observe: Callable[[str, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sampling_grid: bool = False,
+    ) -> None:
+        self.backend = backend
+        self.config = config
+        self.geometry = geometry
+        self.filter = RegistrationFilter(config, geometry, sampling_grid=sampling_grid)
+        self.runs = 0
+        self.errors = 0
+        self._observe = observe
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._pending: tuple[np.ndarray, np.ndarray, float] | None = None
+        self._offered_since_run = 0
+        self._next_due = -math.inf
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def state(self) -> RegistrationState | None:
+        return self.filter.state
+
+    def due(self) -> bool:
+        if self.config.every_n_pairs is not None:
+            return self._offered_since_run >= self.config.every_n_pairs
+        return self._clock() >= self._next_due
+
+    def _started_run(self) -> None:
+        """Book-keeping when a run starts (caller holds the lock)."""
+        self._offered_since_run = 0
+        if self.config.rate_hz is not None:
+            now = self._clock()
+            self._next_due = max(self._next_due + 1.0 / self.config.rate_hz, now)
+
+    def offer(self, vis_y: np.ndarray, ir: np.ndarray, t_capture: float) -> bool:
+        """Hand over a pair's full-size luminance and normalised IR (not copied: do not modify them).
+
+        Returns True when the pair became the next job (it may still be superseded by a newer
+        pair if the thread is busy).
+        """
+        with self._cond:
+            self._offered_since_run += 1
+            if not self.due():
+                return False
+            self._pending = (vis_y, ir, t_capture)
+            self._cond.notify()
+            return True
+
+    def register_now(self, vis_y: np.ndarray, ir: np.ndarray, t_capture: float) -> RegistrationState | None:
+        """Estimate synchronously on the calling thread (the first pair, before the thread starts)."""
+        with self._cond:
+            self._next_due = self._clock()
+            self._started_run()
+        return self._run(vis_y, ir, t_capture)
+
+    def _run(self, vis_y: np.ndarray, ir: np.ndarray, t_capture: float) -> RegistrationState | None:
+        started = time.perf_counter()
+        try:
+            estimate = run_register(self.backend, self.geometry, vis_y, ir, t_capture)
+            state = self.filter.update(estimate)
+        # A transient backend failure must not kill the thread: the last good estimate stays.
+        except Exception:
+            self.errors += 1
+            log.exception("registration failed; keeping the current estimate")
+            return self.filter.state
+        finally:
+            self.runs += 1
+        if self._observe is not None:
+            self._observe("register", time.perf_counter() - started)
+        return state
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                while self._pending is None and not self._stop.is_set():
+                    self._cond.wait(0.1)
+                if self._stop.is_set():
+                    return
+                job, self._pending = self._pending, None
+                self._started_run()
+            assert job is not None
+            self._run(*job)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="registration", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
