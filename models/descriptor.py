@@ -2,7 +2,7 @@
 that map each image to unit-length per-pixel vectors which agree where the two images show the
 same point, trained on aligned train pairs with a local-window softmax.
 
-Why (issue 3): the hand-made similarities of :mod:`models.refinement` (NGF + MIND) are biased on
+Why: the hand-made similarities of :mod:`models.refinement` (NGF + MIND) are biased on
 this data: started at the true grid they drift 2.5 px away, because IR and visible edges do not
 coincide (thermal halos, blur) and flat areas carry no signal. A descriptor trained on the aligned
 pairs learns where the two modalities' structures correspond; added to the refinement at full size

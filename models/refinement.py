@@ -2,7 +2,7 @@
 local structure match the visible image's (normalised gradient fields + MIND, and at full size a
 learned cross-modal descriptor, :mod:`models.descriptor`).
 
-Why (issue 3): the shipped networks leave ~6-7 px of error on the moderate level, mostly a
+Why: the shipped networks leave ~6-7 px of error on the moderate level, mostly a
 smooth residual that their cross-modal cost volumes cannot resolve at 1/4 of the registration
 size. IR and visible intensities are unrelated, but the *orientation* of their edges largely
 agrees (up to sign), which NGF scores, and so does the pattern of local self-similarity, which

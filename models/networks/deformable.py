@@ -49,7 +49,7 @@ class DeformableNet(nn.Module):
     volume (+-24 px at the registration size); at 1/4 F2 joins the upsampled deep descriptors, the
     moving descriptors are warped by the 1/8 estimate and a radius-2 cost volume (+-8 px) adds the
     residual. Why: the parallel design's F2/F3 matchers compared shallow auto-encoder features
-    across IR and visible, and their soft-argmax had cosine ~0 with the true residual (issue 3).
+    across IR and visible, and their soft-argmax had cosine ~0 with the true residual.
 
     Output ``(B, 2, H, W)``: displacement ``d`` in *normalised* units (align_corners=True) of the
     registration resolution, channel 0 = du; the registered image is ``I_a(p + d(p))``. Also

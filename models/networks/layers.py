@@ -27,7 +27,7 @@ def act() -> nn.Module:
 
 
 def separable(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    """Depthwise 3x3 then pointwise 1x1: a 3x3 conv at a fraction of the cost (speed budget, issue 3)."""
+    """Depthwise 3x3 then pointwise 1x1: a 3x3 conv at a fraction of the cost (the graphs' CPU speed budget)."""
     return nn.Sequential(conv(cin, cin, stride=stride, groups=cin), nn.Conv2d(cin, cout, 1))
 
 
@@ -100,7 +100,7 @@ def correlation(fa: torch.Tensor, fb: torch.Tensor, radius: int) -> torch.Tensor
 
     ``(B, C, H, W) x 2 -> (B, (2r+1)^2, H, W)``. Plain slicing, so it exports to ONNX. The products
     are reduced over the *last* axis (channels moved there once): ONNX Runtime reduces a middle
-    axis several times slower, which was most of the cost volumes' time (issue 3 speed target).
+    axis several times slower, which was most of the cost volumes' time.
     """
     h, w = fa.shape[-2:]
     a = fa.permute(0, 2, 3, 1)
@@ -135,7 +135,7 @@ def cost_logits(cost: torch.Tensor, sharpness: torch.Tensor) -> torch.Tensor:
     Why standardise: neighbouring bus features are smooth, so raw cosines differ by ~0.03 across
     the offsets; times a learned scale that started at 10 the softmax stayed near uniform (max
     probability 0.02-0.09 against 0.01-0.04 uniform) and every soft-argmax shrank towards zero,
-    which is what held the shipped nets at ~7 px (issue 3).
+    which is what held the shipped nets at ~7 px.
     """
     centred = cost - cost.mean(dim=1, keepdim=True)
     return centred * torch.rsqrt((centred * centred).mean(dim=1, keepdim=True) + 1e-8) * sharpness
