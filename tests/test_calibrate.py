@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import difflib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from busref.rig_config import DEMO_RIG, RigConfigError, load_rig
-from busref.runtime.cli.calibrate import PROVENANCE, write_rig
+from busref.runtime.cli.calibrate import PROVENANCE, iterate, write_rig
+from busref.runtime.registration.geometry import corner_displacement
 
 REPO = Path(__file__).resolve().parent.parent
 # Tiny perspective terms as calibration gives them: their repr has an exponent ("-2e-06").
@@ -91,3 +95,56 @@ def test_a_relative_path_that_would_move_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RigConfigError, match=r"inference\.register_model: .*write --out beside it"):
         write_rig(load_rig(source), PRIOR, source, out)
     assert not out.exists()
+
+
+def _affine(rotation_deg: float, scale: float, shift: tuple[float, float], size: tuple[int, int]) -> np.ndarray:
+    """3x3 rotation-scale about the centre of a (width, height) frame, then a shift."""
+    a = np.radians(rotation_deg)
+    lin = scale * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    c = np.array([(size[0] - 1) / 2, (size[1] - 1) / 2])
+    out = np.eye(3)
+    out[:2, :2], out[:2, 2] = lin, c - lin @ c + np.asarray(shift)
+    return out
+
+
+def test_passes_converge_when_each_recovers_most_of_what_is_left() -> None:
+    # A network whose coarse affine undershoots (slope 0.8, as the shipped one's): one pass leaves
+    # a fifth of the misalignment, further passes from the updated prior remove the rest.
+    size = (448, 288)
+    truth = _affine(10.0, 1.08, (40.0, -25.0), size)  # IR pixel -> RGB pixel
+
+    def undershooting(prior: np.ndarray) -> list[np.ndarray]:
+        needed = prior @ np.linalg.inv(truth)
+        return [np.eye(3) + 0.8 * (needed - np.eye(3)) + noise for noise in (0.0, 1e-4, -1e-4)]
+
+    result = iterate(undershooting, np.eye(3), size, max_passes=8, tolerance=0.5)
+    assert result.converged and 2 < len(result.passes) <= 8
+    assert corner_displacement(result.prior, truth, size) < 1.0
+    # A second calibration from its output changes the prior by less than the tolerance.
+    again = iterate(undershooting, result.prior, size, max_passes=8, tolerance=0.5)
+    assert again.converged and len(again.passes) == 1
+    assert corner_displacement(again.prior, result.prior, size) < 0.5
+
+
+def test_a_correction_that_never_shrinks_is_reported_as_not_converged() -> None:
+    size = (448, 288)
+    biased = _affine(1.0, 1.0, (3.0, 0.0), size)  # asks for the same correction whatever the prior
+    result = iterate(lambda prior: [biased], np.eye(3), size, max_passes=3, tolerance=0.5)
+    assert not result.converged and len(result.passes) == 3
+    nothing = iterate(lambda prior: [], np.eye(3), size, max_passes=3, tolerance=0.5)
+    assert not nothing.converged and nothing.passes == [] and np.array_equal(nothing.prior, np.eye(3))
+
+
+@pytest.mark.slow
+def test_calibrate_on_the_synthetic_rig_writes_the_rig_and_a_before_after_picture(tmp_path: Path) -> None:
+    rig = tmp_path / "rig.yaml"
+    rig.write_text(MINIMAL.replace("width: 64, height: 48", "width: 256, height: 192"))
+    out = tmp_path / "calibrated.yaml"
+    done = subprocess.run([sys.executable, "-m", "busref", "calibrate", "--rig", str(rig), "--pairs", "2",
+                           "--interval", "0.05", "--max-passes", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "passes" in done.stdout and "residual" in done.stdout
+    assert load_rig(out).registration.prior_homography is not None
+    sheet = cv2.imread(str(out.with_suffix(".png")))
+    assert sheet is not None and sheet.shape[1] == 2 * 386  # two tiles of 384 + their 2-pixel borders

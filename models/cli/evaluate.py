@@ -28,8 +28,8 @@ from busref.models.metrics.registration import warp_numpy
 from busref.models.misalignment import LEVELS, protocol_pair
 from busref.models.refinement import RefinementConfig
 from busref.models.train import select_device
-from busref.models.visualise import contact_sheet, edge_overlay
 from busref.rig_config.resources import recorded_path
+from busref.visualise import contact_sheet, edge_overlay
 
 log = logging.getLogger(__name__)
 

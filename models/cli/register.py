@@ -27,7 +27,7 @@ from busref.models.inference import BusReFRegistration, fuse_luminance
 from busref.models.metrics.registration import warp_numpy
 from busref.models.refinement import RefinementConfig
 from busref.models.train import select_device
-from busref.models.visualise import contact_sheet, edge_overlay
+from busref.visualise import contact_sheet, edge_overlay
 
 log = logging.getLogger(__name__)
 

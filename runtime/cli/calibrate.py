@@ -1,31 +1,41 @@
 """``busref calibrate --rig FILE --pairs N --out FILE``: estimate the rig's IR->RGB prior from live pairs.
 
-Each of N pairs (spaced over time so the scene differs) is registered with the rig's current
-prior; the coarse affine corrections are combined by an element-wise median, estimates far from
-it are discarded as outliers (robust to moments where the scene gives the network little to
-work with), and the median of the rest updates the prior: ``P_new = A^-1 @ P`` (``P`` the rig's
-prior in force: its ``registration.prior_homography``, or the same-field-of-view default).
+N pairs (spaced over time so the scene differs) are captured once. Then, pass after pass, each
+pair is registered with the prior of that pass; the coarse affine corrections are combined by an
+element-wise median, estimates far from it are discarded as outliers (robust to moments where the
+scene gives the network little to work with), and the median of the rest updates the prior:
+``P_new = A^-1 @ P``. The passes stop when the correction moves the frame's corners by less than
+``--tolerance`` pixels (converged) or after ``--max-passes`` (reported as not converged). Why
+iterate: the network's coarse affine undershoots large corrections (its displacement slope is
+~0.8), so one pass leaves part of the misalignment; registered again from the new prior, the
+pairs say how much is left.
 
 The new prior is written into a copy of the rig file that differs from it only in that entry:
 comments, layout and relative paths stay as the user wrote them. The copy is validated, and
-checked to describe the same rig, before it is written.
+checked to describe the same rig, before it is written. Beside it, ``OUT.png`` shows the edges of
+both images over each other, before (the rig's prior) and after (the calibrated one).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import cv2
 import numpy as np
 import yaml
 
 from busref.rig_config import RigConfig, RigConfigError, parse_rig
 from busref.rig_config.schema import Matrix3
 from busref.runtime import exit_codes
+from busref.runtime.backends.base import InferenceBackend
 from busref.runtime.capture import CaptureThread
 from busref.runtime.cli.run import add_rig_argument, load_or_report
 from busref.runtime.daemon import StartupError, open_graph
@@ -38,6 +48,7 @@ from busref.runtime.registration.geometry import (
     run_register,
 )
 from busref.runtime.thermal import ThermalNormaliser
+from busref.visualise import contact_sheet, edge_overlay
 
 log = logging.getLogger("busref.calibrate")
 
@@ -54,21 +65,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="where to write the calibrated rig file")
     parser.add_argument("--camera-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="give up when no pair arrives for this long")
+    parser.add_argument("--max-passes", type=int, default=5,
+                        help="most registration passes over the captured pairs (default: 5)")
+    parser.add_argument("--tolerance", type=float, default=0.5, metavar="PIXELS",
+                        help="converged when a pass moves the RGB frame's corners by less than this (default: 0.5)")
 
 
-def collect(config: RigConfig, geometry: RegistrationGeometry, pairs: int, interval: float,
-            timeout: float) -> list[np.ndarray]:
-    """Coarse corrections (3x3 RGB pixel maps on top of the current prior) from ``pairs`` live pairs."""
-    backend = open_graph(config, "register")
+@dataclass(frozen=True)
+class Frames:
+    """One captured pair: RGB luminance (H, W) uint8 and the normalised IR (H_ir, W_ir) float32 in [0, 1]."""
+
+    vis_y: np.ndarray
+    ir: np.ndarray
+    t_capture: float
+
+
+def collect(config: RigConfig, pairs: int, interval: float, timeout: float) -> list[Frames]:
+    """``pairs`` live pairs, at least ``interval`` seconds apart."""
     pairer = Pairer(config.pairing.max_skew_ms / 1000.0)
     captures = [CaptureThread(n, getattr(config.cameras, n), pairer.add) for n in ("ir", "rgb")]
     normaliser = ThermalNormaliser(config.cameras.ir.thermal)
-    corrections: list[np.ndarray] = []
+    frames: list[Frames] = []
     for c in captures:
         c.start()
     try:
         last = -math.inf
-        while len(corrections) < pairs:
+        while len(frames) < pairs:
             pair = pairer.latest_pair(timeout=timeout)
             if pair is None:
                 errors = "; ".join(f"{c.camera_name}: {c.stats.last_error or 'no frame'}" for c in captures)
@@ -77,14 +99,67 @@ def collect(config: RigConfig, geometry: RegistrationGeometry, pairs: int, inter
                 continue
             last = pair.rgb.t_capture
             y, _, _ = split_ycrcb(pair.rgb.image)
-            estimate = run_register(backend, geometry, y, normaliser(pair.ir.image), pair.rgb.t_capture)
-            if np.all(np.isfinite(estimate.theta)):
-                corrections.append(geometry.theta_pixels(estimate.theta))
-            log.info("pair %d/%d registered", len(corrections), pairs)
+            frames.append(Frames(y, normaliser(pair.ir.image), pair.rgb.t_capture))
+            log.info("pair %d/%d captured", len(frames), pairs)
     finally:
         for c in captures:
             c.stop()
-    return corrections
+    return frames
+
+
+def corrections(backend: InferenceBackend, geometry: RegistrationGeometry, frames: list[Frames]) -> list[np.ndarray]:
+    """The coarse corrections (3x3 RGB pixel maps on top of ``geometry.prior``) the network asks for."""
+    out = []
+    for f in frames:
+        estimate = run_register(backend, geometry, f.vis_y, f.ir, f.t_capture)
+        if np.all(np.isfinite(estimate.theta)):
+            out.append(geometry.theta_pixels(estimate.theta))
+    return out
+
+
+@dataclass
+class Calibration:
+    """The result of :func:`iterate`: the prior, whether the last pass's correction was within the
+    tolerance, and each pass's report (:func:`robust_median`)."""
+
+    prior: np.ndarray
+    converged: bool
+    passes: list[dict[str, Any]]
+
+
+def iterate(estimate: Callable[[np.ndarray], list[np.ndarray]], prior: np.ndarray, size: tuple[int, int], *,
+            max_passes: int, tolerance: float) -> Calibration:
+    """Update ``prior`` (3x3 IR pixel -> RGB pixel) pass by pass until a pass's median correction
+    moves the corners of the RGB frame of ``size`` (width, height) by less than ``tolerance`` px.
+
+    ``estimate(prior)`` returns the corrections the pairs ask for on top of ``prior`` (3x3 RGB pixel
+    -> pre-warped canvas pixel); a pass without any usable estimate ends the loop unconverged.
+    """
+    passes: list[dict[str, Any]] = []
+    for _ in range(max_passes):
+        found = estimate(prior)
+        if not found:
+            return Calibration(prior, False, passes)
+        median, report = robust_median(found, size)
+        prior = np.linalg.inv(median) @ prior
+        passes.append(report)
+        moved = report["correction"]["corner_displacement_px"]
+        log.info("pass %d: correction %.2f px (%d/%d pairs agree, spread median %.2f px)", len(passes), moved,
+                 report["inliers"], report["pairs"], report["spread_px"]["median"])
+        if moved < tolerance:
+            return Calibration(prior, True, passes)
+    return Calibration(prior, False, passes)
+
+
+def before_after_sheet(frames: list[Frames], before: np.ndarray, after: np.ndarray, rgb_size: tuple[int, int]
+                       ) -> np.ndarray:
+    """Edges of the visible image (green) and of the IR warped into it (magenta; white where both
+    coincide), with the prior ``before`` and ``after`` calibration, for up to 4 of ``frames``."""
+    rows = []
+    for f in frames[:4]:
+        rows.append([edge_overlay(f.vis_y, cv2.warpPerspective(f.ir, prior, rgb_size, flags=cv2.INTER_LINEAR))
+                     for prior in (before, after)])
+    return contact_sheet(rows, ["before (rig file's prior)", "after (calibrated prior)"], tile_width=384)
 
 
 def robust_median(corrections: list[np.ndarray], size: tuple[int, int]) -> tuple[np.ndarray, dict[str, Any]]:
@@ -206,32 +281,46 @@ def run(args: argparse.Namespace) -> int:
     config = load_or_report(args.rig)
     if config is None:
         return exit_codes.BAD_CONFIG
-    if args.pairs < 1:
-        log.error("--pairs must be at least 1")
-        return exit_codes.BAD_CONFIG
+    for name, value in (("--pairs", args.pairs), ("--max-passes", args.max_passes)):
+        if value < 1:
+            log.error("%s must be at least 1", name)
+            return exit_codes.BAD_CONFIG
     rgb_size = (config.cameras.rgb.width, config.cameras.rgb.height)
     geometry = RegistrationGeometry.from_config(config, out_size=fuse_size(rgb_size, config.fusion.size))
     try:
-        corrections = collect(config, geometry, args.pairs, args.interval, args.camera_timeout)
+        backend = open_graph(config, "register")
+        frames = collect(config, args.pairs, args.interval, args.camera_timeout)
     except StartupError as exc:
         log.error("%s (exit code %d)", exc, exc.exit_code)
         return exc.exit_code
-    if not corrections:
+    result = iterate(lambda prior: corrections(backend, dataclasses.replace(geometry, prior=prior), frames),
+                     geometry.prior, rgb_size, max_passes=args.max_passes, tolerance=args.tolerance)
+    if not result.passes:
         log.error("no usable estimate in %d pairs", args.pairs)
         return exit_codes.NO_DATA
-    median, report = robust_median(corrections, rgb_size)
-    prior = np.linalg.inv(median) @ geometry.prior
     try:
-        write_rig(config, prior, args.rig, args.out)
+        write_rig(config, result.prior, args.rig, args.out)
     except RigConfigError as exc:
         log.error("the calibrated rig file was not written: %s", exc)
         return exit_codes.FAILURE
-    c = report["correction"]
-    print(f"{report['inliers']}/{report['pairs']} pairs agree (spread: median {report['spread_px']['median']:.2f} px, "
-          f"max {report['spread_px']['max']:.2f} px; outliers beyond {report['outlier_limit_px']:.1f} px)")
-    print(f"correction of the prior: rotation {c['rotation_deg']:+.2f} deg, scale {c['scale']:.4f}, "
-          f"shift ({c['shift_px'][0]:+.1f}, {c['shift_px'][1]:+.1f}) px, corners move up to "
-          f"{c['corner_displacement_px']:.1f} px")
-    print(f"prior_homography (IR pixel -> RGB pixel):\n{np.array2string(prior / prior[2, 2], precision=6)}")
-    print(f"written to {args.out}")
+    sheet = args.out.with_suffix(".png")
+    cv2.imwrite(str(sheet), before_after_sheet(frames, geometry.prior, result.prior, rgb_size))
+    last = result.passes[-1]
+    # The whole correction A of all passes (new prior = A^-1 @ old), as one pass reports its own.
+    total = geometry.prior @ np.linalg.inv(result.prior)
+    rotation, scale = rotation_scale(total)
+    state = (f"converged after {len(result.passes)} passes" if result.converged else
+             f"NOT converged after {len(result.passes)} passes (the last still moved the corners "
+             f"{last['correction']['corner_displacement_px']:.2f} px; tolerance {args.tolerance:g})")
+    print(f"{state}; in the last pass {last['inliers']}/{last['pairs']} pairs agree (spread of their "
+          f"corrections: median {last['spread_px']['median']:.2f} px, max {last['spread_px']['max']:.2f} px)")
+    print(f"residual: the pairs still ask for {last['correction']['corner_displacement_px']:.2f} px at the corners")
+    print(f"change of the prior: rotation {rotation:+.2f} deg, scale {scale:.4f}, corners move up to "
+          f"{corner_displacement(total, np.eye(3), rgb_size):.1f} px")
+    prior = np.array2string(result.prior / result.prior[2, 2], precision=6)
+    print(f"prior_homography (IR pixel -> RGB pixel):\n{prior}")
+    print(f"written to {args.out}; edges before/after: {sheet}")
+    if not result.converged:
+        log.warning("calibration did not converge: check %s, and calibrate again on a scene with more structure "
+                    "(edges at several depths and across the frame)", sheet)
     return exit_codes.OK

@@ -1,4 +1,5 @@
-"""Pictures for people: edge overlays and contact sheets (uint8 BGR images)."""
+"""Pictures for people: edge overlays and contact sheets (uint8 BGR images; OpenCV and NumPy only,
+so the training side and the torch-free runtime draw them the same way)."""
 
 from __future__ import annotations
 
