@@ -39,9 +39,14 @@ class Level:
         return Level(*(v * factor for v in (self.rot_deg, self.scale, self.shear, self.trans, self.elastic)))
 
 
+#: ``moderate`` and ``hard`` are the protocol's (evaluation-protocol.md), unchanged. ``wide`` is this
+#: project's addition: what an uncalibrated rig can be off by (up to 15 degrees of rotation, 10 %
+#: of scale, 15 % of the size in translation), with the hard level's shear and elastic terms; the
+#: draws of pair ``i`` are the same at every level, only the amplitudes differ.
 LEVELS: dict[str, Level] = {
     "moderate": Level(rot_deg=5.0, scale=0.05, shear=0.03, trans=0.05, elastic=0.02),
     "hard": Level(rot_deg=10.0, scale=0.10, shear=0.05, trans=0.10, elastic=0.04),
+    "wide": Level(rot_deg=15.0, scale=0.10, shear=0.05, trans=0.15, elastic=0.04),
 }
 
 N_DRAWS = 6 + 2 * LATTICE * LATTICE

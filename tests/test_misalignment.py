@@ -49,3 +49,15 @@ def test_pair_zero_translation_value():
 def test_unknown_level_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown misalignment level 'extreme'"):
         protocol_pair(0, _image(), "extreme")
+
+
+def test_the_wide_level_keeps_the_draws_and_reaches_an_uncalibrated_rigs_range():
+    from busref.models.misalignment import LEVELS
+
+    img = _image()
+    hard, wide = protocol_pair(3, img, "hard"), protocol_pair(3, img, "wide")
+    assert np.array_equal(hard.draws, wide.draws)
+    assert (LEVELS["wide"].rot_deg, LEVELS["wide"].scale, LEVELS["wide"].trans) == (15.0, 0.10, 0.15)
+    # The protocol's own levels are unchanged.
+    assert LEVELS["moderate"] == type(LEVELS["moderate"])(5.0, 0.05, 0.03, 0.05, 0.02)
+    assert LEVELS["hard"] == type(LEVELS["hard"])(10.0, 0.10, 0.05, 0.10, 0.04)
