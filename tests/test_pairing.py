@@ -142,7 +142,9 @@ def test_live_capture_threads_at_30_and_60_hz_pair_up() -> None:
     for pair, taken_at in got:
         assert pair.ir.image.dtype == np.uint16 and pair.rgb.image.shape == (128, 160, 3)
         assert abs(pair.skew_s) <= 0.020
-        assert taken_at - pair.ir.t_capture < 0.1  # never a stale backlog
+        # Never a stale backlog: with one, the age would grow by the consumer's 0.15 s per pair. On a
+        # loaded machine the consumer thread woke 0.16 s after a capture, so the bound is 0.3 s.
+        assert taken_at - pair.ir.t_capture < 0.3
     stats = pairer.stats
     assert stats.superseded > 0  # pairs came faster than the consumer and were replaced
     assert stats.pairs >= 30  # about 30 pairs/s for ~1.4 s after the renderers are built
