@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,14 +67,16 @@ def list_pairs(ir_dir: Path, vis_dir: Path, *, allow_unpaired: bool = False) -> 
     return [PairPaths(n, ir[n], vis[n]) for n in names]
 
 
-def roadscene_pairs(data_dir: Path, split: str | None = None) -> list[PairPaths]:
+def roadscene_pairs(data_dir: Path, split: str | None = None, split_file: Path | None = None) -> list[PairPaths]:
     """Pairs of a RoadScene-layout folder (``cropinfrared/``, ``crop_LR_visible/``,
-    ``split.json``), restricted to ``split`` ("train" or "test") when given."""
+    ``split.json``), restricted to ``split`` ("train" or "test") when given; the split file
+    (``split_file``, default the folder's ``split.json``) may name a pair by its stem or by its file
+    name."""
     data_dir = Path(data_dir)
     pairs = list_pairs(data_dir / ROADSCENE_IR, data_dir / ROADSCENE_VIS)
     if split is None or split == "all":
         return pairs
-    split_file = data_dir / "split.json"
+    split_file = Path(split_file) if split_file is not None else data_dir / "split.json"
     try:
         splits = json.loads(split_file.read_text())
         wanted = set(splits[split])
@@ -81,7 +84,21 @@ def roadscene_pairs(data_dir: Path, split: str | None = None) -> list[PairPaths]
         raise DataError(f"{split_file}: cannot read the split file: {exc}") from exc
     except KeyError:
         raise DataError(f"{split_file}: has no split {split!r} (it has {sorted(splits)})") from None
-    return [p for p in pairs if p.name in wanted]
+    # A split may list file names instead of stems (the NIR folder's does).
+    return [p for p in pairs if wanted & {p.name, p.ir.name, p.vis.name}]
+
+
+def category_pairs(data_dir: Path, split: str, categories: Sequence[str] | None = None) -> list[PairPaths]:
+    """The ``split`` pairs of a RoadScene-layout folder; with ``categories`` only those named
+    ``CATEGORY_*`` (the NIR scenes' names, e.g. ``field_0001``). An empty selection is an error."""
+    pairs = roadscene_pairs(data_dir, split)
+    if categories:
+        prefixes = tuple(f"{c.strip()}_" for c in categories if c.strip())
+        pairs = [p for p in pairs if p.name.startswith(prefixes)]
+    if not pairs:
+        raise DataError(f"{data_dir}: no {split!r} pairs" + (f" of the categories {', '.join(categories)}"
+                                                             if categories else ""))
+    return pairs
 
 
 def pair_index(pairs: list[PairPaths], all_pairs: list[PairPaths]) -> list[int]:

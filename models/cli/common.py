@@ -26,16 +26,34 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, default_split: str = 
     group = parser.add_argument_group("data (a RoadScene-layout folder, or two aligned pair folders)")
     group.add_argument("--data", type=Path, help="folder with cropinfrared/, crop_LR_visible/ and split.json")
     group.add_argument("--split", default=default_split, help=f"split of split.json (default: {default_split})")
+    group.add_argument("--split-file", help="read the split from this JSON file instead of DATA/split.json, or from "
+                       f"a split the package ships by its name ({', '.join(shipped_splits())}: "
+                       "'nirscene' holds out the mountain and urban categories of the NIR pairs)")
     group.add_argument("--ir", type=Path, help="IR folder (paired with --vis by file stem)")
     group.add_argument("--vis", type=Path, help="visible folder")
     group.add_argument("--limit", type=int, help="use only the first N pairs")
+
+
+SPLITS = Path(__file__).resolve().parent.parent / "splits"
+
+
+def shipped_splits() -> list[str]:
+    """Names of the split files in the package (``models/splits/NAME.json``)."""
+    return sorted(p.stem for p in SPLITS.glob("*.json"))
+
+
+def split_file(value: str | None) -> Path | None:
+    """``--split-file``: a shipped split's name, or a path; None for the data folder's own split.json."""
+    if value is None:
+        return None
+    return SPLITS / f"{value}.json" if value in shipped_splits() else Path(value)
 
 
 def select_pairs(args: argparse.Namespace) -> tuple[list[PairPaths], list[int]]:
     """The pairs the arguments name and their protocol indices (position among all pairs)."""
     if args.data is not None:
         all_pairs = roadscene_pairs(args.data)
-        pairs = roadscene_pairs(args.data, args.split)
+        pairs = roadscene_pairs(args.data, args.split, split_file(getattr(args, "split_file", None)))
     elif args.ir is not None and args.vis is not None:
         all_pairs = pairs = list_pairs(args.ir, args.vis)
     else:
