@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from busref import __version__
-from busref.runtime import exit_codes  # imports nothing else: no torch, no numpy
+from busref.runtime import exit_codes, shutdown  # standard library only: no torch, no numpy
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Subcommand:
     module: str
     help: str
     extra: str  # the pip extra that provides its dependencies
+    daemon: bool = False  # stops on SIGINT/SIGTERM: the handlers go in before its (slow) imports
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
@@ -32,7 +33,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "fuse": Subcommand("busref.models.cli.fuse", "fuse already aligned IR/visible pairs", "train"),
     "export": Subcommand("busref.export.cli", "export a checkpoint to ONNX or an ONNX graph to a TensorRT engine",
                          "train"),
-    "run": Subcommand("busref.runtime.cli.run", "run the rig daemon: capture, register, fuse, publish", "runtime"),
+    "run": Subcommand("busref.runtime.cli.run", "run the rig daemon: capture, register, fuse, publish", "runtime",
+                      daemon=True),
     "bench": Subcommand("busref.runtime.cli.bench", "measure the daemon's per-stage latency and throughput",
                         "runtime"),
     "watch": Subcommand("busref.runtime.cli.watch", "subscribe to a fused stream: fps, latency, save frames",
@@ -79,6 +81,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Only the subcommand actually named on the command line is imported.
     chosen = next((a for a in argv if a in SUBCOMMANDS), None)
+    if chosen is not None and SUBCOMMANDS[chosen].daemon:
+        shutdown.install()
     for name, sub in SUBCOMMANDS.items():
         sp = subparsers.add_parser(name, help=sub.help, description=sub.help)
         if name == chosen:

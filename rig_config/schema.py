@@ -330,7 +330,19 @@ class InferenceConfig(_Model):
 
 # --------------------------------------------------------------------------- publishing
 
-_ENDPOINT = re.compile(r"^(tcp://(\*|[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):\d{1,5}|ipc://.+)$")
+_ENDPOINT = re.compile(r"^(tcp://(\*|[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})|ipc://.+)$")
+
+
+def check_endpoints(value: list[str]) -> list[str]:
+    """``value`` if every entry is a ``tcp://HOST:PORT`` (port 0..65535) or ``ipc://PATH`` endpoint
+    and none is listed twice; else ValueError naming the bad ones (``--endpoint`` is checked so too)."""
+    matches = [(e, _ENDPOINT.match(e)) for e in value]
+    bad = [e for e, m in matches if m is None or (m["port"] is not None and int(m["port"]) > 65535)]
+    if bad:
+        raise ValueError(f"not a tcp://HOST:PORT or ipc://PATH endpoint: {', '.join(bad)}")
+    if len(set(value)) != len(value):
+        raise ValueError("an endpoint is listed twice")
+    return value
 
 
 class CurveConfig(_Model):
@@ -352,19 +364,15 @@ class PublisherConfig(_Model):
                                  description="ZeroMQ bind endpoints: tcp://HOST:PORT or ipc://PATH")
     encoding: Literal["raw", "jpeg"] = "jpeg"
     jpeg_quality: int = Field(85, ge=1, le=100)
-    hwm: int = Field(2, ge=1, le=1000, description="send high-water mark (messages per subscriber)")
+    hwm: int = Field(2, ge=1, le=1000, description="send queue per subscriber, in pairs' worth of messages "
+                                                   "(beyond it that subscriber's messages are dropped)")
     publish_registered_ir: bool = Field(False, description="also publish the registered IR on its own topic")
     curve: CurveConfig = CurveConfig()
 
     @field_validator("endpoints")
     @classmethod
     def _endpoints(cls, value: list[str]) -> list[str]:
-        bad = [e for e in value if not _ENDPOINT.match(e)]
-        if bad:
-            raise ValueError(f"not a tcp://HOST:PORT or ipc://PATH endpoint: {', '.join(bad)}")
-        if len(set(value)) != len(value):
-            raise ValueError("an endpoint is listed twice")
-        return value
+        return check_endpoints(value)
 
 
 class MetricsConfig(_Model):

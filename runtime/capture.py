@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from busref.rig_config.schema import CameraConfig
-from busref.runtime.sources import FrameSource, make_source
+from busref.runtime.sources import FrameSource, SourceError, make_source
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,8 @@ class CaptureThread(threading.Thread):
         while not self._stop_event.is_set():
             try:
                 ok, image, stamp = self.source.read()
+            except SourceError as exc:  # the source says what is wrong (e.g. its file was removed)
+                return delay, str(exc)
             except Exception as exc:
                 return delay, f"read failed: {exc}"
             if self._stop_event.is_set():

@@ -24,14 +24,21 @@ from busref.runtime.artifact import ArtifactError, GraphKind
 from busref.runtime.backends.base import BackendUnavailable, InferenceBackend, ModelMissing
 from busref.runtime.backends.select import open_backend
 from busref.runtime.capture import CaptureThread
+from busref.runtime.memory import release_free_heap
 from busref.runtime.metrics import Family, HistogramFamily, MetricsServer, render
 from busref.runtime.pairing import Pairer
 from busref.runtime.pipeline import Pipeline
-from busref.runtime.publisher import CurveServerKeys, Publisher, PublisherError
+from busref.runtime.publisher import CurveServerKeys, EndpointError, Publisher, PublisherError
 
 log = logging.getLogger(__name__)
 
 STATUS_PERIOD_S = 1.0
+#: A pair that failed this recently (seconds) is named in the status ``message``.
+FAULT_RECENT_S = 5.0
+#: The window of ``Pipeline.fps``: no frame published for this long is ``degraded``.
+STALL_S = 2.0
+#: How often freed heap memory is handed back to the OS (:mod:`busref.runtime.memory`).
+RELEASE_PERIOD_S = 60.0
 
 
 class StartupError(RuntimeError):
@@ -40,6 +47,13 @@ class StartupError(RuntimeError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class StartupInterrupted(StartupError):
+    """``interrupt`` was set (SIGINT/SIGTERM) during start-up: not a failure, exit code 0."""
+
+    def __init__(self, step: str) -> None:
+        super().__init__(f"start-up interrupted {step}", exit_codes.OK)
 
 
 def open_graph(config: RigConfig, graph: GraphKind) -> InferenceBackend:
@@ -135,9 +149,16 @@ class Daemon:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _check_interrupt(self, step: str) -> None:
+        if self.interrupt.is_set():
+            raise StartupInterrupted(step)
+
     def start(self) -> None:
+        """Start everything; :class:`StartupError` when something cannot start, or
+        :class:`StartupInterrupted` when ``interrupt`` is set meanwhile (checked between steps)."""
         cfg = self.config
         self.backends = {"register": open_graph(cfg, "register"), "fuse": open_graph(cfg, "fuse")}
+        self._check_interrupt("while loading the graphs")
         reg_meta = self.backends["register"].metadata
         if reg_meta.registration_size is not None and tuple(reg_meta.registration_size) != cfg.registration.size:
             log.warning("the register graph was trained at %s, the rig runs it at %s",
@@ -154,6 +175,8 @@ class Daemon:
         per_pair = 2 if cfg.publisher.publish_registered_ir else 1
         try:
             self.publisher = Publisher(self.endpoints, hwm=cfg.publisher.hwm * per_pair + 1, curve=curve)
+        except EndpointError as exc:
+            raise StartupError(str(exc), exit_codes.BAD_CONFIG) from None
         except PublisherError as exc:
             raise StartupError(str(exc), exit_codes.BIND_FAILED) from None
         self.pipeline = Pipeline(cfg, register=self.backends["register"], fuse=self.backends["fuse"],
@@ -167,6 +190,7 @@ class Daemon:
             ir = cfg.cameras.ir
             _warm_up(self.pipeline.frame, {"vis": _zeros(1, 1, *out_hw), "ir": _zeros(1, 1, ir.height, ir.width),
                                            "grid": _zeros(1, *out_hw, 2)})
+        self._check_interrupt("while warming up the graphs")
         if self.metrics_port:
             try:
                 self.metrics = MetricsServer(cfg.metrics.host, self.metrics_port, self.metrics_text)
@@ -180,6 +204,7 @@ class Daemon:
             self.captures[name] = CaptureThread(name, camera, self.pairer.add)
             self.captures[name].start()
         self._wait_for_cameras()
+        self._check_interrupt("while waiting for the cameras")
         self.pipeline.start()
         log.info("rig %s running: %s", cfg.rig_id, self.backend_facts())
 
@@ -227,9 +252,13 @@ class Daemon:
         return facts
 
     def _status_loop(self) -> None:
+        released = time.monotonic()
         while not self._status_stop.wait(STATUS_PERIOD_S):
             if self.publisher is not None:
                 self.publisher.publish_status(self.status())
+            if time.monotonic() - released >= RELEASE_PERIOD_S:
+                release_free_heap()
+                released = time.monotonic()
 
     def state(self) -> Literal["starting", "running", "degraded"]:
         if self.pipeline is None or self.pipeline.counters.published == 0:
@@ -237,6 +266,26 @@ class Daemon:
         if any(not c.stats.connected for c in self.captures.values()) or self.pipeline.fps == 0.0:
             return "degraded"
         return "running"
+
+    def faults(self) -> list[str]:
+        """What keeps the rig from running normally now, one phrase each (the status ``message``)."""
+        found = [f"{name} camera: {stats.last_error or 'no frame yet'}"
+                 for name, stats in ((n, c.stats) for n, c in self.captures.items()) if not stats.connected]
+        pipe = self.pipeline
+        if pipe is None:
+            return found
+        now = time.monotonic()
+        if pipe.last_failure is not None and now - pipe.last_failure[0] < FAULT_RECENT_S:
+            found.append(f"processing a pair failed: {pipe.last_failure[1]}")
+        if pipe.counters.published == 0 and pipe.counters.unregistered:
+            found.append(f"no plausible registration yet ({pipe.counters.unregistered} pairs tried)")
+        elif pipe.counters.published and pipe.fps == 0.0 and not found:
+            if pipe.last_pair_at is None or now - pipe.last_pair_at > STALL_S:
+                found.append(f"no IR/RGB pair in the last {STALL_S:g} s (are the cameras' frames further apart "
+                             "than pairing.max_skew_ms?)")
+            else:
+                found.append(f"no fused frame published in the last {STALL_S:g} s")
+        return found
 
     def families(self) -> list[Family]:
         """Every counter and gauge, gathered from the components now."""
@@ -269,6 +318,8 @@ class Daemon:
         pub = self.publisher
         add("publish_dropped_total", "counter", "messages ZeroMQ refused",
             [({}, pub.dropped if pub else 0)])
+        add("curve_refused_total", "counter", "client handshakes CURVE refused (key not allowed, or no CURVE)",
+            [({}, pub.curve_refused if pub else 0)])
         pipe = self.pipeline
         if pipe is not None:
             add("frames_published_total", "counter", "fused frames published", [({}, pipe.counters.published)])
@@ -324,4 +375,5 @@ class Daemon:
             counters=counters,
             gauges=gauges,
             backends=self.backend_facts(),
+            message="" if state == "stopping" else "; ".join(self.faults()),
         )

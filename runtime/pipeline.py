@@ -214,7 +214,10 @@ class Pipeline:
         self.capture_to_publish = Histogram()
         self.counters = PipelineCounters()
         self.last_skew_s = 0.0
-        self._seq = {"fused": 0, "registered_ir": 0}
+        #: (monotonic time, what was raised) of the last pair whose processing failed, for the status.
+        self.last_failure: tuple[float, str] | None = None
+        self.last_pair_at: float | None = None  # monotonic time the inference thread last took a pair
+        self._seq = 0  # the next pair's: its fused and registered IR images share it
         self._publish_times: deque[float] = deque(maxlen=256)
         self._slot = LatestSlot()
         self._failure_lock = threading.Lock()
@@ -291,10 +294,8 @@ class Pipeline:
             return fused_y
         return cv2.cvtColor(cv2.merge((fused_y, cr, cb)), cv2.COLOR_YCrCb2BGR)
 
-    def _header(self, topic: str, pair: FramePair, state: RegistrationState, image: np.ndarray,
+    def _header(self, seq: int, pair: FramePair, state: RegistrationState, image: np.ndarray,
                 encoding: Encoding) -> FrameHeader:
-        seq = self._seq[topic]
-        self._seq[topic] = seq + 1
         return FrameHeader(
             seq=seq,
             rig_id=self.config.rig_id,
@@ -315,12 +316,13 @@ class Pipeline:
     def _publish(self, item: Fused, image: np.ndarray) -> None:
         pair, state = item.pair, item.state
         quality = self.config.publisher.jpeg_quality
-        header = self._header("fused", pair, state, image, self.encoding)
+        seq, self._seq = self._seq, self._seq + 1
+        header = self._header(seq, pair, state, image, self.encoding)
         self.publisher.publish_frame("fused", header, image, jpeg_quality=quality)
         if self.config.publisher.publish_registered_ir:
             registered = item.registered if item.registered is not None else warp_ir(item.ir, state.map1, state.map2)
             ir8 = unit_to_u8(registered)
-            ir_header = self._header("registered_ir", pair, state, ir8, self.ir_encoding)
+            ir_header = self._header(seq, pair, state, ir8, self.ir_encoding)
             self.publisher.publish_frame("registered_ir", ir_header, ir8, jpeg_quality=quality)
         now = time.monotonic()
         self.capture_to_publish.observe(now - min(pair.ir.t_capture, pair.rgb.t_capture))
@@ -344,10 +346,11 @@ class Pipeline:
         """Run one step; one bad pair (odd frame, transient backend error) must not stop the stream."""
         try:
             work()
-        except Exception:
+        except Exception as exc:
             with self._failure_lock:  # both threads count here
                 self.counters.failures += 1
                 failures = self.counters.failures
+                self.last_failure = (time.monotonic(), f"{type(exc).__name__}: {exc}")
             if failures % _LOG_EVERY_N_FAILURES == 1:
                 log.exception("processing a pair failed (%d failures so far)", failures)
 
@@ -361,6 +364,7 @@ class Pipeline:
             pair = self.pairer.latest_pair(timeout=0.1)
             if pair is not None:
                 self.counters.pairs += 1
+                self.last_pair_at = time.monotonic()
                 self._guarded(lambda pair=pair: step(pair))
 
     def _output_loop(self) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -49,6 +50,9 @@ PLAYBACK_EPOCH = time.monotonic()
 
 #: A driver timestamp older than this (seconds) is not trusted to be on the monotonic clock.
 _DRIVER_TS_MAX_AGE_S = 0.5
+#: How often a replayed file or folder is checked for having been replaced or removed (seconds).
+#: A stat costs microseconds; once a second is soon enough for a person swapping a file.
+WATCH_PERIOD_S = 1.0
 
 #: (ok, image, timestamp): ``image`` is None when ``ok`` is False; ``timestamp`` is a
 #: ``time.monotonic()`` time, or None to let the caller stamp the frame on arrival.
@@ -91,6 +95,44 @@ class Ticker:
             return None
         self._last = k
         return k, tick
+
+
+class PathWatch:
+    """Notices that the file or folder at ``path`` was removed or replaced since :meth:`arm`.
+
+    A file is told apart by its device, inode and modification time: ``mv new.avi cam.avi``
+    changes the inode, ``cp new.avi cam.avi`` the modification time, and either means an open
+    handle no longer shows what is at the path (a removed file even stays readable through it).
+    A folder's modification time changes when an entry is added, removed or renamed.
+    """
+
+    def __init__(self, path: Path, what: str, period_s: float = WATCH_PERIOD_S) -> None:
+        self.path, self.what, self.period_s = path, what, period_s
+        self._identity: tuple[int, int, int] | None = None
+        self._next_check = math.inf
+
+    def _stat(self) -> tuple[int, int, int]:
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino, st.st_mtime_ns
+
+    def arm(self) -> None:
+        """Remember what is at the path now (call right after opening it)."""
+        self._identity = self._stat()
+        self._next_check = time.monotonic() + self.period_s
+
+    def changed(self, *, now: bool = False) -> bool:
+        """True when the path holds something else than at :meth:`arm` (checked at most once per
+        period unless ``now``); raises :class:`SourceError` when it is gone."""
+        if not now and time.monotonic() < self._next_check:
+            return False
+        self._next_check = time.monotonic() + self.period_s
+        try:
+            identity = self._stat()
+        except FileNotFoundError:
+            raise SourceError(f"{self.what} was removed or renamed") from None
+        except OSError as exc:
+            raise SourceError(f"{self.what} cannot be read: {exc.strerror or exc}") from None
+        return identity != self._identity
 
 
 class _OpenCVCapture(ABC):
@@ -196,27 +238,47 @@ class GStreamerCapture(_OpenCVCapture):
 
 
 class VideoFileCapture(_OpenCVCapture):
-    """A video file replayed at the camera's fps, looping when configured."""
+    """A video file replayed at the camera's fps, looping when configured.
+
+    The path is watched (:class:`PathWatch`) once a second and at every loop: a replaced file
+    is reopened from its first frame (logged); a removed one raises :class:`SourceError`, so the
+    capture thread reports it and retries until a file is back.
+    """
 
     def __init__(self, config: VideoSource, fps: float, interrupt: threading.Event | None) -> None:
         super().__init__(f"video file {config.path}")
         self.config = config
         self._ticker = Ticker(fps, interrupt)
+        self._watch = PathWatch(config.path, self.what)
 
     def _open_capture(self) -> cv2.VideoCapture:
         if not self.config.path.is_file():
             raise SourceError(f"video file {self.config.path} does not exist")
         return cv2.VideoCapture(str(self.config.path))
 
+    def open(self) -> None:
+        super().open()
+        self._watch.arm()
+
     def read(self) -> ReadResult:
         tick = self._ticker.wait()
         if tick is None or self._cap is None:
             return False, None, None
+        if self._watch.changed():
+            self._reopen()
         ok, image = self._cap.read()
         if not ok and self.config.loop:
-            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            if self._watch.changed(now=True):
+                self._reopen()
+            else:
+                self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, image = self._cap.read()
         return (True, image, tick[1]) if ok else (False, None, None)
+
+    def _reopen(self) -> None:
+        log.info("%s was replaced; reopened from its first frame", self.what)
+        self.close()
+        self.open()
 
 
 class FolderCapture:
@@ -224,6 +286,9 @@ class FolderCapture:
 
     Looping folders show image ``k mod N`` at shared tick ``k``, so two folders with the same
     fps and names (an image-pair folder) always show the same pair at the same instant.
+    The folder is watched once a second (:class:`PathWatch`): when images are added, removed or
+    renamed the list is read again (logged); a removed folder raises :class:`SourceError`. Each
+    image is read from disk when shown, so an image overwritten in place shows its new content.
     """
 
     def __init__(self, config: FolderSource, fps: float, flags: int, interrupt: threading.Event | None) -> None:
@@ -231,20 +296,27 @@ class FolderCapture:
         self._ticker = Ticker(fps, interrupt)
         self._files: list[Path] = []
         self._first_tick: int | None = None
+        self._watch = PathWatch(config.path, f"image folder {config.path}")
 
     def open(self) -> None:
+        self._list()
+        self._first_tick = None
+
+    def _list(self) -> None:
         folder = self.config.path
         if not folder.is_dir():
             raise SourceError(f"image folder {folder} does not exist")
+        self._watch.arm()  # before listing: a change while listing is seen at the next check
         self._files = sorted(p for p in folder.glob(self.config.pattern) if p.is_file())
         if not self._files:
             raise SourceError(f"image folder {folder} has no files matching {self.config.pattern!r}")
-        self._first_tick = None
 
     def read(self) -> ReadResult:
         tick = self._ticker.wait()
         if tick is None or not self._files:
             return False, None, None
+        if self._watch.changed():
+            self._relist()
         k, stamp = tick
         if self.config.loop:
             index = k % len(self._files)
@@ -255,9 +327,15 @@ class FolderCapture:
                 return False, None, None  # ended: the capture thread reopens it after a backoff
         image = cv2.imread(str(self._files[index]), self.flags)
         if image is None:
-            log.warning("cannot read image %s", self._files[index])
-            return False, None, None
+            if self._watch.changed(now=True):  # raises SourceError when the folder itself is gone
+                self._relist()
+                return self.read()  # the image was removed or renamed meanwhile: show the next one
+            raise SourceError(f"cannot read image {self._files[index]}")
         return True, image, stamp
+
+    def _relist(self) -> None:
+        self._list()
+        log.info("image folder %s changed: %d images now", self.config.path, len(self._files))
 
     def close(self) -> None:
         self._files = []

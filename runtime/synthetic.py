@@ -25,7 +25,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from busref.rig_config.schema import Misalignment
+from busref.rig_config.schema import Misalignment, RigConfig, SyntheticSource
 
 #: Object sizes and ``speed_px_s`` are given for a view this many pixels wide.
 REFERENCE_WIDTH = 640
@@ -379,3 +379,29 @@ class IRRenderer:
         cv2.add(ir, int(120 + 120 * math.sin(2 * math.pi * t / 20.0)), dst=ir)
         np.minimum(ir, _MAX_COUNT, out=ir)
         return ir
+
+
+def true_ir_pixels(config: RigConfig, out_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where each pixel of the published frame truly sees the IR image, on a synthetic rig.
+
+    ``out_size`` (width, height) of the published frame, which covers the RGB frame's extent
+    (``cv2.resize``'s half-pixel convention between the two). Returns the IR pixel coordinates
+    ``(x, y)``, two (H_out, W_out) float32 arrays, the same convention as
+    :func:`busref.runtime.registration.geometry.ir_pixels` gives for an estimate; None when the IR
+    camera is not synthetic (no known truth). The RGB frame and the IR camera's reference view show
+    the same extent: RGB pixel ``x`` is reference pixel ``x (W_ir - 1) / (W_rgb - 1)``, as in
+    :meth:`IRMisalignment.ir_to_rgb_homography`.
+    """
+    ir_cam, rgb_cam = config.cameras.ir, config.cameras.rgb
+    if not isinstance(ir_cam.source, SyntheticSource):
+        return None
+    truth = IRMisalignment.from_config(ir_cam.source.misalignment, ir_cam.width, ir_cam.height).ref_to_ir_grid()
+    w_out, h_out = out_size
+    xs = (np.arange(w_out, dtype=np.float64) + 0.5) * rgb_cam.width / w_out - 0.5
+    ys = (np.arange(h_out, dtype=np.float64) + 0.5) * rgb_cam.height / h_out - 0.5
+    ref_x = np.broadcast_to(xs * (ir_cam.width - 1) / (rgb_cam.width - 1), (h_out, w_out)).astype(np.float32)
+    ref_y = np.broadcast_to((ys * (ir_cam.height - 1) / (rgb_cam.height - 1))[:, None], (h_out, w_out))
+    ref_y = ref_y.astype(np.float32)
+    x = cv2.remap(np.ascontiguousarray(truth[..., 0]), ref_x, ref_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    y = cv2.remap(np.ascontiguousarray(truth[..., 1]), ref_x, ref_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return x, y

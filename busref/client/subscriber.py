@@ -78,6 +78,7 @@ class SubscriberStats:
     lost: int = 0  # gaps in seq: dropped by the publisher, the network or a full queue
     invalid: int = 0  # messages that did not decode (logged)
     status: int = 0  # status heartbeats
+    restarts: int = 0  # publisher restarts seen: a status whose uptime_s is below the one before
 
 
 class Subscriber:
@@ -151,6 +152,8 @@ class Subscriber:
             return None
         if isinstance(header, StatusHeader):
             self.stats.status += 1
+            if self.last_status is not None and header.uptime_s < self.last_status.uptime_s:
+                self.stats.restarts += 1
             self.last_status = header
             return None
         self.stats.received += 1

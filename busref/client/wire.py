@@ -25,7 +25,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -152,6 +152,19 @@ def _from_dict(cls: Any, data: Any, where: str, nested: Mapping[str, Any] | None
 # --------------------------------------------------------------------------- headers
 
 
+def _doc(meaning: str, **schema: Any) -> dict[str, Any]:
+    """A header field's ``metadata``: its meaning and the JSON Schema constraints the checks
+    above enforce (``ge``, ``le``, ``json_schema_extra``), from which
+    ``busref.runtime.header_schema`` writes the published schema and docs/runtime.md's tables."""
+    return {"description": meaning, **schema}
+
+
+def _rows(n: int) -> dict[str, Any]:
+    """JSON Schema of an ``n`` x 3 matrix given as a list of rows."""
+    row = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}
+    return {"json_schema_extra": {"type": "array", "items": row, "minItems": n, "maxItems": n}}
+
+
 @dataclass(frozen=True)
 class Registration:
     """The IR->frame mapping used for this frame.
@@ -162,14 +175,25 @@ class Registration:
     ``source``: ``fine`` (deformable grid), ``coarse`` (affine only), ``held`` (the newest
     estimate was rejected as implausible and the last good one is still in use).
     ``age_s``: how much older the pair the estimate came from is than this frame's pair.
-    ``confidence``: 0 (no trust) .. 1.
+    ``confidence``: 0 (no trust) .. 1. On the wire the matrix not in use is absent (not ``null``).
     """
 
-    source: RegistrationSource
-    age_s: float
-    confidence: float
-    affine: list[list[float]] | None = None
-    homography: list[list[float]] | None = None
+    #: Exactly one of these fields is given (and sent).
+    ONE_OF: ClassVar[tuple[str, ...]] = ("affine", "homography")
+
+    source: RegistrationSource = field(metadata=_doc(
+        "`fine`: the deformable correction of the registration in force was applied on top of the matrix; "
+        "`coarse`: the matrix alone (`registration.deformable: false`); `held`: the newest estimate was "
+        "rejected as implausible and the last accepted one is still in use"))
+    age_s: float = field(metadata=_doc(
+        "seconds by which the pair the registration was estimated on is older than this frame's pair", ge=0))
+    confidence: float = field(metadata=_doc("trust in the registration: 0 (none) to 1", ge=0, le=1))
+    affine: list[list[float]] | None = field(default=None, metadata=_doc(
+        "2x3 matrix as a list of rows, `A`: maps a pixel `(x, y)` of this frame to the IR-camera pixel it was "
+        "sampled from, `(x_ir, y_ir) = A (x, y, 1)`; sent when the mapping is affine", **_rows(2)))
+    homography: list[list[float]] | None = field(default=None, metadata=_doc(
+        "3x3 matrix as a list of rows, `H`, the same mapping when it is projective: "
+        "`(u, v, w) = H (x, y, 1)`, `(x_ir, y_ir) = (u / w, v / w)`; sent instead of `affine`", **_rows(3)))
 
     def __post_init__(self) -> None:
         p: list[str] = []
@@ -178,7 +202,7 @@ class Registration:
              source=_choice(p, "source", self.source, REGISTRATION_SOURCES),
              age_s=_number(p, "age_s", self.age_s, low=0.0),
              confidence=_number(p, "confidence", self.confidence, low=0.0, high=1.0))
-        if (self.affine is None) == (self.homography is None):
+        if sum(getattr(self, name) is not None for name in self.ONE_OF) != 1:
             p.append("exactly one of 'affine' and 'homography' must be given")
         _raise(p)
 
@@ -206,32 +230,45 @@ class Registration:
         return np.vstack([np.asarray(self.affine, dtype=np.float64), [0.0, 0.0, 1.0]])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"affine": self.affine, "homography": self.homography, "source": self.source,
-                "age_s": self.age_s, "confidence": self.confidence}
+        """The JSON object: the matrix in use, never the other one as ``null`` (a client may test
+        which key is present)."""
+        matrix = {"affine": self.affine} if self.affine is not None else {"homography": self.homography}
+        return {**matrix, "source": self.source, "age_s": self.age_s, "confidence": self.confidence}
 
 
 @dataclass(frozen=True)
 class FrameHeader:
     """Header of an image message (topics ``fused`` and ``registered_ir``).
 
-    ``seq``: per-topic sequence number (a gap means frames were dropped); ``t_capture_ir``,
+    ``seq``: the pair's number, from 0 at each daemon start (a gap means frames were dropped; the
+    ``fused`` and ``registered_ir`` images of one pair carry the same ``seq``); ``t_capture_ir``,
     ``t_capture_rgb``, ``t_publish``: Unix epoch seconds; ``skew_ms``: ``t_capture_ir -
     t_capture_rgb`` in milliseconds; ``model_id``: ``'<register model_id>+<fuse model_id>'`` of
-    the graphs that made the frame.
+    the graphs that made the frame. Each field's meaning is in its ``metadata``, from which the JSON
+    Schema and the tables of docs/runtime.md are generated.
     """
 
-    seq: int
-    rig_id: str
-    t_capture_ir: float
-    t_capture_rgb: float
-    t_publish: float
-    skew_ms: float
-    width: int
-    height: int
-    encoding: Encoding
-    registration: Registration
-    model_id: str
-    schema: str = FRAME_SCHEMA
+    seq: int = field(metadata=_doc(
+        "number of the pair this image was made from: 0 for the first pair after the daemon started, +1 per "
+        "pair; the `fused` and `registered_ir` images of one pair carry the same `seq`. A gap means images "
+        "were dropped; a smaller `seq` means the daemon restarted (its status `uptime_s` fell too)", ge=0))
+    rig_id: str = field(metadata=_doc("the rig's `rig_id` (rig file)"))
+    t_capture_ir: float = field(metadata=_doc("capture time of the pair's IR frame, Unix epoch seconds"))
+    t_capture_rgb: float = field(metadata=_doc("capture time of the pair's RGB frame, Unix epoch seconds"))
+    t_publish: float = field(metadata=_doc("when the image was handed to ZeroMQ, Unix epoch seconds"))
+    skew_ms: float = field(metadata=_doc(
+        "`t_capture_ir - t_capture_rgb` in milliseconds, within +-`pairing.max_skew_ms`"))
+    width: int = field(metadata=_doc("image width in pixels (the RGB camera's width)", ge=1))
+    height: int = field(metadata=_doc("image height in pixels (the RGB camera's height)", ge=1))
+    encoding: Encoding = field(metadata=_doc(
+        "the payload: `bgr8` = `height*width*3` bytes, rows top to bottom, B, G, R per pixel; `mono8` = "
+        "`height*width` bytes; `jpeg` = a baseline JPEG of `width` x `height` with 3 components (colour "
+        "`fused`, `fusion.output: colour`) or 1 (grey `fused`, and `registered_ir`)"))
+    registration: Registration = field(metadata=_doc(
+        "the IR-to-frame mapping this image was made with (the table of `registration` below)"))
+    model_id: str = field(metadata=_doc("`<register graph model_id>+<fuse graph model_id>`"))
+    schema: str = field(default=FRAME_SCHEMA, metadata=_doc(
+        f"`{FRAME_SCHEMA}`; a client refuses other values"))
 
     def __post_init__(self) -> None:
         p: list[str] = []
@@ -272,22 +309,35 @@ class StatusHeader:
     per-frame path (``device``: the frame graph on a GPU; ``cpu``: cv2.remap + the fuse graph).
     """
 
-    rig_id: str
-    t_publish: float
-    uptime_s: float
-    state: DaemonState
-    counters: dict[str, int] = field(default_factory=dict)
-    gauges: dict[str, float] = field(default_factory=dict)
-    backends: dict[str, dict[str, object]] = field(default_factory=dict)
-    message: str = ""
-    schema: str = STATUS_SCHEMA
+    rig_id: str = field(metadata=_doc("the rig's `rig_id` (rig file)"))
+    t_publish: float = field(metadata=_doc("when the status was sent, Unix epoch seconds"))
+    uptime_s: float = field(metadata=_doc(
+        "seconds since this daemon process started; smaller than in the status before means the daemon "
+        "restarted (and image `seq` began again at 0)", ge=0))
+    state: DaemonState = field(metadata=_doc(
+        "`starting`: nothing published yet; `running`; `degraded`: a camera is not delivering or no fused "
+        "frame was published in the last 2 s (`message` says why); `stopping`: the last status before the "
+        "daemon exits"))
+    counters: dict[str, int] = field(default_factory=dict, metadata=_doc(
+        "totals since this daemon started, by name (the counters table below)",
+        json_schema_extra={"additionalProperties": {"type": "integer", "minimum": 0}}))
+    gauges: dict[str, float] = field(default_factory=dict, metadata=_doc(
+        "current values, by name (the gauges table below)"))
+    backends: dict[str, dict[str, object]] = field(default_factory=dict, metadata=_doc(
+        "by graph (`register`, `fuse`, and `frame` when used): its backend's facts (`backend`, `graph`, "
+        "`model_id`, `path`, and per backend e.g. `providers`, `device`, `threads`); under `per_frame`, the "
+        "per-frame path (`path`: `cpu` or `device`, `graph`, `warp`, `reason`)"))
+    message: str = field(default="", metadata=_doc(
+        "the current faults, `; `-separated, e.g. `ir camera: video file /data/ir.avi was removed`; "
+        "empty when there is none"))
+    schema: str = field(default=STATUS_SCHEMA, metadata=_doc(f"`{STATUS_SCHEMA}`; a client refuses other values"))
 
     def __post_init__(self) -> None:
         p: list[str] = []
         _set(self, rig_id=_text(p, "rig_id", self.rig_id), t_publish=_number(p, "t_publish", self.t_publish),
              uptime_s=_number(p, "uptime_s", self.uptime_s, low=0.0),
              state=_choice(p, "state", self.state, DAEMON_STATES),
-             counters=_mapping(p, "counters", self.counters, _integer),
+             counters=_mapping(p, "counters", self.counters, lambda p, n, v: _integer(p, n, v, minimum=0)),
              gauges=_mapping(p, "gauges", self.gauges, _number),
              backends=_mapping(p, "backends", self.backends, lambda p, n, v: _mapping(p, n, v, lambda *a: a[2])),
              message=_text(p, "message", self.message),

@@ -173,12 +173,20 @@ def run(args: argparse.Namespace) -> int:
     return exit_codes.OK if frames else exit_codes.NO_DATA
 
 
+def _publisher_state(sub: Subscriber) -> str:
+    """The last status's state, with its ``message`` (the faults) when it has one."""
+    status = sub.last_status
+    if status is None:
+        return "no status"
+    return f"{status.state}: {status.message}" if status.message else status.state
+
+
 def _report(window: list[tuple[float, float]], seconds: float, sub: Subscriber) -> None:
     if not window:
-        state = sub.last_status.state if sub.last_status else "no status"
-        print(f"fps  0.0   (publisher: {state})", flush=True)
+        print(f"fps  0.0   (publisher: {_publisher_state(sub)})", flush=True)
         return
     lat = np.asarray(window) * 1000.0
     p50, p99 = np.percentile(lat[:, 0], (50, 99))
+    faults = f"   (publisher: {_publisher_state(sub)})" if sub.last_status and sub.last_status.message else ""
     print(f"fps {len(window) / seconds:5.1f}   capture->receive p50 {p50:6.1f} ms  p99 {p99:6.1f} ms   "
-          f"publish->receive p50 {np.percentile(lat[:, 1], 50):5.1f} ms   lost {sub.stats.lost}", flush=True)
+          f"publish->receive p50 {np.percentile(lat[:, 1], 50):5.1f} ms   lost {sub.stats.lost}{faults}", flush=True)
