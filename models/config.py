@@ -74,11 +74,13 @@ class LossWeights(_Strict):
     hist_fuse: float = Field(0.0, description="weight of the histogram term (losses.histogram_loss); lowers CE")
     salfid_fuse: float = Field(0.0, description="weight of the saliency-weighted source fidelity term "
                                "(losses.saliency_fidelity_loss); lowers Q_cv")
+    qcv_fuse: float = Field(0.0, description="weight of the perceptual distortion term "
+                            "(losses.perceptual_distortion_loss, Q_cv / 255^2); lowers Q_cv")
     mncc: float = Field(1.0, description="epsilon of eq. 13")
     mg: float = Field(1000.0, description="weight of L_MG (eq. 12); Laplacian differences are ~1e-3")
     smooth: float = Field(0.01, description="smoothness of the displacement field; the field is in normalised "
                           "units, its squared differences are ~1e-6, so weights below ~1e3 do next to nothing "
-                          "(the shipped fine-tune used 1e5, configs/cpu_registration_smooth.yaml)")
+                          "(the shipped registration fine-tunes used 1e4-1e5)")
     supervised: float = Field(0.1, description="masked end-point error against the synthetic truth")
     affine_supervised: float = Field(0.1, description="the same for the coarse (affine) grid alone")
     match: float = Field(0.0, description="the same for each matching level's own estimate (losses.match_loss)")

@@ -94,7 +94,8 @@ class FusionStep(nn.Module):
         fused = self.model.fuse(vis, ir)
         return losses.fusion_loss(fused, vis, ir, sigma=self.w.ssim_fuse, grad_weight=self.w.grad_fuse,
                                   gamma=self.w.gamma, max_grad_weight=self.w.max_grad_fuse,
-                                  histogram_weight=self.w.hist_fuse, saliency_weight=self.w.salfid_fuse)
+                                  histogram_weight=self.w.hist_fuse, saliency_weight=self.w.salfid_fuse,
+                                  distortion_weight=self.w.qcv_fuse)
 
 
 class RegistrationStep(nn.Module):
@@ -192,7 +193,7 @@ def load_finetune_source(model: BusReF, state: dict[str, torch.Tensor], trained:
                          source: Path, *, fresh_allowed: bool) -> None:
     """Load every part of ``state`` into ``model``. With ``fresh_allowed`` (a fine-tune), a part
     this stage trains whose config differs from the source's starts fresh instead: that is how a
-    redesigned Deformable Net trains on top of shipped bus, Affine Net and GAF (issue 3)."""
+    redesigned Deformable Net trains on top of shipped bus, Affine Net and GAF."""
     requested = model.config
     if trained == requested:
         model.load_state_dict(state)

@@ -8,8 +8,10 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from conftest import write_synthetic_pairs
 
 from busref.cli import main
+from busref.models.data import category_pairs
 
 pytestmark = pytest.mark.slow
 
@@ -45,9 +47,21 @@ def test_eval_registration_writes_tables(trained_checkpoint, pair_data, tmp_path
 
 def test_eval_fusion(trained_checkpoint, pair_data, tmp_path):
     assert main(["eval", "fusion", "--data", str(pair_data), "--limit", "2", "--methods", "gaf,average",
-                 "--checkpoint", str(trained_checkpoint), "--out", str(tmp_path), "--no-progress"]) == 0
+                 "--checkpoint", str(trained_checkpoint), "--out", str(tmp_path), "--no-progress",
+                 "--contact-sheet", "2"]) == 0
     summary = json.loads((tmp_path / "fusion.json").read_text())["results"]["gaf"]["summary"]["mean"]
     assert {"EI", "CE", "SF", "FMI_w", "Q_cv", "Qabf", "VIF"} <= set(summary)
+    sheet = cv2.imread(str(tmp_path / "fusion_sheet.png"))
+    assert sheet is not None and sheet.shape[1] == 4 * (256 + 2)  # visible | IR | pyramid | GAF; 2 pairs + zoom
+
+
+def test_train_takes_extra_pairs_by_category_and_names_an_empty_choice(pair_data, tmp_path, caplog):
+    extra = write_synthetic_pairs(tmp_path / "nir", {"train": ["field_0001", "field_0002", "urban_0001"]},
+                                  hw=(64, 80))
+    assert [p.name for p in category_pairs(extra, "train", ["field"])] == ["field_0001", "field_0002"]
+    code = main(["train", "fusion", "--data", str(pair_data), "--val-pairs", "2", "--extra-data", str(extra),
+                 "--extra-categories", "nosuch", "--out", str(tmp_path / "run")])
+    assert code == 2 and "no 'train' pairs of the categories nosuch" in caplog.text
 
 
 def test_register_writes_every_file_in_the_protocol_convention(trained_checkpoint, three_pairs, tmp_path):

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from busref.models import losses
+from busref.models.metrics.fusion import chen_varshney
 
 
 def test_mncc_of_image_with_itself_and_its_negative():
@@ -87,6 +90,21 @@ def test_saliency_fidelity_loss_follows_the_locally_salient_source():
     assert best < 0.2 * worst
     # A brightness offset is left to the histogram term: it costs (almost) nothing.
     assert losses.saliency_fidelity_loss(texture + 0.2, vis, ir) < best + 1e-4
+
+
+def test_perceptual_distortion_loss_is_the_chen_varshney_metric_inside_the_frame():
+    """On whole images whose Sobel responses the padding does not change (a flat frame), the loss
+    is the metric Q_cv / 255^2; and it prefers the source that is salient where it is."""
+    rng = np.random.default_rng(0)
+    images = [np.pad(rng.integers(0, 256, (44, 60)).astype(np.float64), 2, constant_values=0.0) for _ in range(3)]
+    for image in images:
+        image[10, 10] = 255.0  # every min-max stretch maps 0..255 onto itself
+    metric = chen_varshney(*images)
+    loss = losses.perceptual_distortion_loss(*(torch.from_numpy(i / 255.0)[None, None] for i in images))
+    assert metric == pytest.approx(float(loss) * 255**2, rel=1e-5)  # the stretch and Sobel epsilons
+    texture, flat = torch.rand(1, 1, 48, 48), torch.full((1, 1, 48, 48), 0.5)
+    textured_vis = losses.perceptual_distortion_loss(texture, texture, flat)
+    assert textured_vis < 1e-9 < losses.perceptual_distortion_loss(flat, texture, flat)
 
 
 def test_fusion_loss_adds_the_optional_terms_only_when_weighted():

@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from busref.conventions import DataError
@@ -16,6 +17,7 @@ from busref.models.cli.common import add_checkpoint_argument, add_data_arguments
 from busref.models.data import LoadedPair, load_pairs, split_sha256
 from busref.models.descriptor import load_descriptor
 from busref.models.evaluation import (
+    FuseFn,
     evaluate_fusion,
     evaluate_registration,
     fusion_table,
@@ -55,7 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--contact-sheet", type=int, default=0, metavar="N",
                         help="registration with busref: also write OUT/registration_LEVEL_sheet.png, the first N "
-                             "pairs as visible | edges before | edges after | fused (default: none)")
+                             "pairs as visible | edges before | edges after | fused; fusion with gaf: "
+                             "OUT/fusion_sheet.png, the first N pairs as visible | IR | laplacian | gaf and a "
+                             "zoomed crop (default: none)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,12 +111,42 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     log.info("wrote %s.json and %s.md", report, report)
     shown = [name for name in ("busref-refined", "busref") if name in methods]
-    if args.task == "registration" and args.contact_sheet and shown:
-        n = args.contact_sheet
+    n = args.contact_sheet
+    if args.task == "registration" and n and shown:
         sheet = registration_sheet(methods[shown[0]], pairs[:n], indices[:n], args.level)
         write_png(report.with_name(report.name + "_sheet.png"), sheet)
         log.info("wrote %s_sheet.png (%s)", report, shown[0])
+    if args.task == "fusion" and n and "gaf" in methods:
+        write_png(report.with_name(report.name + "_sheet.png"), fusion_sheet(methods["gaf"], pairs[:n]))
+        log.info("wrote %s_sheet.png", report)
     return 0
+
+
+def busiest_window(image: np.ndarray, fraction: float = 0.25) -> tuple[float, tuple[slice, slice]]:
+    """The window of ``fraction`` of each side where ``image`` (H, W) has the most Sobel edge
+    energy (in IR: warm people and vehicles against the background), and that energy."""
+    h, w = image.shape
+    wh, ww = max(int(h * fraction), 1), max(int(w * fraction), 1)
+    gx = cv2.Sobel(image.astype(np.float32), cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(image.astype(np.float32), cv2.CV_32F, 0, 1)
+    energy = cv2.boxFilter(np.hypot(gx, gy), -1, (ww, wh), normalize=False, anchor=(0, 0),
+                           borderType=cv2.BORDER_CONSTANT)[: h - wh + 1, : w - ww + 1]
+    y, x = np.unravel_index(int(np.argmax(energy)), energy.shape)
+    return float(energy[y, x]), (slice(y, y + wh), slice(x, x + ww))
+
+
+def fusion_sheet(fuse: FuseFn, pairs: list[LoadedPair]) -> np.ndarray:
+    """Contact sheet of aligned pairs: visible, IR, the Laplacian pyramid, GAF; then a last row of
+    the same four zoomed on the busiest IR window (:func:`busiest_window`) among the pairs."""
+    rows, labels, windows = [], [], []
+    for i, pair in enumerate(pairs):
+        rows.append([pair.vis, pair.ir, laplacian_pyramid_maxabs(pair.vis, pair.ir), fuse(pair.vis, pair.ir)])
+        labels.append(pair.name)
+        windows.append((*busiest_window(pair.ir), i))
+    _, window, best = max(windows, key=lambda item: item[0])
+    rows.append([image[window] for image in rows[best]])
+    labels.append(f"zoom: {labels[best]}")
+    return contact_sheet(rows, ("visible", "IR", "Laplacian pyramid", "GAF"), row_labels=labels)
 
 
 def registration_sheet(method: BusReFRegistration, pairs: list[LoadedPair], indices: list[int],

@@ -10,7 +10,7 @@ from busref.conventions import DataError
 from busref.models.checkpoint import STAGES, CheckpointError
 from busref.models.cli.common import add_data_arguments, select_pairs
 from busref.models.config import load_train_config
-from busref.models.data import load_pairs, split_sha256
+from busref.models.data import category_pairs, load_pairs, split_sha256
 from busref.models.descriptor import DescriptorConfig, train_descriptor
 from busref.models.train import select_device, train_stage
 
@@ -36,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser, default_split="train")
     parser.add_argument("--val-pairs", type=int, default=8,
                         help="hold out the last N training pairs for validation (default: 8)")
+    parser.add_argument("--extra-data", type=Path,
+                        help="another RoadScene-layout folder whose --split pairs are added to the training pairs, "
+                             "never to the validation ones (e.g. ../shared/data/nirscene)")
+    parser.add_argument("--extra-categories",
+                        help="comma list: of --extra-data, only the pairs named CATEGORY_* (e.g. field,indoor)")
     parser.add_argument("--config", type=Path, help="training config YAML (default: built-in defaults)")
     parser.add_argument("--out", type=Path, default=Path("runs/default"), help="output folder (default: runs/default)")
     parser.add_argument("--init", type=Path, help="checkpoint of the previous stage")
@@ -64,14 +69,22 @@ def run(args: argparse.Namespace) -> int:
             log.error("only %d pairs: too few to hold out %d for validation (--val-pairs)", len(pairs), args.val_pairs)
             return 2
         train, val = pairs[: len(pairs) - args.val_pairs], pairs[len(pairs) - args.val_pairs :]
+        val_indices = indices[len(train):]
         log.info("%d training pairs, %d validation pairs (held out from %r)", len(train), len(val), args.split)
+        if args.extra_data is not None:
+            categories = args.extra_categories.split(",") if args.extra_categories else None
+            extra = category_pairs(args.extra_data, args.split, categories)
+            log.info("%d more training pairs from %s", len(extra), args.extra_data)
+            train = train + extra
+        elif args.extra_categories:
+            raise ValueError("--extra-categories needs --extra-data")
         split_name = args.split if args.data is not None else "all"
         if args.stage == "descriptor":
             descriptor_config = DescriptorConfig(**({"steps": args.steps} if args.steps else {}))
             train_descriptor(load_pairs(train), args.out / "descriptor.pt", config=descriptor_config,
                              max_minutes=args.max_minutes, split_name=split_name, split_sha256=split_sha256(train))
             return 0
-        train_stage(args.stage, train_pairs=train, val_pairs=val, val_indices=indices[len(train):],
+        train_stage(args.stage, train_pairs=train, val_pairs=val, val_indices=val_indices,
                     split_name=split_name, config=config, out_dir=args.out,
                     init=args.init, resume=args.resume, finetune=args.finetune, device=select_device(args.device),
                     max_minutes=args.max_minutes)
