@@ -1,7 +1,7 @@
 """Checkpoint -> ``register.onnx`` + ``fuse.onnx`` + ``frame.onnx``, verified against PyTorch before they are written.
 
-Per graph: trace with the TorchScript exporter (``dynamo=False``: the dynamo exporter does not
-keep the symbolic H/W of the fuse graph through ``pixel_unshuffle``), pin the declared I/O
+Per graph: trace with the TorchScript exporter (``dynamo=False``: the dynamo exporter did not
+keep the symbolic H/W of an earlier fuse graph through ``pixel_unshuffle``), pin the declared I/O
 shapes to the contract (:mod:`busref.runtime.artifact`), full ``onnx.checker``, write the metadata and
 graph digest (:mod:`busref.export.onnx_check`), then run the file with the runtime's own ONNX Runtime
 backend against PyTorch on sample pairs. Only when every output of both graphs is within

@@ -30,8 +30,11 @@ class DeformableConfig(_Strict):
 
 
 class GafConfig(_Strict):
-    width: int = Field(8, ge=4, le=64)
-    pool: int = Field(4, ge=1, le=16, description="attention weights are computed at 1/pool resolution")
+    """The pyramid GAF (models.networks.gaf): attention channels, its resolution, pyramid depth."""
+
+    width: int = Field(16, ge=4, le=64)
+    pool: int = Field(8, ge=2, le=32, description="attention weights are computed at 1/pool resolution")
+    levels: int = Field(5, ge=2, le=8, description="Laplacian band-pass levels (the base is at 1/2**levels)")
 
 
 class ModelConfig(_Strict):

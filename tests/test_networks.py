@@ -6,6 +6,7 @@ import torch
 from busref.models.config import ModelConfig
 from busref.models.networks import BusReF
 from busref.models.networks.busref import normalised_base
+from busref.models.networks.gaf import GAF, laplacian_pyramid, pyramid_up
 from busref.models.networks.layers import DynamicConv2d, cells_to_normalised, correlation, cost_logits, expected_offset
 
 
@@ -60,6 +61,43 @@ def test_gaf_shape_range_and_guard(model):
     assert out.shape == (1, 1, 64, 80) and out.min() >= 0 and out.max() <= 1
     with pytest.raises(ValueError, match="GAF expects"):
         model.fuse(torch.rand(1, 1, 64, 80), torch.rand(1, 1, 32, 80))
+
+
+def test_laplacian_pyramid_collapses_back_exactly():
+    """Any size (odd ones too): the bands added back from the base give the image."""
+    x = torch.rand(2, 1, 45, 71)
+    bands, lowpass = laplacian_pyramid(x, 4)
+    assert [b.shape[-2:] for b in bands] == [(45, 71), (23, 36), (12, 18), (6, 9), (3, 5)]
+    assert [g.shape for g in lowpass[1:]] == [b.shape for b in bands[1:]]
+    image = bands[-1]
+    for band in bands[-2::-1]:
+        image = pyramid_up(image, band) + band
+    assert torch.allclose(image, x, atol=1e-6)
+
+
+def test_fresh_gaf_is_max_abs_pyramid_fusion():
+    """Before training: the same source twice gives it back, and each half of the frame takes
+    the detail of the source that has it there (max-abs on the bands), over the mean base."""
+    torch.manual_seed(0)
+    gaf = GAF().eval()
+    x = 0.2 + 0.6 * torch.rand(1, 1, 64, 96)
+    texture = 0.3 * torch.randn(1, 1, 64, 48).clamp(-1, 1)
+    vis = 0.5 + torch.cat((texture, torch.zeros_like(texture)), dim=3)
+    ir = 0.5 + torch.cat((torch.zeros_like(texture), texture), dim=3)
+    with torch.no_grad():
+        assert torch.allclose(gaf(x, x), x, atol=1e-5)
+        fused = gaf(vis, ir)
+    assert (fused - vis)[..., 8:-8, 4:40].abs().mean() < 0.02
+    assert (fused - ir)[..., 8:-8, 56:92].abs().mean() < 0.02
+
+
+def test_gaf_takes_multiples_of_8_and_refuses_other_sizes(model):
+    """72x88 is no multiple of the pyramid's 32: its coarse levels are rounded up."""
+    with torch.no_grad():
+        out = model.fuse(torch.rand(1, 1, 72, 88), torch.rand(1, 1, 72, 88))
+    assert out.shape == (1, 1, 72, 88) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="multiples of 8"):
+        model.fuse(torch.rand(1, 1, 60, 80), torch.rand(1, 1, 60, 80))
 
 
 def test_encoder_rejects_sizes_not_multiple_of_8(model):

@@ -122,14 +122,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def busiest_window(image: np.ndarray, fraction: float = 0.25) -> tuple[float, tuple[slice, slice]]:
-    """The window of ``fraction`` of each side where ``image`` (H, W) has the most Sobel edge
-    energy (in IR: warm people and vehicles against the background), and that energy."""
-    h, w = image.shape
+def busiest_window(*images: np.ndarray, fraction: float = 0.2) -> tuple[float, tuple[slice, slice]]:
+    """The window of ``fraction`` of each side where the images (H, W) together have the most Sobel
+    edge energy (the sources' detail: signs, poles, people, plates), and that energy."""
+    h, w = images[0].shape
     wh, ww = max(int(h * fraction), 1), max(int(w * fraction), 1)
-    gx = cv2.Sobel(image.astype(np.float32), cv2.CV_32F, 1, 0)
-    gy = cv2.Sobel(image.astype(np.float32), cv2.CV_32F, 0, 1)
-    energy = cv2.boxFilter(np.hypot(gx, gy), -1, (ww, wh), normalize=False, anchor=(0, 0),
+    magnitude = np.zeros((h, w), np.float32)
+    for image in images:
+        gx = cv2.Sobel(image.astype(np.float32), cv2.CV_32F, 1, 0)
+        gy = cv2.Sobel(image.astype(np.float32), cv2.CV_32F, 0, 1)
+        magnitude += np.hypot(gx, gy)
+    energy = cv2.boxFilter(magnitude, -1, (ww, wh), normalize=False, anchor=(0, 0),
                            borderType=cv2.BORDER_CONSTANT)[: h - wh + 1, : w - ww + 1]
     y, x = np.unravel_index(int(np.argmax(energy)), energy.shape)
     return float(energy[y, x]), (slice(y, y + wh), slice(x, x + ww))
@@ -137,12 +140,13 @@ def busiest_window(image: np.ndarray, fraction: float = 0.25) -> tuple[float, tu
 
 def fusion_sheet(fuse: FuseFn, pairs: list[LoadedPair]) -> np.ndarray:
     """Contact sheet of aligned pairs: visible, IR, the Laplacian pyramid, GAF; then a last row of
-    the same four zoomed on the busiest IR window (:func:`busiest_window`) among the pairs."""
+    the same four zoomed on the window with the most detail in both sources (:func:`busiest_window`)
+    among the pairs."""
     rows, labels, windows = [], [], []
     for i, pair in enumerate(pairs):
         rows.append([pair.vis, pair.ir, laplacian_pyramid_maxabs(pair.vis, pair.ir), fuse(pair.vis, pair.ir)])
         labels.append(pair.name)
-        windows.append((*busiest_window(pair.ir), i))
+        windows.append((*busiest_window(pair.vis, pair.ir), i))
     _, window, best = max(windows, key=lambda item: item[0])
     rows.append([image[window] for image in rows[best]])
     labels.append(f"zoom: {labels[best]}")

@@ -60,7 +60,7 @@ class BusReF(nn.Module):
         self.bus = Reconstructor(c.bus.width)
         self.affine = AffineNet(c.bus.width, c.affine.width, c.affine.kernels)
         self.deformable = DeformableNet(c.bus.width, c.deformable.width)
-        self.gaf = GAF(c.gaf.width, c.gaf.pool)
+        self.gaf = GAF(c.gaf.width, c.gaf.pool, c.gaf.levels)
 
     def register(self, vis: torch.Tensor, ir: torch.Tensor) -> Registration:
         """Register ``ir`` onto ``vis``: both (B, 1, H, W) in [0, 1] at the registration size.
