@@ -34,15 +34,23 @@ def add_onnx_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pair folder to verify ONNX Runtime against PyTorch on (cropinfrared/ + "
                              "crop_LR_visible/, or ir/ + vis/); default: built-in synthetic pairs")
     parser.add_argument("--verify-pairs", type=int, default=4, metavar="N", help="pairs used from DIR (default 4)")
+    parser.add_argument("--modalities", default="thermal", metavar="LIST",
+                        help="comma list of the IR modalities the checkpoint was trained on, thermal and/or nir, "
+                             "recorded in the graphs (a rig's cameras.ir.modality must be one; default: thermal)")
 
 
 def run_onnx(args: argparse.Namespace) -> int:
     from busref.export.onnx_export import ExportError, export_checkpoint
     from busref.models.checkpoint import CheckpointError
 
+    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    if not modalities or set(modalities) - {"thermal", "nir"}:
+        print(f"busref export onnx: --modalities {args.modalities!r}: give thermal, nir or thermal,nir",
+              file=sys.stderr)
+        return exit_codes.BAD_CONFIG
     try:
         reports = export_checkpoint(args.checkpoint, args.out, opset=args.opset, verify_data=args.verify_data,
-                                    verify_pairs=args.verify_pairs)
+                                    verify_pairs=args.verify_pairs, modalities=modalities)
     except (ExportError, CheckpointError, ValueError) as exc:
         print(f"busref export onnx: {exc}", file=sys.stderr)
         return EXIT_VERIFY_FAILED

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,7 @@ def tensor_specs(graph: GraphKind, registration_size: tuple[int, int]) -> tuple[
 
 
 def build_metadata(graph: GraphKind, payload: dict[str, Any], checkpoint_sha256: str, opset: int,
-                   registration_size: tuple[int, int]) -> ArtifactMetadata:
+                   registration_size: tuple[int, int], modalities: Sequence[str] = ("thermal",)) -> ArtifactMetadata:
     inputs, outputs = tensor_specs(graph, registration_size)
     split = payload.get("split") or {}
     return ArtifactMetadata(
@@ -136,6 +137,7 @@ def build_metadata(graph: GraphKind, payload: dict[str, Any], checkpoint_sha256:
         inputs=inputs,
         outputs=outputs,
         registration_size=registration_size if graph == "register" else None,
+        modalities=list(modalities),
         training_split=str(split.get("name", "")),
         training_split_sha256=str(split.get("sha256", "")),
         busref_version=__version__,
@@ -228,8 +230,9 @@ def compare_with_torch(model: BusReF, graph: GraphKind, onnx_path: Path,
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int = OPSET,
                       verify_data: str | Path | None = None, verify_pairs: int = 4,
-                      tolerance: float = TOLERANCE) -> list[GraphReport]:
-    """Write ``out_dir/{register,fuse,frame}.onnx`` from ``checkpoint``, verified.
+                      tolerance: float = TOLERANCE, modalities: Sequence[str] = ("thermal",)) -> list[GraphReport]:
+    """Write ``out_dir/{register,fuse,frame}.onnx`` from ``checkpoint``, verified; ``modalities``, the
+    IR modalities its networks were trained on, go into every graph's metadata.
 
     ``verify_data``: a pair folder (see :mod:`busref.export.samples`) whose first ``verify_pairs`` pairs
     are run through ONNX Runtime and PyTorch; None = the built-in synthetic pairs. Raises
@@ -246,7 +249,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
     staged: list[tuple[Path, Path]] = []
     try:
         for graph in GRAPHS:
-            meta = build_metadata(graph, payload, sha, opset, reg_hw)
+            meta = build_metadata(graph, payload, sha, opset, reg_hw, modalities)
             final = out_dir / f"{graph}.onnx"
             tmp = out_dir / f".{graph}.onnx.tmp"
             staged.append((tmp, final))

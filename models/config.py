@@ -8,6 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from busref.models.augment import PhotometricConfig
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -95,6 +97,7 @@ class TrainConfig(_Strict):
     bus: StageConfig = StageConfig(steps=2000, batch_size=8, lr=2e-3, crop=(128, 128))
     fusion: StageConfig = StageConfig(steps=2000, batch_size=8, lr=2e-3, crop=(128, 128))
     registration: StageConfig = StageConfig(steps=4000, batch_size=8, lr=1e-3, crop=(192, 256))
+    photometric: PhotometricConfig = Field(PhotometricConfig(), description="registration inputs' augmentation")
     max_level: Literal["moderate", "hard"] = "hard"
     level_margin: float = Field(1.15, ge=1.0, le=2.0, description="train slightly beyond max_level")
     seed: int = 0

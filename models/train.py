@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from busref.models import losses
+from busref.models.augment import photometric_jitter
 from busref.models.checkpoint import STAGES, load_checkpoint, load_model, save_checkpoint
 from busref.models.config import ModelConfig, StageConfig, TrainConfig
 from busref.models.data import CropDataset, LoadedPair, PairPaths, load_pairs, split_sha256
@@ -106,6 +107,7 @@ class RegistrationStep(nn.Module):
         self.model, self.w = model, cfg.losses
         self.level = level_by_name(cfg.max_level).scaled(cfg.level_margin)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.photometric = cfg.photometric
 
     def forward(self, vis: torch.Tensor, ir: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         b, _, h, w = vis.shape
@@ -114,7 +116,10 @@ class RegistrationStep(nn.Module):
             # A coarse fixed point (1e-3 px) is plenty for a training target and 3x cheaper.
             mis = misalign(ir, u, amp, quantise=False, iterations=20, tolerance=1e-3)
             truth = pixel_to_normalised(mis.inverse, h, w)
-        reg = self.model.register(vis, mis.moving)
+            # The networks see re-toned copies; the losses below compare the clean images.
+            seen_vis = photometric_jitter(vis, self.photometric, allow_invert=False, generator=self.generator)
+            seen_ir = photometric_jitter(mis.moving, self.photometric, allow_invert=True, generator=self.generator)
+        reg = self.model.register(seen_vis, seen_ir)
         registered = warp_normalised(mis.moving, reg.grid)
         mask = mis.mask
         l_mncc = losses.mncc_loss(registered, ir, mask)

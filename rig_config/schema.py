@@ -207,8 +207,11 @@ class CameraConfig(_Model):
 
 
 class IRCameraConfig(CameraConfig):
-    """The thermal camera: a camera plus its normalisation from raw counts to [0, 1]."""
+    """The IR camera: a camera, what it sees (``modality``) and its normalisation from raw counts to [0, 1]."""
 
+    modality: Literal["thermal", "nir"] = Field(
+        "thermal", description="thermal (long-wave IR: warm objects bright) or nir (near-infrared: reflected "
+                               "light, vegetation bright); the graphs must have been trained for it")
     thermal: ThermalConfig = PercentileWindow(mode="percentile")
 
 
@@ -247,6 +250,9 @@ class Plausibility(_Model):
     max_scale_change: float = Field(0.25, gt=0, lt=1,
                                     description="largest |scale - 1| relative to the prior")
     min_confidence: float = Field(0.2, ge=0, le=1, description="estimates below this confidence are rejected")
+    must_agree: bool = Field(True, description="keep a new estimate only if the registered IR's edges agree with "
+                                               "the visible image's at least as well as with the registration in "
+                                               "force (or, before any, the prior) on the same pair")
 
 
 Matrix3 = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]
@@ -281,6 +287,9 @@ class RegistrationConfig(_Model):
                           "cameras see the same field of view (the IR image stretched onto the RGB image)")
     hold_last_good: bool = Field(True, description="keep the last accepted estimate when a new one "
                                                    "is implausible")
+    warm_start: bool = Field(True, description="each estimate starts from the registration in force (the IR is "
+                                               "pre-warped by it), so a still rig's registration is refined "
+                                               "over frames instead of recomputed from scratch")
     plausibility: Plausibility = Plausibility()
 
     @model_validator(mode="before")

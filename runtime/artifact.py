@@ -57,6 +57,9 @@ class ArtifactMetadata(BaseModel):
     registration_size: tuple[int, int] | None = Field(
         None, description="(H, W) the register graph was trained at; None for fuse and frame"
     )
+    modalities: list[Literal["thermal", "nir"]] = Field(
+        default_factory=lambda: ["thermal"],
+        description="the IR modalities the graph was trained for (cameras.ir.modality of a rig file)")
     training_split: str = ""
     training_split_sha256: str = ""
     protocol: str = PROTOCOL
@@ -84,3 +87,10 @@ def check_compatible(meta: ArtifactMetadata, *, graph: GraphKind, source: str) -
         raise ArtifactError(f"{source}: metadata schema {meta.schema_!r}, this busref reads {SCHEMA!r}")
     if meta.graph != graph:
         raise ArtifactError(f"{source}: is a {meta.graph!r} graph, expected a {graph!r} graph")
+
+
+def check_modality(meta: ArtifactMetadata, modality: str, *, source: str) -> None:
+    """Refuse a graph not trained for the rig's IR ``modality`` (``cameras.ir.modality``), naming both."""
+    if modality not in meta.modalities:
+        raise ArtifactError(f"{source}: trained for {' and '.join(meta.modalities)} IR, but the rig's "
+                            f"cameras.ir.modality is {modality!r} (use graphs trained for it, or correct the field)")

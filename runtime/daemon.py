@@ -20,7 +20,7 @@ import numpy as np
 from busref.client.wire import StatusHeader
 from busref.rig_config.schema import RigConfig
 from busref.runtime import exit_codes
-from busref.runtime.artifact import ArtifactError, GraphKind
+from busref.runtime.artifact import ArtifactError, GraphKind, check_modality
 from busref.runtime.backends.base import BackendUnavailable, InferenceBackend, ModelMissing
 from busref.runtime.backends.select import open_backend
 from busref.runtime.capture import CaptureThread
@@ -70,7 +70,9 @@ def open_graph(config: RigConfig, graph: GraphKind) -> InferenceBackend:
         # as the CPU would only fight the fuse pool for the same cores.
         threads = 1
     try:
-        return open_backend(graph, onnx_path, engine, choice=inf.backend, threads=threads)
+        backend = open_backend(graph, onnx_path, engine, choice=inf.backend, threads=threads)
+        check_modality(backend.metadata, config.cameras.ir.modality, source=str(onnx_path))
+        return backend
     except ModelMissing as exc:
         raise StartupError(f"{exc} (set inference.{graph}_model in the rig file, or put the graph there)",
                            exit_codes.MISSING_MODEL) from None
@@ -333,6 +335,9 @@ class Daemon:
             add("registration_runs_total", "counter", "register graph runs", [({}, sched.runs)])
             add("registration_rejected_total", "counter", "estimates rejected as implausible",
                 [({}, sched.filter.rejected)])
+            add("registration_not_better_total", "counter",
+                "estimates not taken because they aligned their pair worse than the registration in force",
+                [({}, sched.filter.not_better)])
             state = sched.state
             if state is not None:
                 age = time.monotonic() - state.t_capture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import shutil
 import subprocess
 import sys
@@ -148,3 +149,81 @@ def test_calibrate_on_the_synthetic_rig_writes_the_rig_and_a_before_after_pictur
     assert load_rig(out).registration.prior_homography is not None
     sheet = cv2.imread(str(out.with_suffix(".png")))
     assert sheet is not None and sheet.shape[1] == 2 * 386  # two tiles of 384 + their 2-pixel borders
+
+
+# --------------------------------------------------------------------------- on a synthetic rig with a known truth
+
+#: A synthetic rig at 320x256; the misalignment's elastic term is 0 here because it has no
+#: "affine part" of its own (the demo's 2 px term moves the best-fitting affine 1.3 px from it).
+SYNTHETIC = """\
+rig_id: synthetic
+cameras:
+  ir:
+    source: {{kind: synthetic, seed: 0, objects: 5, misalignment: {{rotation_deg: {rot}, scale: {scale},
+             shift_px: [{dx}, {dy}], elastic_px: 0.0}}}}
+    width: 320
+    height: 256
+    fps: 30
+  rgb: {{source: {{kind: synthetic, seed: 0, objects: 5}}, width: 320, height: 256, fps: 30}}
+registration: {{size: [192, 256], rate_hz: 6}}
+inference: {{threads: 1}}
+"""
+
+
+def prior_error_px(rig: Path) -> float:
+    """Mean distance (IR pixels, over a lattice of the frame) between where the rig's prior and the
+    synthetic truth's affine part send the RGB pixels into the IR image."""
+    from busref.runtime.synthetic import IRMisalignment
+
+    config = load_rig(rig)
+    ir, rgb = config.cameras.ir, config.cameras.rgb
+    truth = IRMisalignment.from_config(ir.source.misalignment, ir.width, ir.height)
+    xs, ys = np.meshgrid(np.linspace(0, rgb.width - 1, 17), np.linspace(0, rgb.height - 1, 13))
+    points = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)])
+    mine = np.linalg.inv(np.asarray(config.prior_homography)) @ points
+    true = np.linalg.inv(truth.ir_to_rgb_homography(rgb.width, rgb.height)) @ points
+    return float(np.hypot(*(mine[:2] / mine[2] - true[:2] / true[2])).mean())
+
+
+def run_calibrate(rig: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "busref", "calibrate", "--rig", str(rig), "--pairs", "4",
+                           "--interval", "0.3", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=rig.parent)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.mark.slow
+def test_one_calibration_of_a_10_degree_rig_lands_within_a_pixel_and_a_second_confirms_it(tmp_path: Path) -> None:
+    rig = tmp_path / "rig.yaml"
+    rig.write_text(SYNTHETIC.format(rot=10.0, scale=1.08, dx=20, dy=-12.5))  # (40, -25) px at 640 wide
+    assert prior_error_px(rig) > 20  # the same-view default
+    first = run_calibrate(rig, tmp_path / "once.yaml")
+    assert "converged" in first.stdout and "NOT" not in first.stdout
+    assert prior_error_px(tmp_path / "once.yaml") < 1.5
+    run_calibrate(tmp_path / "once.yaml", tmp_path / "twice.yaml")
+    moved = corner_displacement(np.asarray(load_rig(tmp_path / "once.yaml").prior_homography),
+                                np.asarray(load_rig(tmp_path / "twice.yaml").prior_homography), (320, 256))
+    assert moved < 0.5
+
+
+def bench_epe(rig: Path) -> float:
+    """Mean registration end-point error (IR pixels) of the daemon on ``rig`` over a short bench."""
+    out = rig.with_suffix(".bench.json")
+    done = subprocess.run([sys.executable, "-m", "busref", "bench", "--rig", str(rig), "--seconds", "3",
+                           "--warmup", "1", "--json", str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=rig.parent)
+    assert done.returncode == 0, done.stderr
+    return float(json.loads(out.read_text())["registration_epe_px"]["mean"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("rot", "scale", "dx", "dy"), [(2.0, 1.03, 6, -4), (10.0, 1.08, 20, -12.5)],
+                         ids=["small", "large"])
+def test_the_daemon_registers_a_calibrated_rig_better_than_an_uncalibrated_one(
+        tmp_path: Path, rot: float, scale: float, dx: float, dy: float) -> None:
+    rig = tmp_path / "rig.yaml"
+    rig.write_text(SYNTHETIC.format(rot=rot, scale=scale, dx=dx, dy=dy))
+    run_calibrate(rig, tmp_path / "calibrated.yaml")
+    before, after = bench_epe(rig), bench_epe(tmp_path / "calibrated.yaml")
+    assert after < 1.5 < before

@@ -21,6 +21,7 @@ from busref.runtime.registration.geometry import (
     identity_theta,
     pixels_to_theta,
     rgb_to_norm,
+    run_register,
 )
 from busref.runtime.registration.plausibility import RELOCK_AFTER, RegistrationFilter, grid_quality
 from busref.runtime.registration.scheduler import RegistrationScheduler
@@ -237,7 +238,8 @@ def drive(scheduler: RegistrationScheduler, offers: int, advance: Callable[[], N
 
 
 def test_every_n_pairs(register_backend: OnnxRuntimeBackend) -> None:
-    s = RegistrationScheduler(register_backend, config(every_n_pairs=3), geometry())
+    # Without the warm start: this graph asks for the same shift whatever it sees.
+    s = RegistrationScheduler(register_backend, config(every_n_pairs=3, warm_start=False), geometry())
     s.start()
     try:
         assert drive(s, 9) == 3 and s.runs == 3
@@ -271,3 +273,74 @@ def test_a_failing_run_keeps_the_current_state(tmp_path: Path) -> None:
     s = RegistrationScheduler(backend, config(), g)
     assert s.register_now(np.zeros((RGB[1], RGB[0]), np.uint8), np.zeros((RGB[1], RGB[0]), np.float32), 0.0) is None
     assert s.errors == 1 and s.runs == 1
+
+
+# --------------------------------------------------------------------------- warm start and agreement
+
+
+def textured_pair(shift_px: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """A visible luminance (uint8) and an IR (float32, inverted polarity) of one blurred random
+    scene at the RGB size; the IR's content moved by ``shift_px``: IR pixel p shows visible p - shift."""
+    rng = np.random.default_rng(3)
+    scene = cv2.GaussianBlur(rng.random((RGB[1], RGB[0])).astype(np.float32), (0, 0), 2.5)
+    scene = (scene - scene.min()) / np.ptp(scene)
+    m = np.array([[1, 0, shift_px[0]], [0, 1, shift_px[1]]], np.float64)
+    ir = cv2.warpAffine(1 - scene, m, RGB, borderMode=cv2.BORDER_REFLECT)
+    return (scene * 255).astype(np.uint8), ir
+
+
+def test_a_warm_start_composes_the_answer_onto_the_registration_in_force(register_backend) -> None:
+    g = geometry()
+    y, ir = textured_pair()
+    start = translation_theta(5.0, -3.0, g)
+    cold = run_register(register_backend, g, y, ir, 0.0)
+    warm = run_register(register_backend, g, y, ir, 0.0, start)
+    # The graph asks for (2, 1) px whatever it sees: from the start that is (7, -2) px in all.
+    np.testing.assert_allclose(g.theta_pixels(cold.theta) @ [40, 30, 1], [42, 31, 1], atol=1e-4)
+    np.testing.assert_allclose(g.theta_pixels(warm.theta) @ [40, 30, 1], [47, 28, 1], atol=1e-4)
+    np.testing.assert_allclose(warm.grid, affine_grid(warm.theta, *REG, coordinates="normalised"), atol=1e-5)
+    # The network saw the canvas sampled at the start's grid.
+    inputs = g.network_inputs(y, ir, start)["ir"][0, 0]
+    canvas = g.network_inputs(y, ir)["ir"][0, 0]
+    px = (affine_grid(start, *REG, coordinates="normalised") + 1) / 2 * np.array([REG[1] - 1, REG[0] - 1])
+    expected = cv2.remap(canvas, px[..., 0].astype(np.float32), px[..., 1].astype(np.float32), cv2.INTER_LINEAR)
+    inverse = cv2.remap(canvas, (2 * np.arange(REG[1], dtype=np.float32)[None] - px[..., 0]).astype(np.float32),
+                        (2 * np.arange(REG[0], dtype=np.float32)[:, None] - px[..., 1]).astype(np.float32),
+                        cv2.INTER_LINEAR)
+    inner = (slice(4, -4), slice(4, -4))
+    # Two interpolations against one: close, and far closer than the opposite warp.
+    assert np.abs(inputs - expected)[inner].mean() < 0.01 < 0.03 < np.abs(inputs - inverse)[inner].mean()
+
+
+def test_an_estimate_that_aligns_its_pair_worse_is_not_taken_and_the_prior_stays(tmp_path: Path) -> None:
+    """A network confidently wrong on this scene: it asks for 6 px while the pair is aligned. Its
+    estimate passes every plausibility limit, but the pair itself says it is worse than the prior."""
+    g = geometry()
+    y, ir = textured_pair()
+    wrong = OnnxRuntimeBackend(write_register(tmp_path / "wrong.onnx", translation_theta(6.0, 0.0, g), REG),
+                               graph="register", threads=1)
+    s = RegistrationScheduler(wrong, config(), g)
+    state = s.register_now(y, ir, 0.0)
+    assert state is not None and state.source == "prior" and state.confidence == 0.0
+    np.testing.assert_allclose(state.theta, identity_theta())
+    assert s.filter.not_better == 1 and s.filter.accepted == 0
+    # Without the check the wrong estimate is what the rig publishes.
+    blind = RegistrationScheduler(wrong, config(plausibility=Plausibility(must_agree=False)), g)
+    assert blind.register_now(y, ir, 0.0).source == "fine"
+
+
+def test_an_estimate_that_aligns_its_pair_better_is_taken() -> None:
+    """The IR is 4 px off; a graph that asks for exactly that beats the prior, and from then on
+    (warm start) each run confirms it and nothing drifts."""
+    g = geometry()
+    y, ir = textured_pair((4.0, 0.0))
+    path = write_register(Path(__import__("tempfile").mkdtemp()) / "right.onnx", translation_theta(4.0, 0.0, g), REG)
+    right = OnnxRuntimeBackend(path, graph="register", threads=1)
+    s = RegistrationScheduler(right, config(), g)
+    state = s.register_now(y, ir, 0.0)
+    assert state is not None and state.source == "fine"
+    np.testing.assert_allclose(g.theta_pixels(state.theta) @ [40, 30, 1], [44, 30, 1], atol=1e-3)
+    # Warm-started, the same graph now proposes 8 px: worse on the pair, so 4 px stays.
+    again = s.register_now(y, ir, 1.0)
+    np.testing.assert_allclose(g.theta_pixels(again.theta) @ [40, 30, 1], [44, 30, 1], atol=1e-3)
+    assert s.filter.not_better == 1

@@ -52,11 +52,16 @@ def errors_of(tmp_path: Path, text: str) -> list[str]:
 
 
 def test_shipped_rigs_pass_the_cli_check() -> None:
-    assert {p.name for p in SHIPPED} == {"demo.yaml", "usb_thermal_rgb.yaml", "jetson_csi.yaml"}
+    assert {p.name for p in SHIPPED} == {"demo.yaml", "usb_thermal_rgb.yaml", "jetson_csi.yaml", "nir_rgb.yaml"}
     proc = subprocess.run([sys.executable, "-m", "busref", "config", "check", *map(str, SHIPPED)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count(": OK") == 3
+    assert proc.stdout.count(": OK") == 4
+
+
+def test_the_nir_rig_declares_its_modality() -> None:
+    assert load_rig(REPO / "rig_config" / "nir_rgb.yaml").cameras.ir.modality == "nir"
+    assert load_rig(REPO / "rig_config" / "demo.yaml").cameras.ir.modality == "thermal"  # the default
 
 
 def test_demo_rig_is_synthetic_jpeg_on_loopback_with_shipped_models() -> None:
@@ -157,6 +162,9 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
     (MINIMAL.replace("rgb: {source: {kind: synthetic}, width: 64, height: 48, fps: 30}",
                      "rgb: {source: {kind: synthetic}, width: 64, height: 48, fps: 30, thermal: {mode: x}}"),
      "line 4: cameras.rgb.thermal: Extra inputs are not permitted"),
+    (MINIMAL.replace("width: 64, height: 48, fps: 30}\n  rgb",
+                     "width: 64, height: 48, fps: 30, modality: swir}\n  rgb"),
+     "line 3: cameras.ir.modality: Input should be 'thermal' or 'nir'"),
 ])
 def test_single_clear_error(tmp_path: Path, text: str, expected: str) -> None:
     errors = errors_of(tmp_path, text)

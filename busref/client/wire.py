@@ -36,8 +36,8 @@ TOPICS: tuple[str, ...] = ("fused", "registered_ir", "status")
 IMAGE_TOPICS: tuple[str, ...] = ("fused", "registered_ir")
 Encoding = Literal["bgr8", "mono8", "jpeg"]
 ENCODINGS: tuple[str, ...] = ("bgr8", "mono8", "jpeg")
-RegistrationSource = Literal["fine", "coarse", "held"]
-REGISTRATION_SOURCES: tuple[str, ...] = ("fine", "coarse", "held")
+RegistrationSource = Literal["fine", "coarse", "held", "prior"]
+REGISTRATION_SOURCES: tuple[str, ...] = ("fine", "coarse", "held", "prior")
 DaemonState = Literal["starting", "running", "degraded", "stopping"]
 DAEMON_STATES: tuple[str, ...] = ("starting", "running", "degraded", "stopping")
 
@@ -173,7 +173,8 @@ class Registration:
     published frame to the IR-camera pixel it was sampled from (the coarse part; the fine
     deformable correction, when ``source`` is ``fine``, is applied on top and not sent).
     ``source``: ``fine`` (deformable grid), ``coarse`` (affine only), ``held`` (the newest
-    estimate was rejected as implausible and the last good one is still in use).
+    estimate was rejected as implausible and the last good one is still in use), ``prior`` (no
+    estimate has yet aligned the pairs better than the rig's prior, which is in use).
     ``age_s``: how much older the pair the estimate came from is than this frame's pair.
     ``confidence``: 0 (no trust) .. 1. On the wire the matrix not in use is absent (not ``null``).
     """
@@ -184,7 +185,8 @@ class Registration:
     source: RegistrationSource = field(metadata=_doc(
         "`fine`: the deformable correction of the registration in force was applied on top of the matrix; "
         "`coarse`: the matrix alone (`registration.deformable: false`); `held`: the newest estimate was "
-        "rejected as implausible and the last accepted one is still in use"))
+        "rejected as implausible and the last accepted one is still in use; `prior`: no estimate has yet aligned "
+        "the pairs better than the rig's prior (`registration.prior_homography`), which is in use, confidence 0"))
     age_s: float = field(metadata=_doc(
         "seconds by which the pair the registration was estimated on is older than this frame's pair", ge=0))
     confidence: float = field(metadata=_doc("trust in the registration: 0 (none) to 1", ge=0, le=1))

@@ -29,6 +29,7 @@ import numpy as np
 
 from busref.rig_config.schema import RigConfig
 from busref.runtime.backends.base import InferenceBackend
+from busref.runtime.registration.orientation import agreement_with, orientation_field
 
 Size = tuple[int, int]  # (width, height)
 
@@ -112,13 +113,52 @@ def frame_grid(x: np.ndarray, y: np.ndarray, ir_size: Size) -> np.ndarray:
     return np.stack([u, v], axis=-1)[None]
 
 
+def norm_to_reg(reg_hw: tuple[int, int]) -> np.ndarray:
+    """3x3 map from normalised canvas ``(u, v, 1)`` (``align_corners=True``) to registration pixels."""
+    h, w = reg_hw
+    return np.array([[(w - 1) / 2, 0.0, (w - 1) / 2], [0.0, (h - 1) / 2, (h - 1) / 2], [0.0, 0.0, 1.0]])
+
+
+def compose_grid(theta: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The normalised affine ``theta`` (2, 3) applied to every point of ``grid`` (H, W, 2): where a
+    grid over a canvas re-warped by ``theta`` samples the original canvas. float32."""
+    t = theta.astype(np.float32)
+    return (grid @ t[:, :2].T + t[:, 2]).astype(np.float32)
+
+
+class PairView:
+    """One pair at the registration size, to score any grid on: how well do the edges of the IR
+    canvas sampled by the grid agree with the visible image's (:mod:`.orientation`)?
+
+    ``vis`` (H_reg, W_reg) float32 [0, 1]; ``canvas`` the IR pre-warped by the prior, same size;
+    ``valid`` (same size, uint8) where the canvas shows IR content.
+    """
+
+    def __init__(self, vis: np.ndarray, canvas: np.ndarray, valid: np.ndarray) -> None:
+        self.vis, self.canvas, self.valid = vis, canvas, valid
+        self._vis_field = orientation_field(vis)
+        self._to_pixels = norm_to_reg(vis.shape).astype(np.float32)
+
+    def agreement(self, grid: np.ndarray) -> float:
+        """Mean edge-orientation agreement of ``vis`` and the canvas sampled at ``grid`` (H_reg, W_reg, 2)
+        normalised: higher is better aligned (:func:`.orientation.agreement_with`)."""
+        m = self._to_pixels
+        x = np.ascontiguousarray(grid[..., 0] * m[0, 0] + m[0, 2])
+        y = np.ascontiguousarray(grid[..., 1] * m[1, 1] + m[1, 2])
+        moving = cv2.remap(self.canvas, x, y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        inside = cv2.remap(self.valid, x, y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return agreement_with(self._vis_field, moving, inside)
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """One output of the ``register`` graph: ``theta`` (2, 3) and ``grid`` (H_reg, W_reg, 2), normalised."""
+    """One output of the ``register`` graph: ``theta`` (2, 3) and ``grid`` (H_reg, W_reg, 2),
+    normalised on the canvas pre-warped by the prior; ``view`` the pair it came from, when known."""
 
     theta: np.ndarray
     grid: np.ndarray
     t_capture: float  # capture time (monotonic s) of the pair it was computed from
+    view: PairView | None = None
 
 
 @dataclass(frozen=True)
@@ -156,21 +196,41 @@ class RegistrationGeometry:
         """Published-frame (RGB) pixel -> IR pixel for the coarse affine ``theta``."""
         return np.linalg.inv(self.prior) @ self.theta_pixels(theta)
 
-    def network_inputs(self, vis_y: np.ndarray, ir: np.ndarray) -> dict[str, np.ndarray]:
+    def network_inputs(self, vis_y: np.ndarray, ir: np.ndarray, start: np.ndarray | None = None
+                       ) -> dict[str, np.ndarray]:
         """The ``register`` graph inputs from full-size frames.
 
         ``vis_y``: (H_rgb, W_rgb) uint8 luminance. ``ir``: (H_ir, W_ir) float32 [0, 1] normalised IR.
-        Returns ``vis``/``ir`` float32 (1, 1, H_reg, W_reg) in [0, 1]; the IR pre-warped by the prior.
+        Returns ``vis``/``ir`` float32 (1, 1, H_reg, W_reg) in [0, 1]; the IR pre-warped by the prior,
+        and then by ``start`` (2, 3 normalised, the registration in force) when given: the canvas
+        sampled at ``start``'s grid (the warm start; :func:`compose_grid` brings the network's
+        answer back onto the prior's canvas).
         """
         h, w = self.reg_hw
         vis = cv2.resize(vis_y, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
         vis *= np.float32(1.0 / 255.0)
+        return {"vis": vis[None, None], "ir": self._canvas(ir, start)[None, None]}
+
+    def _canvas(self, ir: np.ndarray, start: np.ndarray | None = None, *, mask: bool = False) -> np.ndarray:
+        """The IR (or, with ``mask``, a uint8 mask of its content) warped onto the registration canvas."""
+        h, w = self.reg_hw
+        to_canvas = self.ir_to_canvas
+        if start is not None:
+            n = norm_to_reg(self.reg_hw)
+            to_canvas = n @ np.linalg.inv(np.vstack([start, [0.0, 0.0, 1.0]])) @ np.linalg.inv(n) @ to_canvas
+        if mask:
+            return cv2.warpPerspective(np.ones(ir.shape, np.uint8), to_canvas, (w, h), flags=cv2.INTER_NEAREST,
+                                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         # Smoothing before the warp stands in for INTER_AREA, which warpPerspective lacks.
         scale = min(self.ir_size[0] / w, self.ir_size[1] / h)
         src = cv2.GaussianBlur(ir, (0, 0), 0.5 * scale) if scale > 1.5 else ir
-        warped = cv2.warpPerspective(src, self.ir_to_canvas, (w, h), flags=cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-        return {"vis": vis[None, None], "ir": warped[None, None]}
+        return cv2.warpPerspective(src, to_canvas, (w, h), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+
+    def pair_view(self, vis: np.ndarray, ir: np.ndarray) -> PairView:
+        """:class:`PairView` of a pair: ``vis`` the network's (H_reg, W_reg) visible input, ``ir`` the
+        full-size normalised IR."""
+        return PairView(vis, self._canvas(ir), self._canvas(ir, mask=True))
 
     def maps(self, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``cv2.remap`` maps (CV_16SC2 + CV_16UC1; fixed point, 1/32 pixel) sending each output
@@ -190,9 +250,17 @@ class RegistrationGeometry:
 
 
 def run_register(backend: InferenceBackend, geometry: RegistrationGeometry, vis_y: np.ndarray,
-                 ir: np.ndarray, t_capture: float) -> Estimate:
-    """Run the ``register`` graph on one pair; see :meth:`RegistrationGeometry.network_inputs`."""
-    out = backend.run(geometry.network_inputs(vis_y, ir))
+                 ir: np.ndarray, t_capture: float, start: np.ndarray | None = None, *,
+                 with_view: bool = False) -> Estimate:
+    """Run the ``register`` graph on one pair, from ``start`` (2, 3 normalised affine on the prior's
+    canvas: the warm start) when given; see :meth:`RegistrationGeometry.network_inputs`. The
+    estimate is on the prior's canvas either way; ``with_view`` attaches the pair to score it."""
+    inputs = geometry.network_inputs(vis_y, ir, start)
+    out = backend.run(inputs)
     theta = np.asarray(out["theta"], dtype=np.float64).reshape(2, 3)
     grid = np.asarray(out["grid"], dtype=np.float32).reshape(*geometry.reg_hw, 2)
-    return Estimate(theta=theta, grid=grid, t_capture=t_capture)
+    if start is not None:
+        grid = compose_grid(start, grid)
+        theta = (np.vstack([start, [0.0, 0.0, 1.0]]) @ np.vstack([theta, [0.0, 0.0, 1.0]]))[:2]
+    view = geometry.pair_view(inputs["vis"][0, 0], ir) if with_view else None
+    return Estimate(theta=theta, grid=grid, t_capture=t_capture, view=view)

@@ -4,6 +4,12 @@ Each estimate of the ``register`` graph is judged (:meth:`RegistrationFilter.jud
 off-frame grid, a rotation or scale far from the prior, or a jump from the last accepted estimate
 is rejected and the last good registration is held, its confidence decaying; a run of rejected
 estimates that agree with one another means the rig really moved, and is followed ("re-lock").
+With ``plausibility.must_agree``, an estimate must also align the pair it came from at least as
+well as the registration in force does (before any: the prior), by the edge-orientation agreement
+of :mod:`.orientation`; a re-lock must pass that test too. Why: a network trained on one camera
+pair can be confidently wrong on another scene (on the synthetic demo its correction left the IR
+40 px off where the prior alone was 17 px off); judged on the pair itself, a wrong estimate is
+never taken, so the published registration never gets worse than what is in force.
 Accepted estimates are blended into the state in force by an exponential moving average.
 """
 
@@ -22,6 +28,7 @@ from busref.runtime.registration.geometry import (
     Estimate,
     RegistrationGeometry,
     corner_displacement,
+    identity_theta,
     rotation_scale,
 )
 
@@ -70,7 +77,7 @@ class RegistrationState:
     version: int
     theta: np.ndarray  # (2, 3) smoothed coarse affine, normalised
     grid: np.ndarray  # (H_reg, W_reg, 2) smoothed sampling grid, normalised
-    source: Literal["fine", "coarse", "held"]
+    source: Literal["fine", "coarse", "held", "prior"]
     confidence: float
     t_capture: float  # capture time (monotonic s) of the pair of the newest accepted estimate
     frame_to_ir: np.ndarray  # 3x3: published-frame pixel -> IR pixel (coarse part)
@@ -98,6 +105,7 @@ class RegistrationFilter:
         self.accepted = 0
         self.rejected = 0
         self.consecutive_rejections = 0
+        self.not_better = 0  # estimates that aligned their pair worse than the registration in force
         self._last_rejected: Estimate | None = None
         self._held_confidence = 0.0
 
@@ -144,14 +152,38 @@ class RegistrationFilter:
         return (moved <= self.config.plausibility.max_jump_px and folded <= MAX_FOLDED_FRACTION
                 and inside >= MIN_INSIDE_FRACTION)
 
+    def disagreement(self, estimate: Estimate) -> str:
+        """Why ``estimate`` aligns its own pair worse than the registration in force (or, before any,
+        the prior), by :meth:`PairView.agreement`; "" when it does not, or cannot be told."""
+        if not self.config.plausibility.must_agree or estimate.view is None:
+            return ""
+        held = self.state
+        current = held.grid if held is not None else affine_grid(identity_theta(), *self.geometry.reg_hw,
+                                                                 coordinates="normalised")
+        new, old = estimate.view.agreement(estimate.grid), estimate.view.agreement(current)
+        if new >= old:
+            return ""
+        return f"edges agree less than with the {'registration in force' if held else 'prior'} ({new:.4f} < {old:.4f})"
+
     def update(self, estimate: Estimate) -> RegistrationState | None:
-        """Fold ``estimate`` in; returns the state now in force (None while nothing was ever accepted)."""
+        """Fold ``estimate`` in; returns the state now in force (None while nothing is: no estimate
+        accepted yet, and the prior not shown to align the pairs better than one)."""
         judgement = self.judge(estimate)
         held = self.state
         # Without hold-last-good every finite estimate is taken, judged only for its confidence.
         finite = judgement.reason != NON_FINITE
-        accept = judgement.accepted or (not self.config.hold_last_good and finite)
-        relock = not accept and self._relock(estimate)
+        worse = self.disagreement(estimate) if finite else ""
+        accept = not worse and (judgement.accepted or (not self.config.hold_last_good and finite))
+        relock = not accept and not worse and self._relock(estimate)
+        if worse:
+            # The registration in force aligns this pair better: it stays, confirmed, at full confidence.
+            self.not_better += 1
+            log.debug("registration estimate not taken: %s", worse)
+            if held is None:
+                prior = identity_theta()
+                return self._install(prior, affine_grid(prior, *self.geometry.reg_hw, coordinates="normalised"),
+                                     0.0, estimate.t_capture, "prior")
+            return held
         if not accept and not relock:
             self.rejected += 1
             self.consecutive_rejections += 1
@@ -169,7 +201,7 @@ class RegistrationFilter:
         self.consecutive_rejections = 0
         self._last_rejected = None
         a = self.config.smoothing
-        if held is None or relock:
+        if held is None or relock or held.source == "prior":
             theta, grid, confidence = estimate.theta, estimate.grid, judgement.confidence
         else:
             theta = (1.0 - a) * held.theta + a * estimate.theta
@@ -177,15 +209,22 @@ class RegistrationFilter:
             confidence = (1.0 - a) * self._held_confidence + a * judgement.confidence
         if not self.config.deformable:
             grid = affine_grid(theta, *self.geometry.reg_hw, coordinates="normalised")
+        return self._install(theta, grid, confidence, estimate.t_capture,
+                             "fine" if self.config.deformable else "coarse")
+
+    def _install(self, theta: np.ndarray, grid: np.ndarray, confidence: float, t_capture: float,
+                 source: Literal["fine", "coarse", "prior"]) -> RegistrationState:
+        """Make ``theta``/``grid`` the registration in force (warp maps computed once, here)."""
+        held = self.state
         self._held_confidence = confidence
         map1, map2, sampling_grid = self.geometry.sampling(grid, with_frame_grid=self.sampling_grid)
         self.state = RegistrationState(
             version=0 if held is None else held.version + 1,
             theta=theta,
             grid=grid.astype(np.float32, copy=False),
-            source="fine" if self.config.deformable else "coarse",
+            source=source,
             confidence=confidence,
-            t_capture=estimate.t_capture,
+            t_capture=t_capture,
             frame_to_ir=self.geometry.frame_to_ir(theta),
             map1=map1,
             map2=map2,

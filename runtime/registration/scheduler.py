@@ -27,7 +27,8 @@ class RegistrationScheduler:
     so a start is at the first pair after each due time; the schedule does not drift by that
     lateness, and runs go back-to-back when one is slower than the period).
     ``observe(stage, seconds)`` receives the duration of each run (stage ``register``).
-    ``sampling_grid``: see :class:`RegistrationFilter`.
+    ``sampling_grid``: see :class:`RegistrationFilter`. With ``config.warm_start`` each run starts
+    from the registration in force (:func:`run_register`'s ``start``).
     """
 
     def __init__(
@@ -95,7 +96,10 @@ class RegistrationScheduler:
     def _run(self, vis_y: np.ndarray, ir: np.ndarray, t_capture: float) -> RegistrationState | None:
         started = time.perf_counter()
         try:
-            estimate = run_register(self.backend, self.geometry, vis_y, ir, t_capture)
+            held = self.filter.state
+            start = held.theta if self.config.warm_start and held is not None else None
+            estimate = run_register(self.backend, self.geometry, vis_y, ir, t_capture, start,
+                                    with_view=self.config.plausibility.must_agree)
             state = self.filter.update(estimate)
         # A transient backend failure must not kill the thread: the last good estimate stays.
         except Exception:
