@@ -354,7 +354,7 @@ class SyntheticCapture:
             scene = Scene(self.config.seed, self.config.objects, self.config.speed_px_s)
             if isinstance(self.camera, IRCameraConfig):
                 self._renderer = IRRenderer(scene, self.camera.width, self.camera.height,
-                                            self.config.misalignment)
+                                            self.config.misalignment, modality=self.camera.modality)
             else:
                 self._renderer = RGBRenderer(scene, self.camera.width, self.camera.height)
 

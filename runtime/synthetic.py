@@ -6,8 +6,11 @@ coordinates from a seed, so an IR renderer and an RGB renderer built from the sa
 
 * RGB (uint8 BGR): texture everywhere (sky gradient, building edges and windows, road
   markings); the moving objects are low-contrast.
-* IR (uint16, simulated 14-bit radiometric counts): the moving objects are warm and bright;
-  the texture shows only weakly. The IR frame is the reference view warped by a rig-like
+* IR (uint16, simulated 14-bit counts), in the IR camera's modality. Thermal: the moving
+  objects are warm and bright; the texture shows only weakly, blurred. Near-infrared: reflected
+  light, so the street looks much like the visible image in grey, except that the sky is dark
+  and sunlit facades bright, and people and cars differ from their surroundings by reflectance
+  only (a little, either way). The IR frame is the reference view warped by a rig-like
   misalignment (:class:`Misalignment`: rotation, scale, shift, a smooth elastic term), so
   registration has real work; :class:`IRMisalignment` gives the exact answer.
 
@@ -298,10 +301,15 @@ class RGBRenderer:
 
 
 class IRRenderer:
-    """Renders the scene as the misaligned thermal camera sees it: (height, width) uint16 counts."""
+    """Renders the scene as the misaligned IR camera sees it: (height, width) uint16 counts.
 
-    def __init__(self, scene: Scene, width: int, height: int, misalignment: Misalignment | None) -> None:
+    ``modality`` ``thermal`` (emitted heat) or ``nir`` (reflected near-infrared light).
+    """
+
+    def __init__(self, scene: Scene, width: int, height: int, misalignment: Misalignment | None,
+                 modality: Literal["thermal", "nir"] = "thermal") -> None:
         self.scene, self.width, self.height = scene, width, height
+        self.modality = modality
         self.misalignment = IRMisalignment.from_config(misalignment or Misalignment(
             rotation_deg=0, scale=1.0, shift_px=(0, 0), elastic_px=0), width, height)
         m = self._margin = self.misalignment.margin()
@@ -309,13 +317,25 @@ class IRRenderer:
         layers = _street_layers(scene, width, height, m)
         shape = layers["sky"].shape
         ys = ((np.arange(shape[0], dtype=np.float32) - m) / height)[:, None]
-        counts = layers["sky"] * (6200 + 600 * np.clip(ys / HORIZON, 0, 1))  # cold sky, warmer low
-        counts += (layers["facade"] > 0) * (7300 + 300 * layers["facade"])
-        counts += 90 * layers["edge"] - 220 * layers["window"]  # thermal bridges; glass mirrors the sky
-        counts += 7650 * layers["sidewalk"] + 7900 * layers["road"] - 110 * layers["marking"]
-        counts += 25 * _smooth_noise(rng, *shape, 2.0)
-        # Thermal optics and heat diffusion blur the scene: texture is weak and soft in IR.
-        self._background = cv2.GaussianBlur(counts, (0, 0), 1.2).astype(np.uint16)
+        if modality == "nir":
+            # Reflectance in NIR: a dark sky, bright facades and pavement, dark glass, painted
+            # outlines and markings as in the visible image; grain as sharp as the visible's.
+            counts = layers["sky"] * (2500 + 1200 * np.clip(ys / HORIZON, 0, 1))
+            counts += (layers["facade"] > 0) * (7000 + 4000 * layers["facade"])
+            counts += 7500 * layers["sidewalk"] + 4200 * layers["road"]
+            for name, value in (("window", 1800.0), ("edge", 1500.0), ("marking", 11000.0)):
+                counts = counts * (1 - layers[name]) + value * layers[name]
+            counts += 350 * _smooth_noise(rng, *shape, 1.5)
+            blur = 0.6
+        else:
+            counts = layers["sky"] * (6200 + 600 * np.clip(ys / HORIZON, 0, 1))  # cold sky, warmer low
+            counts += (layers["facade"] > 0) * (7300 + 300 * layers["facade"])
+            counts += 90 * layers["edge"] - 220 * layers["window"]  # thermal bridges; glass mirrors the sky
+            counts += 7650 * layers["sidewalk"] + 7900 * layers["road"] - 110 * layers["marking"]
+            counts += 25 * _smooth_noise(rng, *shape, 2.0)
+            # Thermal optics and heat diffusion blur the scene: texture is weak and soft in IR.
+            blur = 1.2
+        self._background = cv2.GaussianBlur(np.clip(counts, 0, _MAX_COUNT), (0, 0), blur).astype(np.uint16)
         self._sprites = {kind: _sprite_mask(kind, width) for kind in ("person", "car")}
         self._noise = rng.normal(20, 6, (_NOISE_FRAMES, height, width)).clip(0, 65535).astype(np.uint16)
         rx, ry = self.misalignment.ir_to_ref(*_pixel_grid(width, height))
@@ -333,7 +353,10 @@ class IRRenderer:
             body, hot = self._sprites[track.kind]
             x0 = round(cx * self.width) - body.shape[1] // 2
             y0 = round(cy * self.height) - body.shape[0] // 2
-            out.append((track.heat * (body + 1.6 * hot), x0, y0))
+            if self.modality == "nir":  # reflectance, not heat: a small difference, no hot spots
+                out.append((0.6 * track.heat * body, x0, y0))
+            else:
+                out.append((track.heat * (body + 1.6 * hot), x0, y0))
         return out
 
     def _ir_box(self, x0: int, y0: int, w: int, h: int) -> tuple[slice, slice] | None:

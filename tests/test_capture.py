@@ -325,6 +325,27 @@ def test_synthetic_objects_are_warm_in_ir_faint_in_rgb_and_move() -> None:
     assert edges(rgb) > 3 * edges(ir) > 0  # the street's texture is strong in RGB, weak (but there) in IR
 
 
+def test_a_synthetic_nir_camera_sees_the_visible_street_with_a_dark_sky() -> None:
+    """NIR is reflected light: its edges agree with the visible image's much better than the
+    thermal rendering's do, the sky is darker than the facades, and people are only a little brighter."""
+    from busref.runtime.registration.orientation import agreement
+
+    empty, busy = Scene(0, 0, 40), Scene(0, 5, 40)
+    rgb = cv2.cvtColor(RGBRenderer(empty, 320, 256).render(0), cv2.COLOR_BGR2GRAY)
+
+    def render(modality: str, scene: Scene = empty) -> np.ndarray:
+        img = IRRenderer(scene, 320, 256, None, modality=modality).render_aligned(0.0).astype(np.float32)
+        return (img - img.min()) / (img.max() - img.min())
+
+    nir, thermal = render("nir"), render("thermal")
+    assert agreement(rgb, nir) > 2 * agreement(rgb, thermal) > 0
+    assert nir[:20].mean() < 0.5 * nir[60:100].mean()  # the sky above the roofs against the facades
+    raw = IRRenderer(busy, 320, 256, None, modality="nir").render_aligned(0.0).astype(float)
+    plain = IRRenderer(empty, 320, 256, None, modality="nir").render_aligned(0.0).astype(float)
+    change = np.abs(raw - plain)
+    assert 0 < change.max() < 2 * plain.std()  # thermal people stand out by more than 2 std (above)
+
+
 def test_synthetic_misalignment_is_known_exactly() -> None:
     scene = Scene(1, 6, 40)
     renderer = IRRenderer(scene, 640, 512, Misalignment())
