@@ -45,14 +45,22 @@ def weights_dir() -> Path:
     return _package_folder(WEIGHTS_PACKAGE)
 
 
-def weight_file(filename: str) -> Path:
-    """A file of the weights folder, e.g. ``weight_file("busref.pt")``."""
-    return weights_dir() / filename
+#: Where each IR modality's weights are, inside the weights folder: thermal at its top, the
+#: near-infrared model (trained on NIR and thermal pairs) in ``nir/``.
+MODALITY_FOLDERS = {"thermal": "", "nir": "nir"}
 
 
-def default_model_path(name: str) -> Path:
-    """Path of a shipped ONNX graph, e.g. ``default_model_path("register")``; ``name`` may omit ``.onnx``."""
-    return weight_file(name if name.endswith(".onnx") else f"{name}.onnx")
+def weight_file(filename: str, modality: str = "thermal") -> Path:
+    """A file of the weights folder for an IR ``modality``, e.g. ``weight_file("busref.pt", "nir")``."""
+    try:
+        return weights_dir() / MODALITY_FOLDERS[modality] / filename
+    except KeyError:
+        raise ValueError(f"unknown IR modality {modality!r}; choose one of {sorted(MODALITY_FOLDERS)}") from None
+
+
+def default_model_path(name: str, modality: str = "thermal") -> Path:
+    """Path of a shipped ONNX graph, e.g. ``default_model_path("register", "nir")``; ``name`` may omit ``.onnx``."""
+    return weight_file(name if name.endswith(".onnx") else f"{name}.onnx", modality)
 
 
 def rig_file(name: str) -> Path:

@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from busref.rig_config.resources import default_model_path
+from busref.rig_config.resources import MODALITY_FOLDERS, default_model_path
 
 #: Registration cadence used when a rig file sets neither ``every_n_pairs`` nor ``rate_hz``.
 DEFAULT_REGISTRATION_RATE_HZ = 6.0
@@ -415,6 +415,22 @@ class RigConfig(_Model):
     publisher: PublisherConfig = PublisherConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _modality_weights(cls, data: Any) -> Any:
+        """Graphs the file does not name are the shipped ones of the IR camera's modality."""
+        try:
+            modality = data["cameras"]["ir"].get("modality", "thermal")
+        except (TypeError, KeyError, AttributeError):
+            return data
+        if modality not in MODALITY_FOLDERS or modality == "thermal":
+            return data
+        inference = data.get("inference") or {}
+        if not isinstance(inference, dict):
+            return data
+        defaults = {f"{g}_model": str(default_model_path(g, modality)) for g in ("register", "fuse", "frame")}
+        return {**data, "inference": {**defaults, **inference}}
 
     @property
     def prior_homography(self) -> Matrix3:

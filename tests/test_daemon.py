@@ -295,12 +295,13 @@ def test_a_rig_of_another_ir_modality_than_the_graphs_is_refused_naming_the_fiel
     assert err.value.exit_code == exit_codes.BAD_MODEL
 
 
-def test_the_shipped_graphs_run_on_the_demo_rig(tmp_path: Path) -> None:
-    from busref.rig_config import default_model_path
+@pytest.mark.parametrize("rig", ["demo.yaml", "demo_nir.yaml"])
+def test_the_shipped_graphs_run_on_the_demo_rigs(tmp_path: Path, rig: str) -> None:
+    from busref.rig_config import default_model_path, rig_file
 
     if not (default_model_path("register").is_file() and default_model_path("fuse").is_file()):
         pytest.skip("weights/register.onnx and weights/fuse.onnx are not there (export them first)")
-    daemon = Daemon(load_rig(DEMO_RIG), endpoints=[f"ipc://{tmp_path}/shipped.sock"])
+    daemon = Daemon(load_rig(rig_file(rig)), endpoints=[f"ipc://{tmp_path}/shipped.sock"])
     daemon.start()
     try:
         with Subscriber(daemon.publisher.endpoints[0]) as sub:

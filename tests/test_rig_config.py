@@ -52,15 +52,24 @@ def errors_of(tmp_path: Path, text: str) -> list[str]:
 
 
 def test_shipped_rigs_pass_the_cli_check() -> None:
-    assert {p.name for p in SHIPPED} == {"demo.yaml", "usb_thermal_rgb.yaml", "jetson_csi.yaml", "nir_rgb.yaml"}
+    assert {p.name for p in SHIPPED} == {"demo.yaml", "demo_nir.yaml", "usb_thermal_rgb.yaml", "jetson_csi.yaml",
+                                         "nir_rgb.yaml"}
     proc = subprocess.run([sys.executable, "-m", "busref", "config", "check", *map(str, SHIPPED)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count(": OK") == 4
+    assert proc.stdout.count(": OK") == 5
 
 
 def test_the_nir_rig_declares_its_modality() -> None:
     assert load_rig(REPO / "rig_config" / "nir_rgb.yaml").cameras.ir.modality == "nir"
+    nir = load_rig(REPO / "rig_config" / "demo_nir.yaml")
+    assert nir.cameras.ir.modality == "nir"
+    # Graphs the file does not name are the shipped ones of its modality; a named one stays.
+    assert nir.inference.register_model == default_model_path("register", "nir") == weights_dir() / "nir/register.onnx"
+    text = (REPO / "rig_config" / "demo_nir.yaml").read_text().replace(
+        "inference:\n", "inference:\n  fuse_model: /models/mine.onnx\n")
+    named = parse_rig(text, REPO / "rig_config" / "x.yaml").inference
+    assert named.fuse_model == Path("/models/mine.onnx") and named.register_model == nir.inference.register_model
     assert load_rig(REPO / "rig_config" / "demo.yaml").cameras.ir.modality == "thermal"  # the default
 
 

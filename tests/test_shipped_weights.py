@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from busref.conventions import file_sha256
 from busref.export.onnx_check import check_graph_file
 from busref.models.baselines.registration import EccGradient, IdentityMethod
 from busref.models.checkpoint import load_model
+from busref.models.cli.common import split_file
 from busref.models.config import ModelConfig
 from busref.models.data import category_pairs, load_pairs, pair_index, roadscene_pairs, split_sha256
 from busref.models.descriptor import DescriptorConfig, load_descriptor
@@ -25,7 +27,7 @@ from busref.rig_config import weights_dir
 WEIGHTS = weights_dir()
 VAL_PAIRS = 8  # the registration recipe's --val-pairs (MODEL_CARD.md)
 GAF_VAL_PAIRS = 48  # the GAF recipe's (configs/gaf_pyramid.yaml)
-GAF_NIR_CATEGORIES = ("field", "indoor", "oldbuilding")
+NIR_CATEGORIES = ("field", "indoor", "oldbuilding")  # the NIR scenes trained on (models/splits/nirscene.json)
 NIRSCENE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nirscene"
 ALIGNED_MAX_PX = 4.0  # mean motion the registration may invent on an aligned pair (px, full size)
 
@@ -33,6 +35,11 @@ ALIGNED_MAX_PX = 4.0  # mean motion the registration may invent on an aligned pa
 @pytest.fixture(scope="module")
 def shipped():
     return load_model(WEIGHTS / "busref.pt", expect_stage="registration")
+
+
+@pytest.fixture(scope="module")
+def shipped_nir():
+    return load_model(WEIGHTS / "nir" / "busref.pt", expect_stage="registration")
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +61,52 @@ def test_the_checkpoint_is_the_default_config_trained_on_the_train_split_only(sh
     assert payload["config"].model == ModelConfig(), "weights/busref.pt must be the default configuration"
     assert payload["split"]["name"] == "train"
     train = roadscene_pairs(roadscene, "train")
+    nir = nir_training_pairs()
+    assert payload["split"]["sha256"] == split_sha256(train[:-GAF_VAL_PAIRS] + nir)
+
+
+def nir_training_pairs() -> list:
     if not (NIRSCENE / "split.json").is_file():
         pytest.skip(f"NIR data not found at {NIRSCENE}")
-    nir = category_pairs(NIRSCENE, "train", GAF_NIR_CATEGORIES)
-    assert payload["split"]["sha256"] == split_sha256(train[:-GAF_VAL_PAIRS] + nir)
+    nir = category_pairs(NIRSCENE, "train", NIR_CATEGORIES)
+    held_out = {p.name for p in roadscene_pairs(NIRSCENE, "test", split_file("nirscene"))}
+    assert held_out and not held_out & {p.name for p in nir}
+    return nir
+
+
+def test_the_nir_checkpoint_is_the_same_model_fine_tuned_on_both_modalities(shipped, shipped_nir, roadscene: Path):
+    """weights/nir/busref.pt: the thermal checkpoint's registration nets fine-tuned on the RoadScene
+    train pairs less the 8 held out plus the NIR scenes of three categories; bus and GAF unchanged."""
+    model, payload = shipped_nir
+    assert payload["stage"] == "registration" and payload["config"].model == ModelConfig()
+    train = roadscene_pairs(roadscene, "train")
+    assert payload["split"]["sha256"] == split_sha256(train[:-VAL_PAIRS] + nir_training_pairs())
+    thermal = shipped[0].state_dict()
+    for name, value in model.state_dict().items():
+        if name.startswith(("bus.", "gaf.")):
+            assert torch.equal(value, thermal[name]), name
+
+
+def test_each_folder_s_graphs_say_which_modalities_they_serve():
+    for graph in ("register", "fuse", "frame"):
+        assert check_graph_file(WEIGHTS / f"{graph}.onnx", graph=graph).metadata.modalities == ["thermal"]
+        nir = check_graph_file(WEIGHTS / "nir" / f"{graph}.onnx", graph=graph,
+                               checkpoint_sha256=file_sha256(WEIGHTS / "nir" / "busref.pt"))
+        assert nir.metadata.modalities == ["thermal", "nir"]
+
+
+@pytest.mark.slow
+def test_the_nir_weights_register_held_out_nir_pairs_better_than_identity_and_ecc(shipped_nir):
+    nir_training_pairs()
+    listed = roadscene_pairs(NIRSCENE, "test", split_file("nirscene"))
+    chosen = listed[::len(listed) // 3][:3]  # spread over both held-out categories
+    pairs, indices = load_pairs(chosen), pair_index(chosen, roadscene_pairs(NIRSCENE))
+    methods = {"busref": BusReFRegistration(shipped_nir[0]), "identity": IdentityMethod(), "ecc": EccGradient()}
+    means = {name: r["summary"]["mean"] for name, r in
+             evaluate_registration(methods, pairs, indices, "moderate", progress=False).items()}
+    for baseline in ("identity", "ecc"):
+        assert means["busref"]["MNCC"] > means[baseline]["MNCC"], means
+        assert means["busref"]["EPE_mean"] < means[baseline]["EPE_mean"], means
 
 
 def test_the_refinement_descriptor_is_the_default_config_trained_on_the_same_pairs(descriptor, roadscene: Path):

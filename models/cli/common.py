@@ -6,14 +6,23 @@ import argparse
 from pathlib import Path
 
 from busref.models.data import PairPaths, list_pairs, pair_index, roadscene_pairs
-from busref.rig_config.resources import CHECKPOINT_FILE, DESCRIPTOR_FILE, WEIGHTS_ENV, weight_file
+from busref.rig_config.resources import CHECKPOINT_FILE, DESCRIPTOR_FILE, MODALITY_FOLDERS, WEIGHTS_ENV, weight_file
 
 
 def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, default=weight_file(CHECKPOINT_FILE),
-                        help=f"trained BusReF checkpoint (default: the shipped {CHECKPOINT_FILE}, "
+    parser.add_argument("--modality", choices=sorted(MODALITY_FOLDERS), default="thermal",
+                        help="the IR camera's modality: picks the shipped weights trained for it (default: thermal)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help=f"trained BusReF checkpoint (default: the shipped {CHECKPOINT_FILE} of --modality, "
                              f"or the one in ${WEIGHTS_ENV})")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
+
+
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    """``--checkpoint``, else the shipped checkpoint of ``--modality``; also sets ``args.checkpoint``."""
+    if args.checkpoint is None:
+        args.checkpoint = weight_file(CHECKPOINT_FILE, args.modality)
+    return args.checkpoint
 
 
 def add_descriptor_argument(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,13 @@ from busref.conventions import DataError
 from busref.models.baselines.registration import make_method
 from busref.models.checkpoint import CheckpointError, load_model
 from busref.models.cli.batch import write_png
-from busref.models.cli.common import add_checkpoint_argument, add_data_arguments, add_descriptor_argument, select_pairs
+from busref.models.cli.common import (
+    add_checkpoint_argument,
+    add_data_arguments,
+    add_descriptor_argument,
+    checkpoint_path,
+    select_pairs,
+)
 from busref.models.data import LoadedPair, load_pairs, split_sha256
 from busref.models.descriptor import load_descriptor
 from busref.models.evaluation import (
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             names = (args.methods or "busref,busref-refined,identity,sift,ecc,mi,ngf-mind").split(",")
             learned = ("busref", "busref-refined")  # one network; the second also refines its grid
             if any(name in learned for name in names):
-                model, _ = load_model(args.checkpoint, map_location=device, expect_stage="registration")
+                model, _ = load_model(checkpoint_path(args), map_location=device, expect_stage="registration")
             if "busref-refined" in names:
                 descriptor = load_descriptor(args.descriptor)[0]
             methods = {}
@@ -91,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             methods = {}
             for name in names:
                 if name == "gaf":
-                    model, _ = load_model(args.checkpoint, map_location=device, expect_stage="fusion")
+                    model, _ = load_model(checkpoint_path(args), map_location=device, expect_stage="fusion")
                     methods[name] = lambda v, i, m=model: fuse_luminance(m, v, i, device)
                 elif name in fusers:
                     methods[name] = fusers[name]
@@ -105,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     meta = {"task": args.task, "level": args.level if args.task == "registration" else None,
             "split": args.split if args.data else "all", "split_sha256": split_sha256(paths), "n_pairs": len(pairs),
-            "checkpoint": recorded_path(args.checkpoint),
+            "checkpoint": recorded_path(checkpoint_path(args)),
             "descriptor": recorded_path(args.descriptor) if "busref-refined" in methods else None}
     write_report(report, results, table, meta)
     print(table)

@@ -17,7 +17,7 @@ from busref.models.cli.batch import (
     split_luminance,
     write_png,
 )
-from busref.models.cli.common import add_checkpoint_argument
+from busref.models.cli.common import add_checkpoint_argument, checkpoint_path
 from busref.models.data import PairPaths
 from busref.models.inference import fuse_luminance
 from busref.models.train import select_device
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         pairs = pairs_from_args(args)
         device = select_device(args.device)
-        model, _ = load_model(args.checkpoint, map_location=device, expect_stage="fusion")
+        model, _ = load_model(checkpoint_path(args), map_location=device, expect_stage="fusion")
     except (DataError, CheckpointError) as exc:
         log.error("%s", exc)
         return 2

@@ -19,7 +19,7 @@ from busref.models.cli.batch import (
     split_luminance,
     write_png,
 )
-from busref.models.cli.common import add_checkpoint_argument, add_descriptor_argument
+from busref.models.cli.common import add_checkpoint_argument, add_descriptor_argument, checkpoint_path
 from busref.models.data import PairPaths
 from busref.models.descriptor import load_descriptor
 from busref.models.geometry import theta_to_pixel_affine
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         pairs = pairs_from_args(args)
         device = select_device(args.device)
-        model, _ = load_model(args.checkpoint, map_location=device, expect_stage="registration")
+        model, _ = load_model(checkpoint_path(args), map_location=device, expect_stage="registration")
         descriptor = load_descriptor(args.descriptor)[0] if args.refine else None
     except (DataError, CheckpointError) as exc:
         log.error("%s", exc)
