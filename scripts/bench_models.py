@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_models-") as tmp:
         log.info("exporting graphs of %s (registration size %dx%d) to %s", args.checkpoint, *reg, tmp)
         paths = export_graphs(model, payload, checkpoint_sha256, args.size, Path(tmp))
-        sessions = {name: ort.InferenceSession(str(path), sess_options=session_options(args.threads),
+        sessions = {name: ort.InferenceSession(str(path), sess_options=session_options(args.threads, graph=name),
                                                providers=[CPU]) for name, path in paths.items()}
     vis_f = sessions["encoder_registration"].run(None, {"image": images(small)["vis"]})
     ir_f = sessions["encoder_registration"].run(None, {"image": images(small)["ir"]})

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from busref.models.data import load_pairs, roadscene_pairs
 from busref.models.misalignment import LEVELS, protocol_pair
 from busref.rig_config import default_model_path
+from busref.rig_config.resources import recorded_path
 from busref.rig_config.schema import Plausibility, RegistrationConfig
 from busref.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from busref.runtime.registration.geometry import RegistrationGeometry, ir_pixels
@@ -88,7 +89,8 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "graph": str(args.graph), "level": args.level, "pairs": [p.name for p in pairs], "runs": args.runs,
+            "graph": recorded_path(args.graph), "level": args.level, "pairs": [p.name for p in pairs],
+            "runs": args.runs,
             "registration_size": reg_hw, "identity_epe_px": float(np.mean(identity)),
             "epe_px_by_run": {n: errors[n].mean(axis=0).round(4).tolist() for n in VARIANTS}}, indent=1) + "\n")
     return 0

@@ -2,12 +2,12 @@
 
 N pairs (spaced over time so the scene differs) are captured once. Then, pass after pass, the IR
 of each pair is warped into the RGB frame with that pass's prior and the correction still needed
-is measured by an exhaustive search over rotation, scale and shift that maximises the agreement
-of the two images' edge orientations (:mod:`busref.runtime.registration.orientation`): the first
-pass searches the whole range of an uncalibrated rig (16 degrees, 12 % of scale, 20 % of the
-width), pooled over the pairs; each pair is then searched on its own near that answer, pairs far
-from the element-wise median are discarded as outliers (moments when the scene shows little), and
-the median of the rest updates the prior: ``P_new = C^-1 @ P``. The passes stop when the
+is measured on the agreement of the two images' edge orientations
+(:mod:`busref.runtime.registration.orientation`): the first pass searches the whole range of an
+uncalibrated rig (16 degrees, 12 % of scale, 20 % of the width) exhaustively, pooled over the
+pairs; then, every pass, each pair's rotation, scale and shift are fitted to the local shifts of
+48 tiles; pairs far from the element-wise median are discarded as outliers (moments when the scene
+shows little), and the median of the rest updates the prior: ``P_new = C^-1 @ P``. The passes stop when the
 correction moves the frame's corners by less than ``--tolerance`` pixels (converged) or after
 ``--max-passes`` (reported as not converged).
 
@@ -47,7 +47,7 @@ from busref.runtime.daemon import StartupError
 from busref.runtime.pairing import Pairer
 from busref.runtime.pipeline import split_ycrcb
 from busref.runtime.registration.geometry import corner_displacement, rotation_scale
-from busref.runtime.registration.orientation import search_similarity
+from busref.runtime.registration.orientation import search_similarity, tile_similarity
 from busref.runtime.thermal import ThermalNormaliser
 from busref.visualise import contact_sheet, edge_overlay
 
@@ -110,8 +110,8 @@ def collect(config: RigConfig, pairs: int, interval: float, timeout: float) -> l
 
 #: Most pairs pooled in the first pass's wide search (each adds ~1.5 s on one core).
 POOLED_PAIRS = 12
-#: The per-pair search about the pooled answer: degrees, scale, fraction of the width.
-LOCAL_RANGE = (1.0, 0.02, 0.02)
+#: Tiles (rows, cols) whose local shifts each pair's similarity is fitted to.
+TILES = (6, 8)
 
 
 def canvases(frames: list[Frames], prior: np.ndarray, rgb_size: tuple[int, int]
@@ -130,20 +130,26 @@ def canvases(frames: list[Frames], prior: np.ndarray, rgb_size: tuple[int, int]
 def corrections(frames: list[Frames], prior: np.ndarray, rgb_size: tuple[int, int], *, wide: bool
                 ) -> list[np.ndarray]:
     """The corrections (3x3 RGB pixel -> pre-warped canvas pixel, on top of ``prior``) the pairs ask
-    for: a search pooled over (up to :data:`POOLED_PAIRS` of) them over the whole range (``wide``)
-    or near the prior, then each pair's own search near that answer."""
+    for. With ``wide`` (an uncalibrated start) a search pooled over up to :data:`POOLED_PAIRS` of
+    them covers the whole range first (:func:`search_similarity`); then each pair's similarity
+    is fitted to the local shifts of :data:`TILES` tiles (:func:`tile_similarity`: each region
+    counts the same, so a non-rigid term where edges crowd does not pull the answer)."""
     references = [f.vis_y for f in frames]
     movings, valids = canvases(frames, prior, rgb_size)
-    step = max(1, len(frames) // POOLED_PAIRS)
-    pooled = slice(None, None, step)
-    rotation, scale, shift = (16.0, 0.12, 0.2) if wide else LOCAL_RANGE
-    start = search_similarity(references[pooled], movings[pooled], valids[pooled], max_rotation_deg=rotation,
-                              max_scale_change=scale, max_shift_fraction=shift).correction
-    rotation, scale, shift = LOCAL_RANGE
-    found = [search_similarity([r], [m], [v], max_rotation_deg=rotation, max_scale_change=scale,
-                               max_shift_fraction=shift, start=start).correction
-             for r, m, v in zip(references, movings, valids, strict=True)]
-    return [c for c in found if np.all(np.isfinite(c))]
+    start = np.eye(3)
+    if wide:
+        pooled = slice(None, None, max(1, len(frames) // POOLED_PAIRS))
+        start = search_similarity(references[pooled], movings[pooled], valids[pooled], max_rotation_deg=16.0,
+                                  max_scale_change=0.12, max_shift_fraction=0.2).correction
+    found = []
+    for reference, moving, valid in zip(references, movings, valids, strict=True):
+        flags = cv2.WARP_INVERSE_MAP
+        near = cv2.warpAffine(moving, start[:2], rgb_size, flags=cv2.INTER_LINEAR | flags)
+        inside = cv2.warpAffine(valid, start[:2], rgb_size, flags=cv2.INTER_NEAREST | flags)
+        fit = tile_similarity(reference, near, inside, tiles=TILES)
+        if fit is not None and np.all(np.isfinite(fit)):
+            found.append(start @ fit)
+    return found
 
 
 @dataclass

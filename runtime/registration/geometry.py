@@ -202,9 +202,9 @@ class RegistrationGeometry:
 
         ``vis_y``: (H_rgb, W_rgb) uint8 luminance. ``ir``: (H_ir, W_ir) float32 [0, 1] normalised IR.
         Returns ``vis``/``ir`` float32 (1, 1, H_reg, W_reg) in [0, 1]; the IR pre-warped by the prior
-        (where it sees no IR, the nearest IR pixel repeated), and then by ``start`` (2, 3 normalised, the registration in force) when given: the canvas
-        sampled at ``start``'s grid (the warm start; :func:`compose_grid` brings the network's
-        answer back onto the prior's canvas).
+        (where it sees no IR, the nearest IR pixel repeated), and then by ``start`` (2, 3
+        normalised, the registration in force) when given: the canvas sampled at ``start``'s grid
+        (the warm start; :func:`compose_grid` brings the network's answer back onto the prior's canvas).
         """
         h, w = self.reg_hw
         vis = cv2.resize(vis_y, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)

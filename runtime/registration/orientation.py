@@ -248,3 +248,69 @@ def search_similarity(references: Sequence[np.ndarray], movings: Sequence[np.nda
     total_rotation = math.degrees(math.atan2(base[1, 0] - base[0, 1], base[0, 0] + base[1, 1]))
     total_scale = math.sqrt(abs(float(np.linalg.det(base[:2, :2]))))
     return SearchResult(base, total_rotation, total_scale, (float(base[0, 2]), float(base[1, 2])), best_score)
+
+
+def tile_similarity(reference: np.ndarray, moving: np.ndarray, valid: np.ndarray | None = None, *,
+                    tiles: tuple[int, int] = (4, 5), max_shift_px: float = 6.0, factor: float = 2.0,
+                    min_agreement: float = 0.25) -> np.ndarray | None:
+    """The similarity that best explains the local shifts between two nearly aligned images.
+
+    ``reference``, ``moving`` (H, W) as in :func:`search_similarity`, ``moving`` already close to
+    aligned (within ``max_shift_px``). The frame is cut into ``tiles`` (rows, cols); in each, the
+    shift of best edge-orientation agreement is found (FFT, parabolic peak, at 1/``factor`` size),
+    and a tile counts when its normalised agreement there reaches ``min_agreement``. A rotation,
+    scale and shift is fitted to the counted tiles' shifts by least squares, every tile weighing
+    the same, twice (tiles more than 3 px off the first fit are dropped). Why tiles: the exhaustive
+    search weighs each region by its edges, so a smooth non-rigid term where the edges crowd (a row
+    of facades) pulls its answer; here a region of few edges counts as much as a busy one.
+    Returns ``R`` (3x3, reference pixel -> pixel of ``moving``, full size: the correction to compose
+    after the one ``moving`` was made with), or None with fewer than 3 counted tiles.
+    """
+    h, w = reference.shape
+    size = (max(round(w / factor), 16), max(round(h / factor), 16))
+    fx, fy = w / size[0], h / size[1]
+    z_ref = orientation_field(cv2.resize(reference, size, interpolation=cv2.INTER_AREA))
+    inside = None if valid is None else cv2.resize(valid.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    z_mov = orientation_field(cv2.resize(moving, size, interpolation=cv2.INTER_AREA), inside)
+    pad = math.ceil(max_shift_px / min(fx, fy)) + 2
+    rows, cols = tiles
+    ys, xs = np.linspace(0, size[1], rows + 1).astype(int), np.linspace(0, size[0], cols + 1).astype(int)
+    centres, targets = [], []
+    for r in range(rows):
+        for c in range(cols):
+            a, b = z_ref[ys[r]:ys[r + 1], xs[c]:xs[c + 1]], z_mov[ys[r]:ys[r + 1], xs[c]:xs[c + 1]]
+            energy = math.sqrt(float(np.sum(np.abs(a) ** 2)) * float(np.sum(np.abs(b) ** 2)))
+            if energy <= 0:
+                continue
+            shape = (cv2.getOptimalDFTSize(a.shape[0] + 2 * pad), cv2.getOptimalDFTSize(a.shape[1] + 2 * pad))
+            corr = np.real(np.fft.ifft2(np.fft.fft2(a, s=shape) * np.conj(np.fft.fft2(b, s=shape))))
+            dy_all = np.minimum(np.arange(shape[0]), shape[0] - np.arange(shape[0]))
+            dx_all = np.minimum(np.arange(shape[1]), shape[1] - np.arange(shape[1]))
+            window = (dy_all[:, None] <= pad - 2) & (dx_all[None, :] <= pad - 2)
+            ky, kx = np.unravel_index(int(np.argmax(np.where(window, corr, -np.inf))), corr.shape)
+            if corr[ky, kx] / energy < min_agreement:
+                continue
+            dy = _peak(corr[:, kx].take(range(ky - 1, ky + 2), mode="wrap"), 1) - 1 + ky
+            dx = _peak(corr[ky, :].take(range(kx - 1, kx + 2), mode="wrap"), 1) - 1 + kx
+            dy, dx = (dy - shape[0] if dy > shape[0] / 2 else dy), (dx - shape[1] if dx > shape[1] / 2 else dx)
+            # corr[d] pairs reference pixel q + d with moving pixel q: reference p sees moving p - d.
+            centre = np.array([((xs[c] + xs[c + 1]) / 2 + 0.5) * fx - 0.5, ((ys[r] + ys[r + 1]) / 2 + 0.5) * fy - 0.5])
+            centres.append(centre)
+            targets.append(centre - np.array([dx * fx, dy * fy]))
+    if len(centres) < 3:
+        return None
+    p, q = np.array(centres), np.array(targets)
+    keep = np.ones(len(p), bool)
+    for _ in range(2):
+        # q = [[a, -b], [b, a]] p + t, linear in (a, b, tx, ty).
+        design = np.concatenate([np.stack([p[:, 0], -p[:, 1], np.ones(len(p)), np.zeros(len(p))], 1),
+                                 np.stack([p[:, 1], p[:, 0], np.zeros(len(p)), np.ones(len(p))], 1)])
+        rhs = np.concatenate([q[:, 0], q[:, 1]])
+        both = np.concatenate([keep, keep])
+        a, b, tx, ty = np.linalg.lstsq(design[both], rhs[both], rcond=None)[0]
+        fit = np.array([[a, -b, tx], [b, a, ty], [0.0, 0.0, 1.0]])
+        residual = np.hypot(*(p @ fit[:2, :2].T + fit[:2, 2] - q).T)
+        keep = residual <= 3.0
+        if keep.sum() < 3:
+            return None
+    return fit
