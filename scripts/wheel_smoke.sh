@@ -51,11 +51,12 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from busref.rig_config import DEMO_RIG, default_model_path
+from busref.rig_config import DEMO_RIG, default_model_path, rig_file
 
 venv = Path(sys.argv[1]).resolve()
 assert importlib.util.find_spec("torch") is None, "torch is installed: the runtime must not need it"
-for path in (DEMO_RIG, default_model_path("register"), default_model_path("fuse")):
+for path in (DEMO_RIG, rig_file("demo_nir.yaml"), *(default_model_path(g, m) for g in ("register", "fuse")
+                                                     for m in ("thermal", "nir"))):
     assert path.resolve().is_relative_to(venv) and path.is_file(), f"{path}: not package data in {venv}"
 print("demo rig:", DEMO_RIG)
 EOF

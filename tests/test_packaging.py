@@ -53,9 +53,11 @@ def test_the_version_is_defined_once() -> None:
 
 def test_shipped_files_are_package_data() -> None:
     data = SETUPTOOLS["package-data"]
-    assert {p.name for p in weights_dir().iterdir() if p.suffix in (".onnx", ".pt")} == {
-        "busref.pt", "descriptor.pt", "register.onnx", "fuse.onnx", "frame.onnx"}
-    assert sorted(data["busref.weights"]) == ["*.onnx", "*.pt"] and data["busref.rig_config"] == ["*.yaml"]
+    graphs = {"busref.pt", "register.onnx", "fuse.onnx", "frame.onnx"}
+    assert {p.name for p in weights_dir().iterdir() if p.suffix in (".onnx", ".pt")} == {*graphs, "descriptor.pt"}
+    assert {p.name for p in (weights_dir() / "nir").iterdir() if p.suffix in (".onnx", ".pt")} == graphs
+    assert sorted(data["busref.weights"]) == ["*.onnx", "*.pt", "nir/*.onnx", "nir/*.pt"]
+    assert data["busref.rig_config"] == ["*.yaml"]
     assert DEMO_RIG.is_file() and DEMO_RIG.parent.name == "rig_config"
 
 
