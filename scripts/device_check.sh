@@ -3,15 +3,18 @@
 #   export the graphs (ONNX Runtime vs PyTorch), then 'busref doctor': GPU and CUDA buffer
 #   round trip, ONNX Runtime CUDA vs CPU parity, TensorRT build + verify + timing at 640x512.
 # Whatever the machine lacks (TensorRT, onnxruntime-gpu, pydantic...) is reported as skipped,
-# never as a crash. Python wheels the image lacks may be carried in .whl/ (installed to /tmp).
-# usage: scripts/device_check.sh [OUT_DIR]      (default: $OUT, else /tmp/busref-device-check)
+# never as a crash. Python wheels the image lacks may be carried in .whl/ (installed into a scratch
+# folder made by mktemp and removed on exit, like every other scratch file of the run).
+# usage: scripts/device_check.sh [OUT_DIR]      (default: $OUT, else out/device_check in the checkout)
 # exit status: that of 'busref doctor' (0 = nothing failed), or 1 if the export failed.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 repo="$PWD"
-out="${1:-${OUT:-/tmp/busref-device-check}}"
+out="${1:-${OUT:-$repo/out/device_check}}"
 py="${PYTHON:-python3}"
 mkdir -p "$out"
+scratch="$(mktemp -d -t busref-device-check.XXXXXX)" || exit 1
+trap 'rm -rf "$scratch"' EXIT
 exec > >(tee "$out/device_check.log") 2>&1
 export PYTHONUNBUFFERED=1
 
@@ -19,8 +22,8 @@ section() { printf '\n== %s\n' "$*"; }
 
 if compgen -G ".whl/*.whl" >/dev/null; then
     section "carried wheels"
-    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/busref-site \
-        .whl/*.whl && export PYTHONPATH="/tmp/busref-site${PYTHONPATH:+:$PYTHONPATH}"
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$scratch/site" \
+        .whl/*.whl && export PYTHONPATH="$scratch/site${PYTHONPATH:+:$PYTHONPATH}"
     ls .whl
 fi
 
@@ -28,8 +31,8 @@ fi
 # are the folders models/, runtime/... (pyproject.toml package-dir), so link them under one busref/.
 if ! "$py" -c "import busref.runtime" 2>/dev/null; then
     section "linking the checkout as the busref package"
-    tree=/tmp/busref-checkout
-    rm -rf "$tree" && mkdir -p "$tree/busref"
+    tree="$scratch/checkout"
+    mkdir -p "$tree/busref"
     for entry in busref/*; do ln -s "$repo/$entry" "$tree/busref/"; done
     for folder in models export runtime rig_config weights; do ln -s "$repo/$folder" "$tree/busref/$folder"; done
     export PYTHONPATH="$tree${PYTHONPATH:+:$PYTHONPATH}"
@@ -52,7 +55,7 @@ EOF
 section "checkpoint"
 checkpoint="$repo/weights/busref.pt"
 if [ ! -f "$checkpoint" ]; then
-    checkpoint=/tmp/busref-device-check.pt
+    checkpoint="$scratch/untrained.pt"
     echo "weights/busref.pt is absent: exporting an untrained model (numbers check the path, not quality)"
     "$py" - "$checkpoint" <<'EOF' || { echo "cannot make a checkpoint (torch or pydantic missing?)"; exit 1; }
 import sys, torch
