@@ -117,14 +117,12 @@ TILES = (6, 8)
 def canvases(frames: list[Frames], prior: np.ndarray, rgb_size: tuple[int, int]
              ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Each pair's IR warped into the RGB frame by ``prior`` (3x3 IR pixel -> RGB pixel), and where
-    that canvas shows IR content (uint8 masks)."""
-    warped, valid = [], []
-    for f in frames:
-        warped.append(cv2.warpPerspective(f.ir, prior, rgb_size, flags=cv2.INTER_LINEAR,
-                                          borderMode=cv2.BORDER_CONSTANT, borderValue=0.0))
-        valid.append(cv2.warpPerspective(np.ones(f.ir.shape, np.uint8), prior, rgb_size, flags=cv2.INTER_NEAREST,
-                                         borderMode=cv2.BORDER_CONSTANT, borderValue=0))
-    return warped, valid
+    that canvas shows IR content (uint8 masks; one array for all: the IR frames share their size)."""
+    warped = [cv2.warpPerspective(f.ir, prior, rgb_size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                  borderValue=0.0) for f in frames]
+    valid = cv2.warpPerspective(np.ones(frames[0].ir.shape, np.uint8), prior, rgb_size, flags=cv2.INTER_NEAREST,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return warped, [valid] * len(frames)
 
 
 def corrections(frames: list[Frames], prior: np.ndarray, rgb_size: tuple[int, int], *, wide: bool

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -211,16 +212,13 @@ class RegistrationGeometry:
         vis *= np.float32(1.0 / 255.0)
         return {"vis": vis[None, None], "ir": self._canvas(ir, start)[None, None]}
 
-    def _canvas(self, ir: np.ndarray, start: np.ndarray | None = None, *, mask: bool = False) -> np.ndarray:
-        """The IR (or, with ``mask``, a uint8 mask of its content) warped onto the registration canvas."""
+    def _canvas(self, ir: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+        """The IR warped onto the registration canvas (then by ``start``, when given)."""
         h, w = self.reg_hw
         to_canvas = self.ir_to_canvas
         if start is not None:
             n = norm_to_reg(self.reg_hw)
             to_canvas = n @ np.linalg.inv(np.vstack([start, [0.0, 0.0, 1.0]])) @ np.linalg.inv(n) @ to_canvas
-        if mask:
-            return cv2.warpPerspective(np.ones(ir.shape, np.uint8), to_canvas, (w, h), flags=cv2.INTER_NEAREST,
-                                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         # Smoothing before the warp stands in for INTER_AREA, which warpPerspective lacks.
         scale = min(self.ir_size[0] / w, self.ir_size[1] / h)
         src = cv2.GaussianBlur(ir, (0, 0), 0.5 * scale) if scale > 1.5 else ir
@@ -231,10 +229,18 @@ class RegistrationGeometry:
         return cv2.warpPerspective(src, to_canvas, (w, h), flags=cv2.INTER_LINEAR,
                                    borderMode=cv2.BORDER_REPLICATE)
 
-    def pair_view(self, vis: np.ndarray, ir: np.ndarray) -> PairView:
+    @cached_property
+    def canvas_valid(self) -> np.ndarray:
+        """(H_reg, W_reg) uint8: 1 where the prior's registration canvas shows IR content. It depends
+        on the rig alone, so it is made once, not per registration."""
+        h, w = self.reg_hw
+        return cv2.warpPerspective(np.ones((self.ir_size[1], self.ir_size[0]), np.uint8), self.ir_to_canvas, (w, h),
+                                   flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+    def pair_view(self, vis: np.ndarray, ir: np.ndarray, canvas: np.ndarray | None = None) -> PairView:
         """:class:`PairView` of a pair: ``vis`` the network's (H_reg, W_reg) visible input, ``ir`` the
-        full-size normalised IR."""
-        return PairView(vis, self._canvas(ir), self._canvas(ir, mask=True))
+        full-size normalised IR; ``canvas``, its prior's canvas when the caller has it already."""
+        return PairView(vis, self._canvas(ir) if canvas is None else canvas, self.canvas_valid)
 
     def maps(self, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``cv2.remap`` maps (CV_16SC2 + CV_16UC1; fixed point, 1/32 pixel) sending each output
@@ -266,5 +272,7 @@ def run_register(backend: InferenceBackend, geometry: RegistrationGeometry, vis_
     if start is not None:
         grid = compose_grid(start, grid)
         theta = (np.vstack([start, [0.0, 0.0, 1.0]]) @ np.vstack([theta, [0.0, 0.0, 1.0]]))[:2]
-    view = geometry.pair_view(inputs["vis"][0, 0], ir) if with_view else None
+    view = None
+    if with_view:  # without a start the network's IR input is the prior's canvas itself
+        view = geometry.pair_view(inputs["vis"][0, 0], ir, inputs["ir"][0, 0] if start is None else None)
     return Estimate(theta=theta, grid=grid, t_capture=t_capture, view=view)

@@ -128,6 +128,20 @@ def _peak(values: np.ndarray, index: int) -> float:
     return float(index) if denominator >= 0 else index + 0.5 * float(left - right) / float(denominator)
 
 
+def _shift_peak(corr: np.ndarray, max_dy: float, max_dx: float) -> tuple[float, float, float]:
+    """The maximum of a circular correlation surface ``corr`` (wrapped shift indices) among shifts
+    within ``max_dy``, ``max_dx`` samples: ``(value, dy, dx)``, the shift to sub-sample precision
+    (a parabola along each axis), signed (the wrapped upper half is negative)."""
+    ny, nx = corr.shape
+    wy = np.minimum(np.arange(ny), ny - np.arange(ny))
+    wx = np.minimum(np.arange(nx), nx - np.arange(nx))
+    window = (wy[:, None] <= max_dy) & (wx[None, :] <= max_dx)
+    ky, kx = np.unravel_index(int(np.argmax(np.where(window, corr, -np.inf))), corr.shape)
+    dy = _peak(corr[:, kx].take(range(ky - 1, ky + 2), mode="wrap"), 1) - 1 + ky
+    dx = _peak(corr[ky, :].take(range(kx - 1, kx + 2), mode="wrap"), 1) - 1 + kx
+    return float(corr[ky, kx]), (dy - ny if dy > ny / 2 else dy), (dx - nx if dx > nx / 2 else dx)
+
+
 class _Level:
     """One resolution of the search: the references' spectra, the moving images and their masks."""
 
@@ -210,33 +224,23 @@ def search_similarity(references: Sequence[np.ndarray], movings: Sequence[np.nda
         rotations = rotation + np.arange(-r_half, r_half + 1e-9, r_step)
         scales = scale + np.arange(-s_half, s_half + 1e-9, s_step)
         scores = np.full((len(rotations), len(scales)), -np.inf)
-        shifts: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-        # Only shifts within the allowed range count (the FFT scores every wrapped one).
-        ny, nx = level.fft_shape
-        wy = np.minimum(np.arange(ny), ny - np.arange(ny)) * level.factor[1]
-        wx = np.minimum(np.arange(nx), nx - np.arange(nx)) * level.factor[0]
-        window = (wy[:, None] <= max_shift) & (wx[None, :] <= max_shift)
+        shifts: dict[tuple[int, int], tuple[float, float]] = {}
+        fx, fy = level.factor
         for i, r in enumerate(rotations):
             for j, s in enumerate(scales):
                 if abs(s - 1.0) > max_scale_change + 1e-9 or abs(r) > max_rotation_deg + 1e-9:
                     continue
-                linear = base @ similarity(r, s, centre)
-                corr = level.correlation(linear)
-                k = np.unravel_index(int(np.argmax(np.where(window, corr, -np.inf))), corr.shape)
-                scores[i, j] = corr[k]
-                shifts[i, j] = (np.array(k), corr)
+                # Only shifts within the allowed range count (the FFT scores every wrapped one).
+                scores[i, j], dy, dx = _shift_peak(level.correlation(base @ similarity(r, s, centre)),
+                                                   max_shift / fy, max_shift / fx)
+                shifts[i, j] = (dy, dx)
         i, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
         best_score = float(scores[i, j])
-        (ky, kx), corr = shifts[i, j]
+        dy, dx = shifts[i, j]
         # Sub-sample translation from the correlation surface; rotation and scale from the grid.
-        dy = _peak(corr[:, kx].take(range(ky - 1, ky + 2), mode="wrap"), 1) - 1 + ky
-        dx = _peak(corr[ky, :].take(range(kx - 1, kx + 2), mode="wrap"), 1) - 1 + kx
-        dy = dy - ny if dy > ny / 2 else dy
-        dx = dx - nx if dx > nx / 2 else dx
         rotation = rotations[0] + r_step * _peak(scores[:, j], int(i))
         scale = scales[0] + s_step * _peak(scores[i, :], int(j))
         # The correction sends reference pixel p to linear(p - d) (d back in full-size pixels).
-        fx, fy = level.factor
         shift = np.array([dx * fx, dy * fy])
         log.debug("search at 1/%g: rotation %.3f deg, scale %.4f, shift (%.2f, %.2f) px, score %.4g",
                   factor, rotation, scale, shift[0], shift[1], best_score)
@@ -284,15 +288,9 @@ def tile_similarity(reference: np.ndarray, moving: np.ndarray, valid: np.ndarray
                 continue
             shape = (cv2.getOptimalDFTSize(a.shape[0] + 2 * pad), cv2.getOptimalDFTSize(a.shape[1] + 2 * pad))
             corr = np.real(np.fft.ifft2(np.fft.fft2(a, s=shape) * np.conj(np.fft.fft2(b, s=shape))))
-            dy_all = np.minimum(np.arange(shape[0]), shape[0] - np.arange(shape[0]))
-            dx_all = np.minimum(np.arange(shape[1]), shape[1] - np.arange(shape[1]))
-            window = (dy_all[:, None] <= pad - 2) & (dx_all[None, :] <= pad - 2)
-            ky, kx = np.unravel_index(int(np.argmax(np.where(window, corr, -np.inf))), corr.shape)
-            if corr[ky, kx] / energy < min_agreement:
+            value, dy, dx = _shift_peak(corr, pad - 2, pad - 2)
+            if value / energy < min_agreement:
                 continue
-            dy = _peak(corr[:, kx].take(range(ky - 1, ky + 2), mode="wrap"), 1) - 1 + ky
-            dx = _peak(corr[ky, :].take(range(kx - 1, kx + 2), mode="wrap"), 1) - 1 + kx
-            dy, dx = (dy - shape[0] if dy > shape[0] / 2 else dy), (dx - shape[1] if dx > shape[1] / 2 else dx)
             # corr[d] pairs reference pixel q + d with moving pixel q: reference p sees moving p - d.
             centre = np.array([((xs[c] + xs[c + 1]) / 2 + 0.5) * fx - 0.5, ((ys[r] + ys[r + 1]) / 2 + 0.5) * fy - 0.5])
             centres.append(centre)

@@ -106,6 +106,8 @@ class RegistrationFilter:
         self.rejected = 0
         self.consecutive_rejections = 0
         self.not_better = 0  # estimates that aligned their pair worse than the registration in force
+        # The prior's own grid (no correction): what an estimate must beat before any is accepted.
+        self._prior_grid = affine_grid(identity_theta(), *geometry.reg_hw, coordinates="normalised")
         self._last_rejected: Estimate | None = None
         self._held_confidence = 0.0
 
@@ -158,8 +160,7 @@ class RegistrationFilter:
         if not self.config.plausibility.must_agree or estimate.view is None:
             return ""
         held = self.state
-        current = held.grid if held is not None else affine_grid(identity_theta(), *self.geometry.reg_hw,
-                                                                 coordinates="normalised")
+        current = held.grid if held is not None else self._prior_grid
         new, old = estimate.view.agreement(estimate.grid), estimate.view.agreement(current)
         if new >= old:
             return ""
@@ -180,9 +181,7 @@ class RegistrationFilter:
             self.not_better += 1
             log.debug("registration estimate not taken: %s", worse)
             if held is None:
-                prior = identity_theta()
-                return self._install(prior, affine_grid(prior, *self.geometry.reg_hw, coordinates="normalised"),
-                                     0.0, estimate.t_capture, "prior")
+                return self._install(identity_theta(), self._prior_grid, 0.0, estimate.t_capture, "prior")
             return held
         if not accept and not relock:
             self.rejected += 1
