@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from busref.rig_config.resources import CHECKPOINT_FILE, WEIGHTS_ENV, weight_file
+from busref.rig_config.resources import CHECKPOINT_FILE, MODALITIES, WEIGHTS_ENV, weight_file
 from busref.runtime import exit_codes
 
 log = logging.getLogger("busref.export")
@@ -44,7 +44,7 @@ def run_onnx(args: argparse.Namespace) -> int:
     from busref.models.checkpoint import CheckpointError
 
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
-    if not modalities or set(modalities) - {"thermal", "nir"}:
+    if not modalities or set(modalities) - set(MODALITIES):
         print(f"busref export onnx: --modalities {args.modalities!r}: give thermal, nir or thermal,nir",
               file=sys.stderr)
         return exit_codes.BAD_CONFIG

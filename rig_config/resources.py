@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from importlib.resources import files
 from pathlib import Path
+from typing import Literal, get_args
 
 #: Environment variable naming a folder that replaces the shipped weights.
 WEIGHTS_ENV = "BUSREF_WEIGHTS"
@@ -45,9 +46,13 @@ def weights_dir() -> Path:
     return _package_folder(WEIGHTS_PACKAGE)
 
 
+#: What the IR camera sees: ``thermal`` (emitted long-wave IR) or ``nir`` (reflected near-infrared).
+#: The one vocabulary of rig files (``cameras.ir.modality``), graph metadata and the CLIs.
+Modality = Literal["thermal", "nir"]
+MODALITIES: tuple[str, ...] = get_args(Modality)
 #: Where each IR modality's weights are, inside the weights folder: thermal at its top, the
 #: near-infrared model (trained on NIR and thermal pairs) in ``nir/``.
-MODALITY_FOLDERS = {"thermal": "", "nir": "nir"}
+MODALITY_FOLDERS: dict[str, str] = {"thermal": "", "nir": "nir"}
 
 
 def weight_file(filename: str, modality: str = "thermal") -> Path:

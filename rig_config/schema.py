@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from busref.rig_config.resources import MODALITY_FOLDERS, default_model_path
+from busref.rig_config.resources import MODALITIES, Modality, default_model_path
 
 #: Registration cadence used when a rig file sets neither ``every_n_pairs`` nor ``rate_hz``.
 DEFAULT_REGISTRATION_RATE_HZ = 6.0
@@ -209,7 +209,7 @@ class CameraConfig(_Model):
 class IRCameraConfig(CameraConfig):
     """The IR camera: a camera, what it sees (``modality``) and its normalisation from raw counts to [0, 1]."""
 
-    modality: Literal["thermal", "nir"] = Field(
+    modality: Modality = Field(
         "thermal", description="thermal (long-wave IR: warm objects bright) or nir (near-infrared: reflected "
                                "light, vegetation bright); the graphs must have been trained for it")
     thermal: ThermalConfig = PercentileWindow(mode="percentile")
@@ -424,7 +424,7 @@ class RigConfig(_Model):
             modality = data["cameras"]["ir"].get("modality", "thermal")
         except (TypeError, KeyError, AttributeError):
             return data
-        if modality not in MODALITY_FOLDERS or modality == "thermal":
+        if modality not in MODALITIES or modality == "thermal":
             return data
         inference = data.get("inference") or {}
         if not isinstance(inference, dict):

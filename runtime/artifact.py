@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from busref.rig_config.resources import Modality
+
 SCHEMA = "busref.artifact/1"
 #: Key of the ONNX ``metadata_props`` entry (and of the engine header) holding the JSON.
 METADATA_KEY = "busref"
@@ -57,7 +59,7 @@ class ArtifactMetadata(BaseModel):
     registration_size: tuple[int, int] | None = Field(
         None, description="(H, W) the register graph was trained at; None for fuse and frame"
     )
-    modalities: list[Literal["thermal", "nir"]] = Field(
+    modalities: list[Modality] = Field(
         default_factory=lambda: ["thermal"],
         description="the IR modalities the graph was trained for (cameras.ir.modality of a rig file)")
     training_split: str = ""

@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 
 from busref.models.data import PairPaths, list_pairs, pair_index, roadscene_pairs
-from busref.rig_config.resources import CHECKPOINT_FILE, DESCRIPTOR_FILE, MODALITY_FOLDERS, WEIGHTS_ENV, weight_file
+from busref.rig_config.resources import CHECKPOINT_FILE, DESCRIPTOR_FILE, MODALITIES, WEIGHTS_ENV, weight_file
 
 
 def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--modality", choices=sorted(MODALITY_FOLDERS), default="thermal",
+    parser.add_argument("--modality", choices=MODALITIES, default="thermal",
                         help="the IR camera's modality: picks the shipped weights trained for it (default: thermal)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help=f"trained BusReF checkpoint (default: the shipped {CHECKPOINT_FILE} of --modality, "
