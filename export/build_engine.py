@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from busref.conventions import file_sha256
+from busref.export.onnx_fp16 import in_fp32_scope
 from busref.export.samples import SamplePair, graph_feed
 from busref.runtime.artifact import GraphKind, TensorSpec
 from busref.runtime.engine_header import (
@@ -254,7 +255,7 @@ def warp_layers(layers: Sequence[LayerInfo], keep_outputs: Iterable[str] = ()) -
     floating-point output), the elementwise layers that combine a sampler's output (transitively,
     :data:`COMBINER_KINDS`), every layer those are computed from and every layer ``keep_outputs``
     are computed from, walking back until a convolution (:data:`BARRIER_KINDS`, not included) or a
-    network input."""
+    network input; and every layer in :data:`busref.export.onnx_fp16.FP32_SCOPES`."""
     producer = {t: layer for layer in layers for t in layer.outputs}
     consumers: dict[str, list[LayerInfo]] = {}
     for layer in layers:
@@ -278,7 +279,7 @@ def warp_layers(layers: Sequence[LayerInfo], keep_outputs: Iterable[str] = ()) -
             continue
         keep.add(layer.name)
         todo.extend(producer[t] for t in layer.inputs if t in producer)
-    return keep
+    return keep | {layer.name for layer in layers if in_fp32_scope(layer.name)}
 
 
 def stale_reason(header: EngineHeader, *, onnx_sha256: str, running: Platform, precision: Precision,

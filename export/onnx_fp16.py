@@ -17,9 +17,21 @@ from onnx import TensorProto, helper, numpy_helper
 #: Ops computed in float16; their neighbours are untouched.
 FP16_OPS = frozenset({"Conv"})
 
+#: Node-name scopes kept in float32 whatever their op: the register graph's Lucas-Kanade stage
+#: (busref.models.networks.lucas_kanade) blurs squared descriptor gradients of ~1e-4 and divides
+#: by determinants of their products, below float16's normal range (6.1e-5). TensorRT names its
+#: layers after the ONNX nodes, so :func:`busref.export.build_engine.warp_layers` uses them too.
+FP32_SCOPES = ("/lucas_kanade/",)
+
+
+def in_fp32_scope(name: str) -> bool:
+    """Whether a node or layer ``name`` lies in one of :data:`FP32_SCOPES`."""
+    return any(scope in name for scope in FP32_SCOPES)
+
 
 def convolutions_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` with each FP16_OPS node in float16 between explicit Casts."""
+    """A copy of ``model`` with each FP16_OPS node outside :data:`FP32_SCOPES` in float16 between
+    explicit Casts."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -27,7 +39,7 @@ def convolutions_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     half_weights: dict[str, str] = {}  # float32 initializer -> its float16 copy
     nodes: list[onnx.NodeProto] = []
     for index, node in enumerate(graph.node):
-        if node.op_type not in FP16_OPS:
+        if node.op_type not in FP16_OPS or in_fp32_scope(node.name):
             nodes.append(node)
             continue
         inputs = []

@@ -31,6 +31,51 @@ class DeformableConfig(_Strict):
     refinements: int = Field(1, ge=1, le=3, description="deformable passes (each re-encodes the warped IR)")
 
 
+class LucasKanadeConfig(_Strict):
+    """The register graph's last stage (models.networks.lucas_kanade): iterative Lucas-Kanade on
+    MIND descriptors. It has no weights; an empty ``schedule`` (the default, and what checkpoints
+    made before it was added read as) leaves it out of the graph.
+
+    :data:`NIR_SCHEDULE` was chosen on the 8 held-out NIR *train* pairs (moderate level), started
+    from the NIR nets' grids (12.64 px mean EPE, MNCC 0.748): 3.07 px (MNCC 0.941) with
+    ``rest_prior`` 0, then ``rest_prior`` 0.1 / 0.3 / 1 / 3 / 10: 2.99 / 2.92 / 2.79 / 2.85 /
+    4.32 px. Around it: ``field_window`` 3 / 6: 3.16 / 3.19 px, ``window`` 3: 3.19 px, ``damping``
+    0.003: 3.08 px (``rest_prior`` 0). Every
+    iteration at full size: 2.98 px, but 1.5x the time; 12 of the first 16 at half size 3.37 px;
+    quarter size 5.5-6.2 px; starting the smoothing at 4 px (full size) 4.14 px; 20 unsmoothed
+    iterations 5.98 px: the descriptors must be blurred while the error is larger than their
+    support. An affine-only update stalled at 7.16 px: the protocol's elastic term is most of what
+    the nets leave. On the thermal held-out pairs the same stage took 6.41 to 5.51 px (MNCC
+    0.851 -> 0.892); the thermal weights leave it off: it costs ~140 ms a call on this CPU (the
+    README's speed table).
+    """
+
+    schedule: tuple[tuple[int, float], ...] = Field(
+        (),
+        description="one iteration per entry: (factor, sigma), the stage's resolution (the registration size "
+        "/ factor) and the Gaussian sigma of the descriptors it compares, in pixels of that resolution; "
+        "() = no stage")
+    pool: int = Field(4, ge=1, le=16, description="the update is solved on a grid pool times coarser than the stage")
+    window: float = Field(2.0, gt=0, description="Gaussian sigma of the normal equations' window, coarse cells")
+    field_window: float = Field(4.0, gt=0, description="Gaussian sigma of the non-affine update's smoothing, "
+                                "coarse cells")
+    rest_prior: float = Field(1.0, ge=0, description="the non-affine update is shrunk towards zero where the "
+                              "smoothed cell weights are below this multiple of their mean")
+    damping: float = Field(0.01, gt=0, description="Tikhonov term, a fraction of the mean gradient energy")
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_steps(cls, v: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], ...]:
+        if any(f not in (1, 2, 4) or s < 0 for f, s in v):
+            raise ValueError(f"schedule entries need a factor of 1, 2 or 4 and a sigma >= 0, got {v}")
+        return v
+
+
+#: The NIR weights' schedule (see :class:`LucasKanadeConfig`): 8 iterations at half size on
+#: descriptors blurred by 1 px, 8 at full size blurred by 1 px, 4 unblurred.
+NIR_SCHEDULE: tuple[tuple[int, float], ...] = ((2, 1.0),) * 8 + ((1, 1.0),) * 8 + ((1, 0.0),) * 4
+
+
 class GafConfig(_Strict):
     """The pyramid GAF (models.networks.gaf): attention channels, its resolution, pyramid depth."""
 
@@ -46,6 +91,7 @@ class ModelConfig(_Strict):
     affine: AffineConfig = AffineConfig()
     deformable: DeformableConfig = DeformableConfig()
     gaf: GafConfig = GafConfig()
+    lucas_kanade: LucasKanadeConfig = LucasKanadeConfig()
     registration_size: tuple[int, int] = (192, 256)
 
     @field_validator("registration_size")

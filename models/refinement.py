@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from busref.models.descriptor import CrossModalDescriptor
 from busref.models.geometry import warp_normalised
+from busref.models.local_structure import image_gradients, mind_descriptor
 
 Tensor = torch.Tensor
 
@@ -77,14 +78,6 @@ class RefinementConfig(BaseModel):
         return self
 
 
-def image_gradients(image: Tensor) -> tuple[Tensor, Tensor]:
-    """Central differences of ``(B, C, H, W)`` images (replicate padding): ``(d/dx, d/dy)``,
-    each ``(B, C, H, W)``, in intensity units per pixel."""
-    gx = F.pad(image[..., :, 2:] - image[..., :, :-2], (1, 1, 0, 0), mode="replicate") / 2
-    gy = F.pad(image[..., 2:, :] - image[..., :-2, :], (0, 0, 1, 1), mode="replicate") / 2
-    return gx, gy
-
-
 def ngf_similarity(a: Tensor, b: Tensor, mask: Tensor, edge_noise: float) -> Tensor:
     """Normalised gradient fields: the masked mean of ``(g_a . g_b)^2 / (|g_a|^2 + e^2)(|g_b|^2 + e^2)``.
 
@@ -101,33 +94,6 @@ def ngf_similarity(a: Tensor, b: Tensor, mask: Tensor, edge_noise: float) -> Ten
     e2 = edge_noise * edge_noise
     score = (ax * bx + ay * by) ** 2 / ((ax * ax + ay * ay + e2) * (bx * bx + by * by + e2))
     return (score * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def mind_descriptor(image: Tensor, radius: int = 2, patch: int = 3) -> Tensor:
-    """Modality-independent neighbourhood descriptor (MIND, Heinrich et al. 2012), four neighbours.
-
-    ``image`` ``(B, 1, H, W)`` -> ``(B, 4, H, W)`` in (0, 1]: for the offsets ``(+-radius, 0)`` and
-    ``(0, +-radius)``, ``exp(-D / V)`` with ``D`` the ``patch``-box mean of the squared difference to
-    the shifted image (replicate padding) and ``V`` the mean of the four ``D`` (floored at 1e-3 of
-    its image mean), each pixel's four values divided by their maximum. It describes local
-    structure, not intensity: inverting the contrast leaves it unchanged, rescaling nearly (only
-    the variance floor of flat areas sees the scale).
-    """
-    if image.dim() != 4 or image.shape[1] != 1:
-        raise ValueError(f"image must be (B, 1, H, W), got {tuple(image.shape)}")
-    h, w = image.shape[-2:]
-    padded = F.pad(image, (radius, radius, radius, radius), mode="replicate")
-    half = patch // 2
-    distances = []
-    for dx, dy in ((radius, 0), (-radius, 0), (0, radius), (0, -radius)):
-        shifted = padded[..., radius + dy:radius + dy + h, radius + dx:radius + dx + w]
-        squared = F.pad((image - shifted) ** 2, (half, half, half, half), mode="replicate")
-        distances.append(F.avg_pool2d(squared, patch, stride=1))
-    d = torch.cat(distances, dim=1)
-    variance = d.mean(dim=1, keepdim=True)
-    variance = torch.maximum(variance, 1e-3 * variance.mean() + 1e-6)
-    descriptor = torch.exp(-d / variance)
-    return descriptor / descriptor.amax(dim=1, keepdim=True)
 
 
 def _pool(image: Tensor, factor: int) -> Tensor:

@@ -183,6 +183,15 @@ def test_a_gather_warp_and_the_layers_that_weight_its_samples_stay_fp32() -> Non
     assert keep == {"flatten", "scale", "floor", "frac", "corner", "weigh", "sum"}
 
 
+def test_the_lucas_kanade_stage_stays_fp32_convolutions_included() -> None:
+    layers = [
+        be.LayerInfo("/model/conv", "CONVOLUTION", ("vis",), ("f",)),
+        be.LayerInfo("/lucas_kanade/Conv_3", "CONVOLUTION", ("terms",), ("blurred",)),
+        be.LayerInfo("/lucas_kanade/Mul_7", "ELEMENTWISE", ("blurred", "blurred"), ("det",)),
+    ]
+    assert be.warp_layers(layers) == {"/lucas_kanade/Conv_3", "/lucas_kanade/Mul_7"}
+
+
 def _header(onnx_sha: str = "a" * 64, precision: str = "fp16", opt: list[int] | None = None) -> EngineHeader:
     shapes = {"min": [1, 1, 128, 160], "opt": opt or [1, 1, 512, 640], "max": [1, 1, 1080, 1920]}
     return EngineHeader(tensorrt_version="10.3.0", cuda_version="12.6", gpu_name="Orin", compute_capability="8.7",

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from busref.models.geometry import identity_grid, normalised_to_pixel, pixel_to_normalised
-from busref.models.refinement import RefinementConfig, mind_descriptor, ngf_similarity, refine_grid
+from busref.models.local_structure import mind_descriptor
+from busref.models.refinement import RefinementConfig, ngf_similarity, refine_grid
 
 H, W = 64, 80
 FAST = RefinementConfig(scales=(2, 1), iterations=(60, 40))

@@ -15,7 +15,7 @@ from busref.export.onnx_check import check_graph_file
 from busref.models.baselines.registration import EccGradient, IdentityMethod
 from busref.models.checkpoint import load_model
 from busref.models.cli.common import split_file
-from busref.models.config import ModelConfig
+from busref.models.config import NIR_SCHEDULE, LucasKanadeConfig, ModelConfig
 from busref.models.data import category_pairs, load_pairs, pair_index, roadscene_pairs, split_sha256
 from busref.models.descriptor import DescriptorConfig, load_descriptor
 from busref.models.evaluation import evaluate_fusion, evaluate_registration
@@ -76,9 +76,13 @@ def nir_training_pairs() -> list:
 
 def test_the_nir_checkpoint_is_the_same_model_fine_tuned_on_both_modalities(shipped, shipped_nir, roadscene: Path):
     """weights/nir/busref.pt: the thermal checkpoint's registration nets fine-tuned on the RoadScene
-    train pairs less the 8 held out plus the NIR scenes of three categories; bus and GAF unchanged."""
+    train pairs less the 8 held out plus the NIR scenes of three categories; bus and GAF unchanged;
+    its register graph ends with the Lucas-Kanade stage (scripts/set_lucas_kanade.py), the thermal
+    one's does not."""
     model, payload = shipped_nir
-    assert payload["stage"] == "registration" and payload["config"].model == ModelConfig()
+    assert payload["stage"] == "registration"
+    assert payload["config"].model == ModelConfig(lucas_kanade=LucasKanadeConfig(schedule=NIR_SCHEDULE))
+    assert shipped[1]["config"].model == ModelConfig()
     train = roadscene_pairs(roadscene, "train")
     assert payload["split"]["sha256"] == split_sha256(train[:-VAL_PAIRS] + nir_training_pairs())
     thermal = shipped[0].state_dict()

@@ -27,7 +27,8 @@ import torch
 from busref.conventions import affine_grid, identity_grid
 from busref.models import geometry
 from busref.models.geometry import normalised_to_pixel, pixel_to_normalised
-from busref.models.refinement import RefinementConfig, image_gradients, refine_grid
+from busref.models.local_structure import image_gradients
+from busref.models.refinement import RefinementConfig, refine_grid
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from busref.models.networks.affine import AffineNet
 from busref.models.networks.deformable import DeformableNet
 from busref.models.networks.gaf import GAF
 from busref.models.networks.layers import Match, coordinates
+from busref.models.networks.lucas_kanade import LucasKanade
 from busref.models.networks.reconstructor import Reconstructor
 
 
@@ -61,6 +62,7 @@ class BusReF(nn.Module):
         self.affine = AffineNet(c.bus.width, c.affine.width, c.affine.kernels)
         self.deformable = DeformableNet(c.bus.width, c.deformable.width)
         self.gaf = GAF(c.gaf.width, c.gaf.pool, c.gaf.levels)
+        self.lucas_kanade = LucasKanade(c.lucas_kanade)
 
     def register(self, vis: torch.Tensor, ir: torch.Tensor) -> Registration:
         """Register ``ir`` onto ``vis``: both (B, 1, H, W) in [0, 1] at the registration size.
@@ -68,7 +70,9 @@ class BusReF(nn.Module):
         Coarse: ``theta = A(F(vis), F(ir))``. Fine (method-notes: the deformable net sees the
         affinely corrected IR re-encoded by the bus, so it learns only the residual): each pass
         warps the IR by the current grid ``G``, re-encodes it and predicts ``d``; the new grid is
-        ``G(p + d(p))``. The first pass is composed analytically (``G`` is affine there).
+        ``G(p + d(p))``. The first pass is composed analytically (``G`` is affine there). Last, the
+        weightless Lucas-Kanade stage (:mod:`busref.models.networks.lucas_kanade`) refines ``G`` on
+        the images' MIND descriptors; ``grid`` is its result, ``coarse_grid`` the affine alone.
         """
         if vis.shape != ir.shape:
             raise ValueError(f"vis and ir must have the same shape, got {tuple(vis.shape)} and {tuple(ir.shape)}")
@@ -88,6 +92,7 @@ class BusReF(nn.Module):
                 level_matches.append(Match(points.flatten(1, 2), matched.flatten(1, 2)))
             displacements.append(d)
             grid = sample_grid(grid, theta, step, base + d.permute(0, 2, 3, 1))
+        grid = self.lucas_kanade(vis, ir, grid)
         return Registration(theta, coarse, grid, tuple(displacements), tuple(level_matches))
 
     def fuse(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:

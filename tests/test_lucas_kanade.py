@@ -1,0 +1,145 @@
+"""The register graph's Lucas-Kanade stage: its solver pieces, that it recovers a known
+misalignment across a contrast inversion, that it is off by default, and that it exports."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+
+from busref.export.onnx_fp16 import convolutions_to_fp16, in_fp32_scope
+from busref.models.config import NIR_SCHEDULE, LucasKanadeConfig, ModelConfig
+from busref.models.geometry import apply_affine, warp_normalised
+from busref.models.networks.busref import normalised_base
+from busref.models.networks.layers import coordinates
+from busref.models.networks.lucas_kanade import LucasKanade, affine_part, gaussian_blur, solve_symmetric3
+
+H, W = 96, 128
+SCHEDULE = ((2, 1.0),) * 4 + ((1, 1.0),) * 4 + ((1, 0.0),) * 2
+
+
+def texture(seed: int = 0) -> torch.Tensor:
+    """A (1, 1, H, W) image with structure at several scales, in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    out = torch.zeros(1, 1, H, W)
+    for sigma in (1.5, 4.0):
+        out += gaussian_blur(torch.randn(1, 1, H, W, generator=g), sigma) * sigma
+    return (out - out.min()) / (out.max() - out.min())
+
+
+def rotation_shift(angle_deg: float, shift: tuple[float, float]) -> torch.Tensor:
+    """(1, 2, 3) normalised affine (reference -> moving) of a rotation and a shift in pixels."""
+    a = math.radians(angle_deg)
+    return torch.tensor([[[math.cos(a), -math.sin(a) * H / W, 2 * shift[0] / (W - 1)],
+                          [math.sin(a) * W / H, math.cos(a), 2 * shift[1] / (H - 1)]]])
+
+
+def pixel_error(grid: torch.Tensor, truth: torch.Tensor, margin: int = 12) -> float:
+    """Mean distance (pixels) between two normalised grids, away from the borders."""
+    scale = torch.tensor([(W - 1) / 2, (H - 1) / 2])
+    diff = ((grid - truth) * scale)[:, margin:-margin, margin:-margin]
+    return float(diff.norm(dim=-1).mean())
+
+
+def test_the_adjugate_solver_matches_a_linear_solve():
+    g = torch.Generator().manual_seed(1)
+    m = torch.randn(4, 3, 3, generator=g)
+    a = m @ m.transpose(1, 2) + 0.5 * torch.eye(3)
+    b = torch.randn(4, 3, 2, generator=g)
+    assert torch.allclose(solve_symmetric3(a, b), torch.linalg.solve(a, b), atol=1e-4)
+
+
+def test_the_affine_part_of_an_affine_field_is_the_field_itself():
+    linear = torch.tensor([[1.5, -0.5], [0.25, 2.0]])
+    field = torch.einsum("ij,bjhw->bihw", linear, coordinates(torch.zeros(1, 2, 12, 16)))
+    field = field + torch.tensor([0.3, -1.2]).view(1, 2, 1, 1)
+    weight = torch.rand(1, 1, 12, 16, generator=torch.Generator().manual_seed(2)) + 0.1
+    assert torch.allclose(affine_part(field, weight), field, atol=1e-4)
+
+
+def test_the_stage_is_off_by_default_and_returns_the_grid_unchanged():
+    assert ModelConfig().lucas_kanade.schedule == ()
+    grid = normalised_base(torch.zeros(1, 1, H, W)) * 0.9
+    assert LucasKanade(LucasKanadeConfig())(texture(), texture(1), grid) is grid
+
+
+def test_a_bad_schedule_names_the_field():
+    with pytest.raises(ValueError, match="schedule"):
+        LucasKanadeConfig(schedule=((3, 1.0),))
+    with pytest.raises(ValueError, match="schedule"):
+        LucasKanadeConfig(schedule=((1, -1.0),))
+
+
+def test_it_recovers_a_rotation_and_shift_across_inverted_contrast():
+    """The IR shows the scene with inverted contrast (a hot road on a cool background), rotated by
+    2 degrees and shifted by (3, -2) px; started from the identity, most of it is recovered."""
+    vis = texture()
+    start = normalised_base(vis)
+    truth = apply_affine(rotation_shift(2.0, (3.0, -2.0)), start)
+    # The moving image is sampled so that warping it by ``truth`` gives back the scene.
+    inverse = torch.linalg.inv(torch.cat((rotation_shift(2.0, (3.0, -2.0))[0], torch.tensor([[0.0, 0, 1]]))))[None, :2]
+    ir = 1.0 - warp_normalised(vis, apply_affine(inverse, start), padding_mode="border")
+    before = pixel_error(start, truth)
+    after = pixel_error(LucasKanade(LucasKanadeConfig(schedule=SCHEDULE))(vis, ir, start), truth)
+    assert before > 3.0
+    assert after < 0.25 * before, (before, after)
+
+
+def test_flat_images_leave_the_grid_where_it_was():
+    """A lens cap or a blank start-up frame has no structure: the update is zero, never NaN."""
+    flat = torch.full((1, 1, H, W), 0.5)
+    start = normalised_base(flat) * 0.95
+    refined = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE))(flat, torch.zeros_like(flat), start)
+    assert torch.isfinite(refined).all() and pixel_error(refined, start) < 1e-3
+
+
+def test_an_aligned_pair_stays_aligned():
+    vis = texture(3)
+    start = normalised_base(vis)
+    refined = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE))(vis, 1.0 - vis, start)
+    assert pixel_error(refined, start) < 0.2
+
+
+class _Graph(torch.nn.Module):
+    """The stage under the attribute name BusReF gives it, so its ONNX nodes carry its scope."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lucas_kanade = LucasKanade(LucasKanadeConfig(schedule=NIR_SCHEDULE[::4]))
+
+    def forward(self, vis: torch.Tensor, ir: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        return self.lucas_kanade(vis, ir, grid)
+
+
+def test_the_stage_exports_matches_pytorch_and_stays_fp32_in_the_mixed_precision_copy():
+    graph = _Graph().eval()
+    vis, ir = texture(4), 1.0 - texture(5)
+    grid = normalised_base(vis) * 0.98
+    buffer = io.BytesIO()
+    torch.onnx.export(graph, (vis, ir, grid), buffer, opset_version=17, dynamo=False,
+                      input_names=["vis", "ir", "grid"], output_names=["out"])
+    feed = {"vis": vis.numpy(), "ir": ir.numpy(), "grid": grid.numpy()}
+    with torch.no_grad():
+        want = graph(vis, ir, grid).numpy()
+    model = onnx.load_from_string(buffer.getvalue())
+    convolutions = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    assert convolutions and all(in_fp32_scope(name) for name in convolutions)
+    for candidate in (model, convolutions_to_fp16(model)):
+        session = ort.InferenceSession(candidate.SerializeToString(), providers=["CPUExecutionProvider"])
+        assert np.abs(session.run(None, feed)[0] - want).max() < 1e-4
+
+
+def test_gaussian_blur_keeps_a_constant_and_the_mean():
+    x = torch.full((1, 3, 20, 24), 0.7)
+    assert torch.allclose(gaussian_blur(x, 1.5), x, atol=1e-6)
+    noise = torch.rand(1, 2, 40, 48, generator=torch.Generator().manual_seed(6))
+    blurred = gaussian_blur(noise, 2.0)
+    assert blurred.std() < 0.5 * noise.std()
+    assert abs(float(blurred.mean() - noise.mean())) < 0.02
+    assert F.mse_loss(gaussian_blur(noise, 0.0), noise) == 0
