@@ -69,6 +69,13 @@ def test_the_stage_is_off_by_default_and_returns_the_grid_unchanged():
     assert LucasKanade(LucasKanadeConfig())(texture(), texture(1), grid) is grid
 
 
+def test_mismatched_inputs_are_refused_with_their_shapes():
+    stage = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE))
+    vis = texture()
+    with pytest.raises(ValueError, match=r"\(1, 1, 96, 128\).*\(1, 96, 64, 2\)"):
+        stage(vis, vis, normalised_base(vis)[:, :, :64])
+
+
 def test_a_bad_schedule_names_the_field():
     with pytest.raises(ValueError, match="schedule"):
         LucasKanadeConfig(schedule=((3, 1.0),))

@@ -35,6 +35,11 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur of ``(B, C, H, W)``, replicate borders, kernel radius ``ceil(3 sigma)``.
 
     ``sigma`` in pixels of ``x``; 0 returns ``x``. The kernel is a constant of the graph.
+
+    Example::
+
+        >>> gaussian_blur(torch.ones(1, 4, 8, 8), 1.0).allclose(torch.ones(1, 4, 8, 8))
+        True
     """
     if sigma <= 0:
         return x
@@ -57,6 +62,12 @@ def solve_symmetric3(a: Tensor, b: Tensor) -> Tensor:
 
     By the adjugate (cofactors over the determinant): ONNX has no linear solver, and a 3x3 system
     is a handful of products. Returns ``(B, 3, K)``.
+
+    Example::
+
+        >>> a = torch.diag(torch.tensor([2.0, 4.0, 8.0]))[None]
+        >>> solve_symmetric3(a, torch.ones(1, 3, 1)).flatten().tolist()
+        [0.5, 0.25, 0.125]
     """
     m00, m01, m02 = a[:, 0, 0], a[:, 0, 1], a[:, 0, 2]
     m11, m12, m22 = a[:, 1, 1], a[:, 1, 2], a[:, 2, 2]
@@ -78,6 +89,12 @@ def affine_part(u: Tensor, weight: Tensor) -> Tensor:
     ``u`` ``(B, 2, h, w)`` a displacement field, ``weight`` ``(B, 1, h, w)`` >= 0 (not all zero).
     Each component is fitted as ``a x + b y + c`` over the grid's normalised coordinates.
     Returns ``(B, 2, h, w)``.
+
+    Example (a constant field is its own affine part)::
+
+        >>> u = torch.full((1, 2, 6, 8), 1.5)
+        >>> affine_part(u, torch.rand(1, 1, 6, 8) + 0.1).allclose(u, atol=1e-4)
+        True
     """
     phi = torch.cat((coordinates(u), torch.ones_like(u[:, :1])), dim=1)  # (B, 3, h, w)
     weighted = (phi * weight).flatten(2)
@@ -111,6 +128,13 @@ class LucasKanade(nn.Module):
        slope keeps the affine motion instead of an extrapolated one); their sum is upsampled to the
        stage's size.
     4. ``G <- G(p + u(p))``.
+
+    Example (four unblurred iterations at full size)::
+
+        >>> stage = LucasKanade(LucasKanadeConfig(schedule=((1, 0.0),) * 4))
+        >>> vis, ir = torch.rand(1, 1, 192, 256), torch.rand(1, 1, 192, 256)
+        >>> stage(vis, ir, coordinates(vis).permute(0, 2, 3, 1)).shape
+        torch.Size([1, 192, 256, 2])
     """
 
     def __init__(self, config: LucasKanadeConfig) -> None:
@@ -121,6 +145,10 @@ class LucasKanade(nn.Module):
         c = self.config
         if not c.schedule:
             return grid
+        if vis.dim() != 4 or vis.shape[1] != 1 or ir.shape != vis.shape or \
+                tuple(grid.shape) != (vis.shape[0], vis.shape[2], vis.shape[3], 2):
+            raise ValueError(f"LucasKanade expects vis and ir (B, 1, H, W) and grid (B, H, W, 2), got "
+                             f"{tuple(vis.shape)}, {tuple(ir.shape)} and {tuple(grid.shape)}")
         h, w = vis.shape[-2:]
         features: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         blurred: dict[tuple[int, float], Tensor] = {}
