@@ -18,7 +18,13 @@ from busref.models.config import NIR_SCHEDULE, LucasKanadeConfig, ModelConfig
 from busref.models.geometry import apply_affine, warp_normalised
 from busref.models.networks.busref import normalised_base
 from busref.models.networks.layers import coordinates
-from busref.models.networks.lucas_kanade import LucasKanade, affine_part, gaussian_blur, solve_symmetric3
+from busref.models.networks.lucas_kanade import (
+    LucasKanade,
+    affine_basis,
+    affine_part,
+    gaussian_blur,
+    solve_symmetric3,
+)
 
 H, W = 96, 128
 SCHEDULE = ((2, 1.0),) * 4 + ((1, 1.0),) * 4 + ((1, 0.0),) * 2
@@ -60,7 +66,7 @@ def test_the_affine_part_of_an_affine_field_is_the_field_itself():
     field = torch.einsum("ij,bjhw->bihw", linear, coordinates(torch.zeros(1, 2, 12, 16)))
     field = field + torch.tensor([0.3, -1.2]).view(1, 2, 1, 1)
     weight = torch.rand(1, 1, 12, 16, generator=torch.Generator().manual_seed(2)) + 0.1
-    assert torch.allclose(affine_part(field, weight), field, atol=1e-4)
+    assert torch.allclose(affine_part(field, weight, affine_basis(field)), field, atol=1e-4)
 
 
 def test_the_stage_is_off_by_default_and_returns_the_grid_unchanged():

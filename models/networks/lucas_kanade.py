@@ -83,20 +83,27 @@ def solve_symmetric3(a: Tensor, b: Tensor) -> Tensor:
     return adjugate @ b / det[:, None, None]
 
 
-def affine_part(u: Tensor, weight: Tensor) -> Tensor:
+def affine_basis(like: Tensor) -> Tensor:
+    """``(B, 3, h, w)``: the normalised x and y (``align_corners=True``) and 1 at each point of the
+    grid of ``like`` ``(B, C, h, w)``, the basis :func:`affine_part` fits on."""
+    return torch.cat((coordinates(like), torch.ones_like(like[:, :1])), dim=1)
+
+
+def affine_part(u: Tensor, weight: Tensor, basis: Tensor) -> Tensor:
     """The weighted least-squares affine field closest to ``u``.
 
-    ``u`` ``(B, 2, h, w)`` a displacement field, ``weight`` ``(B, 1, h, w)`` >= 0 (not all zero).
-    Each component is fitted as ``a x + b y + c`` over the grid's normalised coordinates.
+    ``u`` ``(B, 2, h, w)`` a displacement field, ``weight`` ``(B, 1, h, w)`` >= 0 (not all zero),
+    ``basis`` :func:`affine_basis` of that grid (made once by the caller: the stage's every
+    iteration solves on the same cells). Each component is fitted as ``a x + b y + c``.
     Returns ``(B, 2, h, w)``.
 
     Example (a constant field is its own affine part)::
 
         >>> u = torch.full((1, 2, 6, 8), 1.5)
-        >>> affine_part(u, torch.rand(1, 1, 6, 8) + 0.1).allclose(u, atol=1e-4)
+        >>> affine_part(u, torch.rand(1, 1, 6, 8) + 0.1, affine_basis(u)).allclose(u, atol=1e-4)
         True
     """
-    phi = torch.cat((coordinates(u), torch.ones_like(u[:, :1])), dim=1)  # (B, 3, h, w)
+    phi = basis
     weighted = (phi * weight).flatten(2)
     normal = weighted @ phi.flatten(2).transpose(1, 2)  # (B, 3, 3)
     rhs = weighted @ u.flatten(2).transpose(1, 2)  # (B, 3, 2)
@@ -152,6 +159,7 @@ class LucasKanade(nn.Module):
         h, w = vis.shape[-2:]
         features: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         blurred: dict[tuple[int, float], Tensor] = {}
+        basis: Tensor | None = None  # the cells are pool pixels of the registration size at every factor
         for factor, sigma in c.schedule:
             if factor not in features:
                 small_v = F.avg_pool2d(vis, factor) if factor > 1 else vis
@@ -183,7 +191,9 @@ class LucasKanade(nn.Module):
             det = axx * ayy - axy * axy
             u = torch.cat((ayy * bx - axy * by, axx * by - axy * bx), dim=1) / det
             weight = det / (axx + ayy)
-            affine = affine_part(u, weight)
+            if basis is None:
+                basis = affine_basis(u)
+            affine = affine_part(u, weight, basis)
             rest = gaussian_blur(weight * (u - affine), c.field_window) / \
                 (gaussian_blur(weight, c.field_window) + c.rest_prior * weight.mean(dim=(2, 3), keepdim=True) + 1e-12)
             u = cells_to_normalised(F.interpolate(affine + rest, size=size, mode="bilinear", align_corners=True))
