@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from busref.models.augment import PhotometricConfig
 
@@ -69,6 +69,15 @@ class LucasKanadeConfig(_Strict):
         if any(f not in (1, 2, 4) or s < 0 for f, s in v):
             raise ValueError(f"schedule entries need a factor of 1, 2 or 4 and a sigma >= 0, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _cells_fit_every_factor(self) -> LucasKanadeConfig:
+        # Every iteration solves on the same cells (pool pixels of the registration size), so the
+        # pool must be a whole number of pixels at each factor's resolution.
+        if any(self.pool % f for f, _ in self.schedule):
+            raise ValueError(f"pool {self.pool} must be a multiple of every schedule factor "
+                             f"({sorted({f for f, _ in self.schedule})})")
+        return self
 
 
 #: The NIR weights' schedule (see :class:`LucasKanadeConfig`): 8 iterations at half size on

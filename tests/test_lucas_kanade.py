@@ -87,6 +87,8 @@ def test_a_bad_schedule_names_the_field():
         LucasKanadeConfig(schedule=((3, 1.0),))
     with pytest.raises(ValueError, match="schedule"):
         LucasKanadeConfig(schedule=((1, -1.0),))
+    with pytest.raises(ValueError, match="pool 6 must be a multiple of every schedule factor"):
+        LucasKanadeConfig(schedule=((4, 1.0), (1, 0.0)), pool=6)
 
 
 def test_it_recovers_a_rotation_and_shift_across_inverted_contrast():
