@@ -35,11 +35,15 @@ from busref.runtime.registration.orientation import agreement_with, orientation_
 Size = tuple[int, int]  # (width, height)
 
 
+def norm_to_reg(reg_hw: tuple[int, int]) -> np.ndarray:
+    """3x3 map from normalised canvas ``(u, v, 1)`` (``align_corners=True``) to registration pixels."""
+    h, w = reg_hw
+    return np.array([[(w - 1) / 2, 0.0, (w - 1) / 2], [0.0, (h - 1) / 2, (h - 1) / 2], [0.0, 0.0, 1.0]])
+
+
 def rgb_to_norm(rgb_size: Size, reg_hw: tuple[int, int]) -> np.ndarray:
     """3x3 map from RGB pixel ``(x, y, 1)`` to the registration canvas' normalised ``(u, v, 1)``."""
-    h_r, w_r = reg_hw
-    to_norm = np.array([[2.0 / (w_r - 1), 0.0, -1.0], [0.0, 2.0 / (h_r - 1), -1.0], [0.0, 0.0, 1.0]])
-    return to_norm @ rgb_to_reg(rgb_size, reg_hw)
+    return np.linalg.inv(norm_to_reg(reg_hw)) @ rgb_to_reg(rgb_size, reg_hw)
 
 
 def rgb_to_reg(rgb_size: Size, reg_hw: tuple[int, int]) -> np.ndarray:
@@ -54,10 +58,15 @@ def identity_theta() -> np.ndarray:
     return np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
 
+def homogeneous(theta: np.ndarray) -> np.ndarray:
+    """A (2, 3) affine as its 3x3 matrix (last row ``0 0 1``), to compose and invert."""
+    return np.vstack([theta, [0.0, 0.0, 1.0]])
+
+
 def theta_to_pixels(theta: np.ndarray, rgb_size: Size, reg_hw: tuple[int, int]) -> np.ndarray:
     """The normalised affine ``theta`` (2x3) as a 3x3 map of RGB pixels to pre-warped-canvas RGB pixels."""
     n = rgb_to_norm(rgb_size, reg_hw)
-    return np.linalg.inv(n) @ np.vstack([theta, [0.0, 0.0, 1.0]]) @ n
+    return np.linalg.inv(n) @ homogeneous(theta) @ n
 
 
 def pixels_to_theta(matrix: np.ndarray, rgb_size: Size, reg_hw: tuple[int, int]) -> np.ndarray:
@@ -112,12 +121,6 @@ def frame_grid(x: np.ndarray, y: np.ndarray, ir_size: Size) -> np.ndarray:
     u = x * np.float32(2.0 / (w_ir - 1)) - np.float32(1.0)
     v = y * np.float32(2.0 / (h_ir - 1)) - np.float32(1.0)
     return np.stack([u, v], axis=-1)[None]
-
-
-def norm_to_reg(reg_hw: tuple[int, int]) -> np.ndarray:
-    """3x3 map from normalised canvas ``(u, v, 1)`` (``align_corners=True``) to registration pixels."""
-    h, w = reg_hw
-    return np.array([[(w - 1) / 2, 0.0, (w - 1) / 2], [0.0, (h - 1) / 2, (h - 1) / 2], [0.0, 0.0, 1.0]])
 
 
 def compose_grid(theta: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -218,7 +221,7 @@ class RegistrationGeometry:
         to_canvas = self.ir_to_canvas
         if start is not None:
             n = norm_to_reg(self.reg_hw)
-            to_canvas = n @ np.linalg.inv(np.vstack([start, [0.0, 0.0, 1.0]])) @ np.linalg.inv(n) @ to_canvas
+            to_canvas = n @ np.linalg.inv(homogeneous(start)) @ np.linalg.inv(n) @ to_canvas
         # Smoothing before the warp stands in for INTER_AREA, which warpPerspective lacks.
         scale = min(self.ir_size[0] / w, self.ir_size[1] / h)
         src = cv2.GaussianBlur(ir, (0, 0), 0.5 * scale) if scale > 1.5 else ir
@@ -271,7 +274,7 @@ def run_register(backend: InferenceBackend, geometry: RegistrationGeometry, vis_
     grid = np.asarray(out["grid"], dtype=np.float32).reshape(*geometry.reg_hw, 2)
     if start is not None:
         grid = compose_grid(start, grid)
-        theta = (np.vstack([start, [0.0, 0.0, 1.0]]) @ np.vstack([theta, [0.0, 0.0, 1.0]]))[:2]
+        theta = (homogeneous(start) @ homogeneous(theta))[:2]
     view = None
     if with_view:  # without a start the network's IR input is the prior's canvas itself
         view = geometry.pair_view(inputs["vis"][0, 0], ir, inputs["ir"][0, 0] if start is None else None)
