@@ -125,7 +125,8 @@ def tensor_specs(graph: GraphKind, registration_size: tuple[int, int]) -> tuple[
 
 
 def build_metadata(graph: GraphKind, payload: dict[str, Any], checkpoint_sha256: str, opset: int,
-                   registration_size: tuple[int, int], modalities: Sequence[str] = ("thermal",)) -> ArtifactMetadata:
+                   registration_size: tuple[int, int], modalities: Sequence[str] = ("thermal",), *,
+                   keypoint_start: bool = False) -> ArtifactMetadata:
     inputs, outputs = tensor_specs(graph, registration_size)
     split = payload.get("split") or {}
     return ArtifactMetadata(
@@ -138,6 +139,7 @@ def build_metadata(graph: GraphKind, payload: dict[str, Any], checkpoint_sha256:
         outputs=outputs,
         registration_size=registration_size if graph == "register" else None,
         modalities=list(modalities),
+        keypoint_start=keypoint_start if graph == "register" else False,
         training_split=str(split.get("name", "")),
         training_split_sha256=str(split.get("sha256", "")),
         busref_version=__version__,
@@ -249,7 +251,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
     staged: list[tuple[Path, Path]] = []
     try:
         for graph in GRAPHS:
-            meta = build_metadata(graph, payload, sha, opset, reg_hw, modalities)
+            meta = build_metadata(graph, payload, sha, opset, reg_hw, modalities,
+                                  keypoint_start=model.config.keypoint_start)
             final = out_dir / f"{graph}.onnx"
             tmp = out_dir / f".{graph}.onnx.tmp"
             staged.append((tmp, final))

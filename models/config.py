@@ -101,6 +101,10 @@ class ModelConfig(_Strict):
     deformable: DeformableConfig = DeformableConfig()
     gaf: GafConfig = GafConfig()
     lucas_kanade: LucasKanadeConfig = LucasKanadeConfig()
+    keypoint_start: bool = Field(False, description=(
+        "also start the register graph from the SIFT + RANSAC affine of busref.keypoints where it aligns "
+        "the pair's edges better (busref eval, busref register and the daemon alike); recorded in the "
+        "exported graphs' metadata"))
     registration_size: tuple[int, int] = (192, 256)
 
     @field_validator("registration_size")

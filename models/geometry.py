@@ -170,6 +170,11 @@ def invert_affine(matrix: Tensor) -> Tensor:
     return torch.linalg.inv(_homogeneous(matrix))[:, :2]
 
 
+def compose_affine(outer: Tensor, inner: Tensor) -> Tensor:
+    """``(B, 2, 3)`` affine of "``inner``, then ``outer``": ``p -> outer(inner(p))`` (same units)."""
+    return (_homogeneous(outer) @ _homogeneous(inner))[:, :2]
+
+
 def compose(outer: Tensor, inner: Tensor) -> Tensor:
     """Pixel grid of "warp by ``outer``, then warp the result by ``inner``".
 

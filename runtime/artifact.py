@@ -62,6 +62,9 @@ class ArtifactMetadata(BaseModel):
     modalities: list[Modality] = Field(
         default_factory=lambda: ["thermal"],
         description="the IR modalities the graph was trained for (cameras.ir.modality of a rig file)")
+    keypoint_start: bool = Field(
+        False, description="register graph: the runtime also starts it from the SIFT + RANSAC affine of "
+                           "busref.keypoints where that aligns the pair's edges better (the model's keypoint_start)")
     training_split: str = ""
     training_split_sha256: str = ""
     protocol: str = PROTOCOL

@@ -328,7 +328,7 @@ def test_synthetic_objects_are_warm_in_ir_faint_in_rgb_and_move() -> None:
 def test_a_synthetic_nir_camera_sees_the_visible_street_with_a_dark_sky() -> None:
     """NIR is reflected light: its edges agree with the visible image's much better than the
     thermal rendering's do, the sky is darker than the facades, and people are only a little brighter."""
-    from busref.runtime.registration.orientation import agreement
+    from busref.orientation import agreement
 
     empty, busy = Scene(0, 0, 40), Scene(0, 5, 40)
     rgb = cv2.cvtColor(RGBRenderer(empty, 320, 256).render(0), cv2.COLOR_BGR2GRAY)

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from tiny_graphs import write_register
+from tiny_graphs import metadata, write_register
 
 from busref.conventions import affine_grid
 from busref.rig_config import RigConfig
@@ -344,3 +344,66 @@ def test_an_estimate_that_aligns_its_pair_better_is_taken() -> None:
     again = s.register_now(y, ir, 1.0)
     np.testing.assert_allclose(g.theta_pixels(again.theta) @ [40, 30, 1], [44, 30, 1], atol=1e-3)
     assert s.filter.not_better == 1
+
+
+# --------------------------------------------------------------------------- keypoint start
+
+
+def rotated_pair(degrees: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A textured visible luminance (uint8, RGB size) and its IR rotated by ``degrees`` about the
+    centre (same polarity: NIR-like), with the true RGB pixel -> IR pixel affine (2, 3)."""
+    rng = np.random.default_rng(5)
+    scene = cv2.GaussianBlur(rng.random((RGB[1], RGB[0])).astype(np.float32), (0, 0), 1.5)
+    scene = (scene - scene.min()) / np.ptp(scene)
+    truth = cv2.getRotationMatrix2D(((RGB[0] - 1) / 2, (RGB[1] - 1) / 2), degrees, 1.0)
+    ir = cv2.warpAffine(scene, truth, RGB, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return (scene * 255).astype(np.uint8), ir, truth
+
+
+@pytest.mark.parametrize("keypoint_start", [True, False])
+def test_a_graph_exported_with_the_keypoint_start_takes_the_keypoint_affine_beyond_its_range(
+        tmp_path: Path, keypoint_start: bool) -> None:
+    """The graph proposes nothing (identity) on a pair rotated by 12 degrees. With ``keypoint_start``
+    in its metadata the run also tries the SIFT + RANSAC affine, which aligns the pair's edges
+    better, and that is what the rig publishes; without it the graph's answer, no correction, stays."""
+    g = geometry()
+    y, ir, truth = rotated_pair(12.0)
+    meta = metadata("register", registration_size=REG, keypoint_start=keypoint_start)
+    backend = OnnxRuntimeBackend(write_register(tmp_path / "still.onnx", identity_theta(), REG, meta=meta),
+                                 graph="register", threads=1)
+    state = RegistrationScheduler(backend, config(), g).register_now(y, ir, 0.0)
+    corners = np.array([[0, 0, 1], [RGB[0] - 1, 0, 1], [0, RGB[1] - 1, 1], [RGB[0] - 1, RGB[1] - 1, 1]], float).T
+    assert state is not None
+    found = g.frame_to_ir(state.theta)[:2] @ corners
+    error = np.abs(found - truth @ corners).max()
+    assert error < 1.0 if keypoint_start else error > 10.0
+
+
+def test_theta_from_frame_to_ir_inverts_frame_to_ir() -> None:
+    prior = np.array([[1.02, 0.01, 3.0], [-0.01, 0.98, -2.0], [0, 0, 1.0]])
+    g = geometry(prior)
+    matrix = np.array([[0.97, -0.2, 14.0], [0.2, 0.97, -9.0]])
+    np.testing.assert_allclose(g.frame_to_ir(g.theta_from_frame_to_ir(matrix))[:2], matrix, atol=1e-9)
+
+
+def test_the_keypoint_search_runs_on_the_first_run_and_then_every_keypoint_every_runs(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    from busref.runtime.registration import scheduler as scheduler_module
+
+    calls = []
+    real = scheduler_module.register_with_keypoints
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scheduler_module, "register_with_keypoints", counting)
+    g = geometry()
+    y, ir, _ = rotated_pair(0.0)
+    meta = metadata("register", registration_size=REG, keypoint_start=True)
+    backend = OnnxRuntimeBackend(write_register(tmp_path / "still.onnx", identity_theta(), REG, meta=meta),
+                                 graph="register", threads=1)
+    s = RegistrationScheduler(backend, config(), g)
+    for i in range(scheduler_module.KEYPOINT_EVERY + 1):
+        s.register_now(y, ir, float(i))
+    assert len(calls) == 2 and s.runs == scheduler_module.KEYPOINT_EVERY + 1

@@ -12,7 +12,7 @@ import torch
 
 from busref.conventions import file_sha256
 from busref.export.onnx_check import check_graph_file
-from busref.models.baselines.registration import EccGradient, IdentityMethod
+from busref.models.baselines.registration import EccGradient, IdentityMethod, SiftRansacAffine
 from busref.models.checkpoint import load_model
 from busref.models.cli.common import split_file
 from busref.models.config import NIR_SCHEDULE, LucasKanadeConfig, ModelConfig
@@ -77,11 +77,12 @@ def nir_training_pairs() -> list:
 def test_the_nir_checkpoint_is_the_same_model_fine_tuned_on_both_modalities(shipped, shipped_nir, roadscene: Path):
     """weights/nir/busref.pt: the thermal checkpoint's registration nets fine-tuned on the RoadScene
     train pairs less the 8 held out plus the NIR scenes of three categories; bus and GAF unchanged;
-    its register graph ends with the Lucas-Kanade stage (scripts/set_lucas_kanade.py), the thermal
-    one's does not."""
+    its register graph ends with the Lucas-Kanade stage and it starts from the keypoint affine where that
+    aligns better (scripts/set_inference_stages.py); the thermal one does neither."""
     model, payload = shipped_nir
     assert payload["stage"] == "registration"
-    assert payload["config"].model == ModelConfig(lucas_kanade=LucasKanadeConfig(schedule=NIR_SCHEDULE))
+    assert payload["config"].model == ModelConfig(lucas_kanade=LucasKanadeConfig(schedule=NIR_SCHEDULE),
+                                                  keypoint_start=True)
     assert shipped[1]["config"].model == ModelConfig()
     train = roadscene_pairs(roadscene, "train")
     assert payload["split"]["sha256"] == split_sha256(train[:-VAL_PAIRS] + nir_training_pairs())
@@ -97,6 +98,9 @@ def test_each_folder_s_graphs_say_which_modalities_they_serve():
         nir = check_graph_file(WEIGHTS / "nir" / f"{graph}.onnx", graph=graph,
                                checkpoint_sha256=file_sha256(WEIGHTS / "nir" / "busref.pt"))
         assert nir.metadata.modalities == ["thermal", "nir"]
+        # The daemon reads the keypoint start from the register graph's metadata.
+        assert nir.metadata.keypoint_start == (graph == "register")
+        assert not check_graph_file(WEIGHTS / f"{graph}.onnx", graph=graph).metadata.keypoint_start
 
 
 @pytest.mark.slow
@@ -111,6 +115,21 @@ def test_the_nir_weights_register_held_out_nir_pairs_better_than_identity_and_ec
     for baseline in ("identity", "ecc"):
         assert means["busref"]["MNCC"] > means[baseline]["MNCC"], means
         assert means["busref"]["EPE_mean"] < means[baseline]["EPE_mean"], means
+
+
+@pytest.mark.slow
+def test_the_nir_weights_beat_sift_on_held_out_nir_pairs_rotated_far_beyond_the_graph_s_range(shipped_nir):
+    """The wide level (up to 15 degrees, 15 % translation, elastic warp): the keypoint start lets the
+    network use what SIFT + RANSAC finds, and then refine it (the elastic part SIFT's affine lacks)."""
+    nir_training_pairs()
+    listed = roadscene_pairs(NIRSCENE, "test", split_file("nirscene"))
+    chosen = listed[::len(listed) // 3][:3]
+    pairs, indices = load_pairs(chosen), pair_index(chosen, roadscene_pairs(NIRSCENE))
+    methods = {"busref": BusReFRegistration(shipped_nir[0]), "sift": SiftRansacAffine()}
+    means = {name: r["summary"]["mean"] for name, r in
+             evaluate_registration(methods, pairs, indices, "wide", progress=False).items()}
+    assert means["busref"]["MNCC"] > means["sift"]["MNCC"], means
+    assert means["busref"]["EPE_mean"] < means["sift"]["EPE_mean"], means
 
 
 def test_the_refinement_descriptor_is_the_default_config_trained_on_the_same_pairs(descriptor, roadscene: Path):

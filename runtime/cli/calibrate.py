@@ -3,7 +3,7 @@
 N pairs (spaced over time so the scene differs) are captured once. Then, pass after pass, the IR
 of each pair is warped into the RGB frame with that pass's prior and the correction still needed
 is measured on the agreement of the two images' edge orientations
-(:mod:`busref.runtime.registration.orientation`): the first pass searches the whole range of an
+(:mod:`busref.orientation`): the first pass searches the whole range of an
 uncalibrated rig (16 degrees, 12 % of scale, 20 % of the width) exhaustively, pooled over the
 pairs; then, every pass, each pair's rotation, scale and shift are fitted to the local shifts of
 48 tiles; pairs far from the element-wise median are discarded as outliers (moments when the scene
@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 import yaml
 
+from busref.orientation import search_similarity, tile_similarity
 from busref.rig_config import RigConfig, RigConfigError, parse_rig
 from busref.rig_config.schema import Matrix3
 from busref.runtime import exit_codes
@@ -47,7 +48,6 @@ from busref.runtime.daemon import StartupError
 from busref.runtime.pairing import Pairer
 from busref.runtime.pipeline import split_ycrcb
 from busref.runtime.registration.geometry import corner_displacement, rotation_scale
-from busref.runtime.registration.orientation import search_similarity, tile_similarity
 from busref.runtime.thermal import ThermalNormaliser
 from busref.visualise import contact_sheet, edge_overlay
 

@@ -28,9 +28,9 @@ from functools import cached_property
 import cv2
 import numpy as np
 
+from busref.orientation import agreement_with, orientation_field
 from busref.rig_config.schema import RigConfig
 from busref.runtime.backends.base import InferenceBackend
-from busref.runtime.registration.orientation import agreement_with, orientation_field
 
 Size = tuple[int, int]  # (width, height)
 
@@ -132,7 +132,7 @@ def compose_grid(theta: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 class PairView:
     """One pair at the registration size, to score any grid on: how well do the edges of the IR
-    canvas sampled by the grid agree with the visible image's (:mod:`.orientation`)?
+    canvas sampled by the grid agree with the visible image's (:mod:`busref.orientation`)?
 
     ``vis`` (H_reg, W_reg) float32 [0, 1]; ``canvas`` the IR pre-warped by the prior, same size;
     ``valid`` (same size, uint8) where the canvas shows IR content.
@@ -145,7 +145,7 @@ class PairView:
 
     def agreement(self, grid: np.ndarray) -> float:
         """Mean edge-orientation agreement of ``vis`` and the canvas sampled at ``grid`` (H_reg, W_reg, 2)
-        normalised: higher is better aligned (:func:`.orientation.agreement_with`)."""
+        normalised: higher is better aligned (:func:`busref.orientation.agreement_with`)."""
         m = self._to_pixels
         x = np.ascontiguousarray(grid[..., 0] * m[0, 0] + m[0, 2])
         y = np.ascontiguousarray(grid[..., 1] * m[1, 1] + m[1, 2])
@@ -199,6 +199,13 @@ class RegistrationGeometry:
     def frame_to_ir(self, theta: np.ndarray) -> np.ndarray:
         """Published-frame (RGB) pixel -> IR pixel for the coarse affine ``theta``."""
         return np.linalg.inv(self.prior) @ self.theta_pixels(theta)
+
+    def theta_from_frame_to_ir(self, matrix: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`frame_to_ir`: an RGB pixel -> IR pixel affine ``matrix`` (2, 3) as the
+        normalised correction ``theta`` on the prior's canvas (its affine part, if the prior is a
+        homography)."""
+        return pixels_to_theta(self.prior @ homogeneous(np.asarray(matrix, dtype=np.float64)[:2]), self.rgb_size,
+                               self.reg_hw)
 
     def network_inputs(self, vis_y: np.ndarray, ir: np.ndarray, start: np.ndarray | None = None
                        ) -> dict[str, np.ndarray]:

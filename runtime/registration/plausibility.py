@@ -6,7 +6,7 @@ is rejected and the last good registration is held, its confidence decaying; a r
 estimates that agree with one another means the rig really moved, and is followed ("re-lock").
 With ``plausibility.must_agree``, an estimate must also align the pair it came from at least as
 well as the registration in force does (before any: the prior), by the edge-orientation agreement
-of :mod:`.orientation`; a re-lock must pass that test too. Why: a network trained on one camera
+of :mod:`busref.orientation`; a re-lock must pass that test too. Why: a network trained on one camera
 pair can be confidently wrong on another scene (on the synthetic demo its correction left the IR
 40 px off where the prior alone was 17 px off); judged on the pair itself, a wrong estimate is
 never taken, so the published registration never gets worse than what is in force.
@@ -107,7 +107,7 @@ class RegistrationFilter:
         self.consecutive_rejections = 0
         self.not_better = 0  # estimates that aligned their pair worse than the registration in force
         # The prior's own grid (no correction): what an estimate must beat before any is accepted.
-        self._prior_grid = affine_grid(identity_theta(), *geometry.reg_hw, coordinates="normalised")
+        self.prior_grid = affine_grid(identity_theta(), *geometry.reg_hw, coordinates="normalised")
         self._last_rejected: Estimate | None = None
         self._held_confidence = 0.0
 
@@ -160,7 +160,7 @@ class RegistrationFilter:
         if not self.config.plausibility.must_agree or estimate.view is None:
             return ""
         held = self.state
-        current = held.grid if held is not None else self._prior_grid
+        current = held.grid if held is not None else self.prior_grid
         new, old = estimate.view.agreement(estimate.grid), estimate.view.agreement(current)
         if new >= old:
             return ""
@@ -181,7 +181,7 @@ class RegistrationFilter:
             self.not_better += 1
             log.debug("registration estimate not taken: %s", worse)
             if held is None:
-                return self._install(identity_theta(), self._prior_grid, 0.0, estimate.t_capture, "prior")
+                return self._install(identity_theta(), self.prior_grid, 0.0, estimate.t_capture, "prior")
             return held
         if not accept and not relock:
             self.rejected += 1

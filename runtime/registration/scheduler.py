@@ -13,6 +13,7 @@ import numpy as np
 from busref.rig_config.schema import RegistrationConfig
 from busref.runtime.backends.base import InferenceBackend
 from busref.runtime.registration.geometry import RegistrationGeometry, run_register
+from busref.runtime.registration.keypoint_start import KEYPOINT_EVERY, register_with_keypoints
 from busref.runtime.registration.plausibility import RegistrationFilter, RegistrationState
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,9 @@ class RegistrationScheduler:
     lateness, and runs go back-to-back when one is slower than the period).
     ``observe(stage, seconds)`` receives the duration of each run (stage ``register``).
     ``sampling_grid``: see :class:`RegistrationFilter`. With ``config.warm_start`` each run starts
-    from the registration in force (:func:`run_register`'s ``start``).
+    from the registration in force (:func:`run_register`'s ``start``). A register graph exported with
+    ``keypoint_start`` also tries the keypoint affine as a start (:mod:`.keypoint_start`) on the first
+    run and every :data:`KEYPOINT_EVERY`-th after it.
     """
 
     def __init__(
@@ -98,8 +101,13 @@ class RegistrationScheduler:
         try:
             held = self.filter.state
             start = held.theta if self.config.warm_start and held is not None else None
-            estimate = run_register(self.backend, self.geometry, vis_y, ir, t_capture, start,
-                                    with_view=self.config.plausibility.must_agree)
+            if self.backend.metadata.keypoint_start and self.runs % KEYPOINT_EVERY == 0:
+                start_grid = held.grid if start is not None else self.filter.prior_grid
+                estimate = register_with_keypoints(self.backend, self.geometry, vis_y, ir, t_capture, start,
+                                                   start_grid)
+            else:
+                estimate = run_register(self.backend, self.geometry, vis_y, ir, t_capture, start,
+                                        with_view=self.config.plausibility.must_agree)
             state = self.filter.update(estimate)
         # A transient backend failure must not kill the thread: the last good estimate stays.
         except Exception:
