@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 #: Lowe's ratio test: a match is kept when its distance is under this share of the second best's.
 RATIO = 0.75
-#: RANSAC inlier distance in reference pixels at full size. 8 px instead of OpenCV's usual 3:
+#: RANSAC inlier distance in moving-image pixels at full size. 8 px instead of OpenCV's usual 3:
 #: the protocol's elastic warp moves points by up to 2 % of the size, and a tight threshold
 #: locks onto one region's local affine (held-out NIR pairs, moderate level, SIFT then the
 #: register graph: 3 px 3.45 px mean, 8 px 2.14 px).
@@ -86,7 +86,9 @@ def keypoint_affine(reference: np.ndarray, moving: np.ndarray, *, max_side: int 
     """SIFT on both images, Lowe's ratio test, RANSAC affine from reference to moving points.
 
     ``reference`` (H, W) and ``moving`` (H', W'): uint8, or float in [0, 1]. ``max_side``: each
-    image is shrunk (area) by one factor so the longest side is at most this (``None``: full size);
+    image is shrunk (area) on its own so its long side is at most this (``None``: full size; SIFT
+    is scale-invariant, and one factor for both would shrink a small IR frame beside a 1920x1080
+    visible one to a third of its size);
     ``max_keypoints`` the strongest kept per image (``None``: all). Returns
     ``None`` when fewer than ``min_inliers`` matches survive RANSAC or the affine is implausible
     (:data:`PLAUSIBLE_SCALE`): no keypoint answer, not an error.
@@ -106,8 +108,9 @@ def keypoint_affine(reference: np.ndarray, moving: np.ndarray, *, max_side: int 
         raise ValueError(f"need 0 < ratio < 1, ransac_px > 0, min_inliers >= 3 and max_keypoints >= 3, got {ratio}, "
                          f"{ransac_px}, {min_inliers}, {max_keypoints}")
     images = _gray_uint8("reference", reference), _gray_uint8("moving", moving)
-    factor = 1.0 if max_side is None else min(1.0, max_side / max(max(i.shape) for i in images))
-    (ref_points, ref_desc), (mov_points, mov_desc) = (_detect(i, factor, max_keypoints or 0) for i in images)
+    factors = [1.0 if max_side is None else min(1.0, max_side / max(i.shape)) for i in images]
+    (ref_points, ref_desc), (mov_points, mov_desc) = (
+        _detect(image, factor, max_keypoints or 0) for image, factor in zip(images, factors, strict=True))
     if ref_desc is None or mov_desc is None or len(ref_points) < 2 or len(mov_points) < 2:
         log.debug("keypoints: too few (reference %d, moving %d)", len(ref_points), len(mov_points))
         return None
