@@ -1,13 +1,14 @@
 """The keypoint start: one registration run that also tries the SIFT + RANSAC affine as its start.
 
-For register graphs exported with ``keypoint_start`` (artifact metadata; the NIR weights), each run
-finds the affine of :mod:`busref.keypoints` between the full-size visible luminance and IR frame.
-Where it aligns the pair's edges better than the run's own start does (the registration in force,
-or before any the prior), it becomes a second start: the estimate handed on is the best, by
+For register graphs exported with ``keypoint_start`` (artifact metadata; the NIR weights), a run
+with the search (the scheduler's first, then every :data:`KEYPOINT_EVERY`-th) finds the affine of
+:mod:`busref.keypoints` between the full-size visible luminance and IR frame. Where it aligns the
+pair's edges better than the run's own start does (the registration in force, or before any the
+prior), it becomes a second start: the estimate handed on is the best, by
 :meth:`PairView.agreement`, of the graph's answer from the usual start, the keypoint affine alone
 and the graph's answer from the affine. The same three candidates and the same measure make the
 ``busref`` method of ``busref eval registration`` (``busref.models.inference.BusReFRegistration``),
-so the evaluation scores what the daemon computes.
+so the evaluation scores what the daemon's first run computes.
 
 Why: the register graph's capture range is a few degrees; keypoints have none where the two
 images share local structure (NIR and visible do). Once the registration in force is better than
@@ -33,7 +34,9 @@ log = logging.getLogger(__name__)
 #: The scheduler searches keypoints on the first run and every this many runs after it. Why: the
 #: search took the NIR demo's register stage from ~156 to ~306 ms p50 and its capture-to-publish
 #: p99 from 37 to 76 ms (the two cores shared with the fuse graph); a still rig needs it once, and
-#: a bumped one is found again within this many runs (~3 s at the NIR rigs' 3 Hz).
+#: a bumped one is searched again within this many runs (~3 s at the NIR rigs' 3 Hz; the filter
+#: still judges the answer against the registration in force, so a bump beyond its jump limit is
+#: taken by the re-lock rule of :mod:`.plausibility`, not at once).
 KEYPOINT_EVERY = 10
 
 
