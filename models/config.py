@@ -45,8 +45,12 @@ class LucasKanadeConfig(_Strict):
     quarter size 5.5-6.2 px; starting the smoothing at 4 px (full size) 4.14 px; 20 unsmoothed
     iterations 5.98 px: the descriptors must be blurred while the error is larger than their
     support. An affine-only update stalled at 7.16 px: the protocol's elastic term is most of what
-    the nets leave. On the thermal held-out pairs the same stage took 6.41 to 5.51 px (MNCC
-    0.851 -> 0.892); the thermal weights leave it off: it costs ~140 ms a call on this CPU (the
+    the nets leave. With the keypoint start (``ModelConfig.keypoint_start``) in front, 12 more
+    unblurred full-size iterations took those pairs from 2.64 to 2.37 px and 8 field train pairs
+    from 5.91 to 5.36 px (24 more: 2.30 px; 12 more at half size instead: 2.83 px; ``rest_prior``
+    0.5 or 0.25, or ``damping`` 0.001, instead: within 0.05 px of 2.64): at 12 + 4 the stage was
+    still converging. On the thermal held-out pairs the same stage took 6.41 to 5.51 px (MNCC
+    0.851 -> 0.892); the thermal weights leave it off: it costs ~100-150 ms a call on this CPU (the
     README's speed table).
     """
 
@@ -81,8 +85,8 @@ class LucasKanadeConfig(_Strict):
 
 
 #: The NIR weights' schedule (see :class:`LucasKanadeConfig`): 8 iterations at half size on
-#: descriptors blurred by 1 px, 8 at full size blurred by 1 px, 4 unblurred.
-NIR_SCHEDULE: tuple[tuple[int, float], ...] = ((2, 1.0),) * 8 + ((1, 1.0),) * 8 + ((1, 0.0),) * 4
+#: descriptors blurred by 1 px, 8 at full size blurred by 1 px, 16 unblurred.
+NIR_SCHEDULE: tuple[tuple[int, float], ...] = ((2, 1.0),) * 8 + ((1, 1.0),) * 8 + ((1, 0.0),) * 16
 
 
 class GafConfig(_Strict):

@@ -4,7 +4,7 @@ Two parts of the register path have no weights, so turning them on or off change
 config only and every weight stays bit for bit:
 
 * ``--lucas-kanade``: the Lucas-Kanade stage at the end of the register graph
-  (busref.models.networks.lucas_kanade; ``nir`` = models.config.NIR_SCHEDULE, 20 iterations);
+  (busref.models.networks.lucas_kanade; ``nir`` = models.config.NIR_SCHEDULE, 32 iterations);
 * ``--keypoint-start``: the SIFT + RANSAC affine tried as a start of the register graph
   (busref.keypoints; by ``busref eval`` and ``busref register``, and by the daemon from the
   exported graphs' metadata).
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="a trained registration checkpoint")
     parser.add_argument("--lucas-kanade", choices=sorted(SCHEDULES),
-                        help="nir: models.config.NIR_SCHEDULE (20 iterations); off: no stage (default: as it is)")
+                        help="nir: models.config.NIR_SCHEDULE (32 iterations); off: no stage (default: as it is)")
     parser.add_argument("--keypoint-start", choices=sorted(SWITCH),
                         help="on: also start from the SIFT + RANSAC affine (default: as it is)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the copy (not the source)")
