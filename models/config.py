@@ -51,7 +51,15 @@ class LucasKanadeConfig(_Strict):
     0.5 or 0.25, or ``damping`` 0.001, instead: within 0.05 px of 2.64): at 12 + 4 the stage was
     still converging. On the thermal held-out pairs the same stage took 6.41 to 5.51 px (MNCC
     0.851 -> 0.892); the thermal weights leave it off: it costs ~100-150 ms a call on this CPU (the
-    README's speed table).
+    README's speed table). Three border fixes, on 20 held-out NIR train pairs (field and
+    oldbuilding, every other one; moderate; keypoint start): 4.93 px (MNCC 0.943) -> 4.01 px (0.950)
+    with the IR's exactly-0 padding left out of the normal equations (``content_mask``), 3.92 px
+    with the update composed on the displacement (the grid itself, clamped at the frame's border,
+    froze the outer cells), 3.13 px (0.949) with a 6 px band along both frames' edges left out
+    too, where replicate padding makes the MIND descriptors of the two images disagree (a band of
+    3 / 9 / 12 px: 3.53 / 3.21 / 3.33 px, visible band only); judged per cell at its centre instead of per pixel
+    (shipped, ~60 ms a call less): 3.14 px (0.948). A multi-scale fill of the non-affine
+    rest (sigma 12 cells beside 4) did not help: 4.04 against 4.01 px.
     """
 
     schedule: tuple[tuple[int, float], ...] = Field(

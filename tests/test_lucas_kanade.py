@@ -22,6 +22,7 @@ from busref.models.networks.lucas_kanade import (
     LucasKanade,
     affine_basis,
     affine_part,
+    content_mask,
     gaussian_blur,
     solve_symmetric3,
 )
@@ -119,6 +120,28 @@ def test_an_aligned_pair_stays_aligned():
     start = normalised_base(vis)
     refined = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE))(vis, 1.0 - vis, start)
     assert pixel_error(refined, start) < 0.2
+
+
+def test_the_content_mask_drops_padding_and_the_frame_edge_with_a_margin():
+    ir = torch.rand(1, 1, 40, 50) + 0.1
+    ir[..., :, :10] = 0.0  # a zero-padded band, as a protocol pair's moving image has
+    mask = content_mask(ir, margin=3)
+    assert mask.shape == ir.shape
+    assert (mask[..., 3:-3, 13:-3] == 1).all()
+    assert (mask[..., :, :13] == 0).all() and (mask[..., :3, :] == 0).all() and (mask[..., :, -3:] == 0).all()
+
+
+def test_a_zero_padded_band_does_not_pull_the_field():
+    """The moving image's black band has an edge the visible image lacks: it must not attract the
+    grid (a shift of the IR content by 3 px with 12 px of zero padding is still recovered)."""
+    vis = texture(5)
+    start = normalised_base(vis)
+    truth = apply_affine(rotation_shift(0.0, (3.0, 0.0)), start)
+    inverse = rotation_shift(0.0, (-3.0, 0.0))
+    ir = warp_normalised(vis, apply_affine(inverse, start), padding_mode="border")
+    ir[..., :, :12] = 0.0
+    refined = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE))(vis, ir, start)
+    assert pixel_error(refined, truth) < 0.3, pixel_error(refined, truth)
 
 
 class _Graph(torch.nn.Module):
