@@ -57,9 +57,9 @@ class LucasKanadeConfig(_Strict):
     with the update composed on the displacement (the grid itself, clamped at the frame's border,
     froze the outer cells), 3.13 px (0.949) with a 6 px band along both frames' edges left out
     too, where replicate padding makes the MIND descriptors of the two images disagree (a band of
-    3 / 9 / 12 px: 3.53 / 3.21 / 3.33 px, visible band only); judged per cell at its centre instead of per pixel
-    (shipped, ~60 ms a call less): 3.14 px (0.948). A multi-scale fill of the non-affine
-    rest (sigma 12 cells beside 4) did not help: 4.04 against 4.01 px.
+    3 / 9 / 12 px: 3.53 / 3.21 / 3.33 px, visible band only); judged per cell at its centre
+    instead of per pixel (shipped, ~60 ms a call less): 3.14 px (0.948). A multi-scale fill of the
+    non-affine rest (sigma 12 cells beside 4) did not help: 4.04 against 4.01 px.
     """
 
     schedule: tuple[tuple[int, float], ...] = Field(

@@ -133,7 +133,8 @@ def test_the_content_mask_drops_padding_and_the_frame_edge_with_a_margin():
 
 def test_a_zero_padded_band_does_not_pull_the_field():
     """The moving image's black band has an edge the visible image lacks: it must not attract the
-    grid (a shift of the IR content by 3 px with 12 px of zero padding is still recovered)."""
+    grid. A shift of the IR content by 3 px with 12 px of zero padding is recovered beside the band
+    (0.008 px mean error in the 18 columns next to it; 0.29 px with the content mask off)."""
     vis = texture(5)
     start = normalised_base(vis)
     truth = apply_affine(rotation_shift(0.0, (3.0, 0.0)), start)
@@ -141,7 +142,9 @@ def test_a_zero_padded_band_does_not_pull_the_field():
     ir = warp_normalised(vis, apply_affine(inverse, start), padding_mode="border")
     ir[..., :, :12] = 0.0
     refined = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE))(vis, ir, start)
-    assert pixel_error(refined, truth) < 0.3, pixel_error(refined, truth)
+    scale = torch.tensor([(W - 1) / 2, (H - 1) / 2])
+    beside = float(((refined - truth) * scale).norm(dim=-1)[:, 12:-12, 12:30].mean())
+    assert beside < 0.05, beside
 
 
 class _Graph(torch.nn.Module):

@@ -221,11 +221,11 @@ def content_mask(ir: Tensor, margin: int = 6) -> Tensor:
     """``(B, 1, H, W)`` 1.0 where ``ir`` ``(B, 1, H, W)`` has content: no exactly-0 pixel and no
     frame edge within ``margin`` pixels (a square), else 0.0.
 
-    Why: a frame pre-warped with zero padding (the evaluation protocol's moving images, a rig's
-    out-of-view canvas) has a black border whose edge the visible image does not have, and within
-    the MIND support of a frame's edge replicate padding makes descriptors that the other image
-    does not share; both pulled the update near the borders (NIR held-out train pairs: see
-    LucasKanadeConfig). ``margin`` covers the MIND support (radius 2 + 1) and a blur of sigma 1.
+    Why: a frame pre-warped with zero padding (the evaluation protocol's moving images) has a
+    black border whose edge the visible image does not have, and within the MIND support of a
+    frame's edge replicate padding makes descriptors that the other image does not share; both
+    pulled the update near the borders (NIR held-out train pairs: see LucasKanadeConfig).
+    ``margin`` covers the MIND support (radius 2 + 1) and a blur of sigma 1.
     Of an all-ones image it is the frame band alone.
 
     Example::
