@@ -36,7 +36,7 @@ class LucasKanadeConfig(_Strict):
     MIND descriptors. It has no weights; an empty ``schedule`` (the default, and what checkpoints
     made before it was added read as) leaves it out of the graph.
 
-    :data:`NIR_SCHEDULE` was chosen on the 8 held-out NIR *train* pairs (moderate level), started
+    :data:`LK_SCHEDULE` was chosen on the 8 held-out NIR *train* pairs (moderate level), started
     from the NIR nets' grids (12.64 px mean EPE, MNCC 0.748): 3.07 px (MNCC 0.941) with
     ``rest_prior`` 0, then ``rest_prior`` 0.1 / 0.3 / 1 / 3 / 10: 2.99 / 2.92 / 2.79 / 2.85 /
     4.32 px. Around it: ``field_window`` 3 / 6: 3.16 / 3.19 px, ``window`` 3: 3.19 px, ``damping``
@@ -50,9 +50,9 @@ class LucasKanadeConfig(_Strict):
     from 5.91 to 5.36 px (24 more: 2.30 px; 12 more at half size instead: 2.83 px; ``rest_prior``
     0.5 or 0.25, or ``damping`` 0.001, instead: within 0.05 px of 2.64): at 12 + 4 the stage was
     still converging. On the thermal held-out pairs the same stage took 6.41 to 5.51 px (MNCC
-    0.851 -> 0.892); the thermal weights leave it off: it costs ~100-150 ms a call on this CPU (the
-    README's speed table). Three border fixes, on 20 held-out NIR train pairs (field and
-    oldbuilding, every other one; moderate; keypoint start): 4.93 px (MNCC 0.943) -> 4.01 px (0.950)
+    0.851 -> 0.892) before the border fixes below, 4.59 px (0.896) after them. Three border fixes,
+    on 20 held-out NIR train pairs (field and oldbuilding, every other one; moderate; keypoint
+    start): 4.93 px (MNCC 0.943) -> 4.01 px (0.950)
     with the IR's exactly-0 padding left out of the normal equations (``content_mask``), 3.92 px
     with the update composed on the displacement (the grid itself, clamped at the frame's border,
     froze the outer cells), 3.13 px (0.949) with a 6 px band along both frames' edges left out
@@ -74,6 +74,10 @@ class LucasKanadeConfig(_Strict):
     rest_prior: float = Field(1.0, ge=0, description="the non-affine update is shrunk towards zero where the "
                               "smoothed cell weights are below this multiple of their mean")
     damping: float = Field(0.01, gt=0, description="Tikhonov term, a fraction of the mean gradient energy")
+    both_starts: bool = Field(
+        False, description="also refine from the graph's own start (the identity: in the daemon, the "
+        "registration in force) and keep, per pair, whichever of the two results' MIND descriptors agree "
+        "better with the visible image's; the stage then takes about twice the time")
 
     @field_validator("schedule")
     @classmethod
@@ -92,9 +96,9 @@ class LucasKanadeConfig(_Strict):
         return self
 
 
-#: The NIR weights' schedule (see :class:`LucasKanadeConfig`): 8 iterations at half size on
-#: descriptors blurred by 1 px, 8 at full size blurred by 1 px, 16 unblurred.
-NIR_SCHEDULE: tuple[tuple[int, float], ...] = ((2, 1.0),) * 8 + ((1, 1.0),) * 8 + ((1, 0.0),) * 16
+#: The shipped weights' schedule, thermal and NIR (see :class:`LucasKanadeConfig`): 8 iterations at
+#: half size on descriptors blurred by 1 px, 8 at full size blurred by 1 px, 16 unblurred.
+LK_SCHEDULE: tuple[tuple[int, float], ...] = ((2, 1.0),) * 8 + ((1, 1.0),) * 8 + ((1, 0.0),) * 16
 
 
 class GafConfig(_Strict):

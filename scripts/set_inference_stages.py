@@ -4,7 +4,9 @@ Two parts of the register path have no weights, so turning them on or off change
 config only and every weight stays bit for bit:
 
 * ``--lucas-kanade``: the Lucas-Kanade stage at the end of the register graph
-  (busref.models.networks.lucas_kanade; ``nir`` = models.config.NIR_SCHEDULE, 32 iterations);
+  (busref.models.networks.lucas_kanade; ``standard`` = models.config.LK_SCHEDULE, 32 iterations);
+* ``--both-starts``: the Lucas-Kanade stage also refines from the graph's own start and keeps the
+  better-agreeing result (``LucasKanadeConfig.both_starts``);
 * ``--keypoint-start``: the SIFT + RANSAC affine tried as a start of the register graph
   (busref.keypoints; by ``busref eval`` and ``busref register``, and by the daemon from the
   exported graphs' metadata).
@@ -12,7 +14,8 @@ config only and every weight stays bit for bit:
 The copy keeps the source's stage, split and metrics and records the source's SHA-256 and the
 change; ``busref export onnx --checkpoint OUT`` then builds graphs (and metadata) that carry it.
 
-usage: python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade nir --keypoint-start on --out OUT
+usage: python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade standard --both-starts on \
+           --keypoint-start on --out OUT
        python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade off --out OUT
 """
 
@@ -25,11 +28,11 @@ from pathlib import Path
 
 from busref.conventions import file_sha256
 from busref.models.checkpoint import CheckpointError, load_checkpoint, save_payload
-from busref.models.config import NIR_SCHEDULE, LucasKanadeConfig
+from busref.models.config import LK_SCHEDULE, LucasKanadeConfig
 
 log = logging.getLogger("set_inference_stages")
 
-SCHEDULES = {"nir": NIR_SCHEDULE, "off": ()}
+SCHEDULES = {"standard": LK_SCHEDULE, "off": ()}
 SWITCH = {"on": True, "off": False}
 
 
@@ -37,14 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="a trained registration checkpoint")
     parser.add_argument("--lucas-kanade", choices=sorted(SCHEDULES),
-                        help="nir: models.config.NIR_SCHEDULE (32 iterations); off: no stage (default: as it is)")
+                        help="standard: models.config.LK_SCHEDULE (32 iterations); off: no stage (default: as it is)")
+    parser.add_argument("--both-starts", choices=sorted(SWITCH),
+                        help="on: the Lucas-Kanade stage also refines from the graph's own start "
+                        "(default: as it is)")
     parser.add_argument("--keypoint-start", choices=sorted(SWITCH),
                         help="on: also start from the SIFT + RANSAC affine (default: as it is)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the copy (not the source)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.lucas_kanade is None and args.keypoint_start is None:
-        log.error("nothing to change: give --lucas-kanade and/or --keypoint-start")
+    if args.lucas_kanade is None and args.both_starts is None and args.keypoint_start is None:
+        log.error("nothing to change: give --lucas-kanade, --both-starts and/or --keypoint-start")
         return 2
     if args.out.resolve() == args.checkpoint.resolve():
         log.error("--out must differ from --checkpoint: the source is kept as it is")
@@ -57,9 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     config = payload["config"]
     update: dict[str, object] = {}
     changes = []
+    stage = config.model.lucas_kanade
     if args.lucas_kanade is not None:
-        update["lucas_kanade"] = LucasKanadeConfig(schedule=SCHEDULES[args.lucas_kanade])
+        stage = stage.model_copy(update={"schedule": SCHEDULES[args.lucas_kanade]})
         changes.append(f"lucas_kanade {args.lucas_kanade}")
+    if args.both_starts is not None:
+        stage = stage.model_copy(update={"both_starts": SWITCH[args.both_starts]})
+        changes.append(f"both_starts {args.both_starts}")
+    if stage != config.model.lucas_kanade:
+        update["lucas_kanade"] = LucasKanadeConfig.model_validate(stage.model_dump())
     if args.keypoint_start is not None:
         update["keypoint_start"] = SWITCH[args.keypoint_start]
         changes.append(f"keypoint_start {args.keypoint_start}")

@@ -248,7 +248,8 @@ def test_watch_reports_no_data(tmp_path: Path) -> None:
 def test_bench_writes_json(tmp_path: Path, graphs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     from busref.runtime.cli import bench
 
-    rig = demo_rig(tmp_path, graphs)
+    # The tiny graphs register in milliseconds: ask for more than the shipped rig files' 2 Hz.
+    rig = demo_rig(tmp_path, graphs, registration={"rate_hz": 6})
     args = cli_args(bench, "--rig", str(rig), "--seconds", "1.5", "--warmup", "0.5", "--json", str(tmp_path / "b.json"))
     assert bench.run(args) == exit_codes.OK
     results = json.loads((tmp_path / "b.json").read_text())

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from busref.export.onnx_fp16 import convolutions_to_fp16, in_fp32_scope
-from busref.models.config import NIR_SCHEDULE, LucasKanadeConfig, ModelConfig
+from busref.models.config import LK_SCHEDULE, LucasKanadeConfig, ModelConfig
 from busref.models.geometry import apply_affine, warp_normalised
 from busref.models.networks.busref import normalised_base
 from busref.models.networks.layers import coordinates
@@ -147,12 +147,33 @@ def test_a_zero_padded_band_does_not_pull_the_field():
     assert beside < 0.05, beside
 
 
+def test_with_both_starts_a_wrong_start_loses_to_the_identity_and_a_good_one_is_kept():
+    """``both_starts``: started 25 px off (the nets' answer on a scene they do not know), the stage
+    alone stays off; refined from the identity too, the result that agrees best is kept. Started
+    near the truth instead, that start's result is kept (the identity's is worse)."""
+    vis = texture(7)
+    start = normalised_base(vis)
+    affine = rotation_shift(2.0, (3.0, -2.0))
+    truth = apply_affine(affine, start)
+    inverse = torch.linalg.inv(torch.cat((affine[0], torch.tensor([[0.0, 0, 1]]))))[None, :2]
+    ir = 1.0 - warp_normalised(vis, apply_affine(inverse, start), padding_mode="border")
+    wrong = apply_affine(rotation_shift(0.0, (25.0, 0.0)), start)
+    one = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE))
+    both = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE, both_starts=True))
+    assert pixel_error(one(vis, ir, wrong), truth) > 10.0
+    # Batched, the two runs differ from single ones by rounding only.
+    assert torch.allclose(both(vis, ir, wrong), one(vis, ir, start), atol=1e-5)
+    near = apply_affine(rotation_shift(2.0, (3.5, -2.0)), start)
+    assert torch.allclose(both(vis, ir, near), one(vis, ir, near), atol=1e-5)
+    assert pixel_error(one(vis, ir, near), truth) < pixel_error(one(vis, ir, start), truth)
+
+
 class _Graph(torch.nn.Module):
     """The stage under the attribute name BusReF gives it, so its ONNX nodes carry its scope."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.lucas_kanade = LucasKanade(LucasKanadeConfig(schedule=NIR_SCHEDULE[::4]))
+        self.lucas_kanade = LucasKanade(LucasKanadeConfig(schedule=LK_SCHEDULE[::4], both_starts=True))
 
     def forward(self, vis: torch.Tensor, ir: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         return self.lucas_kanade(vis, ir, grid)

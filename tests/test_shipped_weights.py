@@ -15,7 +15,7 @@ from busref.export.onnx_check import check_graph_file
 from busref.models.baselines.registration import EccGradient, IdentityMethod, SiftRansacAffine
 from busref.models.checkpoint import load_model
 from busref.models.cli.common import split_file
-from busref.models.config import NIR_SCHEDULE, LucasKanadeConfig, ModelConfig
+from busref.models.config import LK_SCHEDULE, LucasKanadeConfig, ModelConfig
 from busref.models.data import category_pairs, load_pairs, pair_index, roadscene_pairs, split_sha256
 from busref.models.descriptor import DescriptorConfig, load_descriptor
 from busref.models.evaluation import evaluate_fusion, evaluate_registration
@@ -27,8 +27,11 @@ from busref.rig_config import weights_dir
 WEIGHTS = weights_dir()
 VAL_PAIRS = 8  # the registration recipe's --val-pairs (MODEL_CARD.md)
 GAF_VAL_PAIRS = 48  # the GAF recipe's (configs/gaf_pyramid.yaml)
+NIR_GAF_VAL_PAIRS = 20  # the NIR GAF recipe's (configs/gaf_nir_finetune.yaml)
 NIR_CATEGORIES = ("field", "indoor", "oldbuilding")  # the NIR scenes trained on (models/splits/nirscene.json)
 NIRSCENE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nirscene"
+#: Both shipped register graphs end with this stage (scripts/set_inference_stages.py).
+STAGE = LucasKanadeConfig(schedule=LK_SCHEDULE, both_starts=True)
 ALIGNED_MAX_PX = 4.0  # mean motion the registration may invent on an aligned pair (px, full size)
 
 
@@ -53,12 +56,13 @@ def test_pairs(roadscene: Path):
     return load_pairs(pairs), pair_index(pairs, roadscene_pairs(roadscene))
 
 
-def test_the_checkpoint_is_the_default_config_trained_on_the_train_split_only(shipped, roadscene: Path):
+def test_the_checkpoint_is_the_default_nets_and_stage_trained_on_the_train_split_only(shipped, roadscene: Path):
     """The split recorded is the last stage's, the GAF's: RoadScene train pairs less the 48 it held
     out and the NIR scenes of three categories (MODEL_CARD.md); the other parts saw train pairs only."""
     _, payload = shipped
     assert payload["stage"] == "registration"
-    assert payload["config"].model == ModelConfig(), "weights/busref.pt must be the default configuration"
+    assert payload["config"].model == ModelConfig(lucas_kanade=STAGE), \
+        "weights/busref.pt must be the default configuration with the Lucas-Kanade stage"
     assert payload["split"]["name"] == "train"
     train = roadscene_pairs(roadscene, "train")
     nir = nir_training_pairs()
@@ -74,22 +78,25 @@ def nir_training_pairs() -> list:
     return nir
 
 
-def test_the_nir_checkpoint_is_the_same_model_fine_tuned_on_both_modalities(shipped, shipped_nir, roadscene: Path):
+def test_the_nir_checkpoint_is_the_same_model_fine_tuned_on_both_modalities(shipped, shipped_nir):
     """weights/nir/busref.pt: the thermal checkpoint's registration nets fine-tuned on the RoadScene
-    train pairs less the 8 held out plus the NIR scenes of three categories; bus and GAF unchanged;
-    its register graph ends with the Lucas-Kanade stage and it starts from the keypoint affine where that
-    aligns better (scripts/set_inference_stages.py); the thermal one does neither."""
+    train pairs less the 8 held out plus the NIR scenes of three categories, then its GAF fine-tuned
+    on those NIR scenes less the last 20 (configs/gaf_nir_finetune.yaml, the split it records); bus
+    unchanged; its register graph ends with the Lucas-Kanade stage and it starts from the keypoint
+    affine where that aligns better (scripts/set_inference_stages.py); the thermal one has the same
+    stage, no keypoint start."""
     model, payload = shipped_nir
     assert payload["stage"] == "registration"
-    assert payload["config"].model == ModelConfig(lucas_kanade=LucasKanadeConfig(schedule=NIR_SCHEDULE),
-                                                  keypoint_start=True)
-    assert shipped[1]["config"].model == ModelConfig()
-    train = roadscene_pairs(roadscene, "train")
-    assert payload["split"]["sha256"] == split_sha256(train[:-VAL_PAIRS] + nir_training_pairs())
+    assert payload["config"].model == ModelConfig(lucas_kanade=STAGE, keypoint_start=True)
+    assert not shipped[1]["config"].model.keypoint_start
+    nir = roadscene_pairs(NIRSCENE, "train", split_file("nirscene"))
+    assert payload["split"]["sha256"] == split_sha256(nir[:-NIR_GAF_VAL_PAIRS])
+    assert {p.name for p in nir_training_pairs()} == {p.name for p in nir}
     thermal = shipped[0].state_dict()
     for name, value in model.state_dict().items():
-        if name.startswith(("bus.", "gaf.")):
+        if name.startswith("bus."):
             assert torch.equal(value, thermal[name]), name
+    assert not torch.equal(model.state_dict()["gaf.log_gain"], thermal["gaf.log_gain"])
 
 
 def test_each_folder_s_graphs_say_which_modalities_they_serve():
@@ -168,13 +175,12 @@ def test_registers_better_than_identity_and_ecc_at_the_hard_level(shipped, descr
 @pytest.mark.slow
 def test_registers_better_than_identity_and_ecc_at_the_moderate_level(shipped, descriptor, test_pairs):
     means = registration_means(shipped[0], descriptor, test_pairs, "moderate")
-    assert means["busref"]["MNCC"] > means["identity"]["MNCC"] and means["busref"]["MNCC"] > means["ecc"]["MNCC"]
-    assert means["busref"]["EPE_mean"] < means["identity"]["EPE_mean"], means
-    # The network alone is not below ECC's EPE on these three pairs (9.1 vs 8.3 px: ECC wins on
-    # FLIR_00006, sun glare, 5.9 vs 16.0; FLIR_00455 is a tie at 4.6; we win on FLIR_00233, 6.8 vs
-    # 14.4; over all 45 test pairs 7.4 vs 11.6): a regression bound for it.
-    assert means["busref"]["EPE_mean"] < 1.2 * means["ecc"]["EPE_mean"], means
-    # With the per-pair refinement (busref eval's busref-refined) it is: 2.3 vs 8.3 px, MNCC 0.983 vs 0.838.
+    # The network alone (its Lucas-Kanade stage included): 3.9 px against ECC's 8.3, MNCC 0.961
+    # against 0.838; the classical ngf-mind is still ahead on these three (3.2 px, 0.971).
+    for baseline in ("identity", "ecc"):
+        assert means["busref"]["MNCC"] > means[baseline]["MNCC"], means
+        assert means["busref"]["EPE_mean"] < means[baseline]["EPE_mean"], means
+    # With the per-pair refinement (busref eval's busref-refined): 2.5 px, MNCC 0.981.
     for baseline in ("identity", "ecc", "busref"):
         assert means["busref-refined"]["MNCC"] > means[baseline]["MNCC"], means
         assert means["busref-refined"]["EPE_mean"] < means[baseline]["EPE_mean"], means
