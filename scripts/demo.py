@@ -19,6 +19,24 @@ ROOT = Path(__file__).resolve().parents[1]
 ENDPOINT = "tcp://127.0.0.1:5555"  # the publisher of the demo rig (rig_config/demo.yaml, busref run's default)
 
 
+#: How long the daemon may take to publish its first frame. Building the ONNX Runtime session of the
+#: register graph (its 32 unrolled Lucas-Kanade iterations) alone takes ~5 s on the 2-core
+#: development CPU; the watcher's recording starts after the first frame, not before it.
+START_TIMEOUT_S = 60.0
+
+
+def first_frame(daemon: subprocess.Popen, timeout_s: float) -> bool:
+    """Wait until the demo rig publishes a fused frame; False if the daemon exits or time runs out."""
+    from busref.client.subscriber import Subscriber  # pyzmq + numpy: the runtime install has both
+
+    deadline = time.monotonic() + timeout_s
+    with Subscriber(ENDPOINT, silence_timeout_s=None) as sub:
+        while time.monotonic() < deadline and daemon.poll() is None:
+            if sub.recv(timeout_s=0.5) is not None:
+                return True
+    return False
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
@@ -29,10 +47,9 @@ def main() -> int:
     cli = [sys.executable, "-m", "busref"]
     daemon = subprocess.Popen([*cli, "run"], cwd=ROOT)  # no --rig: the demo rig shipped in the package
     try:
-        time.sleep(2.0)  # let the cameras, models and publisher come up
-        if daemon.poll() is not None:
-            log.error("busref run exited early with code %s", daemon.returncode)
-            return daemon.returncode or 1
+        if not first_frame(daemon, START_TIMEOUT_S):
+            log.error("busref run published nothing within %.0f s (exit code %s)", START_TIMEOUT_S, daemon.poll())
+            return daemon.poll() or 1
         watch = subprocess.run([*cli, "watch", ENDPOINT, "--seconds", str(args.seconds),
                                 "--contact-sheet", str(args.out / "contact_sheet.png"),
                                 "--video", str(args.out / "fused.avi")], cwd=ROOT)
