@@ -172,7 +172,11 @@ class LucasKanade(nn.Module):
         batch = vis.shape[0]
         if c.both_starts:  # the second half of the batch starts from the identity
             grid = torch.cat((grid, coordinates(vis).permute(0, 2, 3, 1)), dim=0)
-            vis, ir = torch.cat((vis, vis), dim=0), torch.cat((ir, ir), dim=0)
+
+        def per_start(x: Tensor) -> Tensor:
+            """The images' features, computed once, for each start's half of the batch."""
+            return torch.cat((x, x), dim=0) if c.both_starts else x
+
         features: dict[int, tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = {}
         blurred: dict[tuple[int, float], Tensor] = {}
         basis: Tensor | None = None  # the cells are pool pixels of the registration size at every factor
@@ -183,8 +187,8 @@ class LucasKanade(nn.Module):
                 small_r = F.avg_pool2d(ir, factor) if factor > 1 else ir
                 frame = content_mask(torch.ones_like(small_v))
                 frame = (F.avg_pool2d(frame, cells) > 0.999).to(vis.dtype) if cells > 1 else frame
-                features[factor] = (mind_descriptor(small_v), mind_descriptor(small_r), coordinates(small_v),
-                                    content_mask(small_r), frame)
+                features[factor] = tuple(per_start(x) for x in (mind_descriptor(small_v), mind_descriptor(small_r),
+                                                                coordinates(small_v), content_mask(small_r), frame))
             reference, moving, base, content, frame = features[factor]
             if (factor, sigma) not in blurred:
                 blurred[(factor, sigma)] = gaussian_blur(reference, sigma)
@@ -232,11 +236,13 @@ class LucasKanade(nn.Module):
             # pixels both results see inside the IR. The second start has to win by a margin: on a
             # wide-level NIR test pair both results were far off (40 and 110 px) and the second's
             # residual was 1 % lower.
-            reference, moving, _, content, _ = features[1] if 1 in features else \
-                (mind_descriptor(vis), mind_descriptor(ir), None, content_mask(ir), None)
-            inside = (warp_features(content, grid, padding_mode="border") > 0.999).to(vis.dtype) * \
-                content_mask(torch.ones_like(vis))
-            common = inside[:batch] * inside[batch:]
+            if 1 in features:
+                reference, moving, _, content, _ = features[1]
+            else:
+                reference, moving, content = (per_start(x) for x in (mind_descriptor(vis), mind_descriptor(ir),
+                                                                     content_mask(ir)))
+            inside = (warp_features(content, grid, padding_mode="border") > 0.999).to(vis.dtype)
+            common = inside[:batch] * inside[batch:] * content_mask(torch.ones_like(vis))
             residual = descriptor_residual(reference, moving, grid, torch.cat((common, common), dim=0))
             keep = residual[batch:] >= SECOND_START_MARGIN * residual[:batch]
             grid = torch.where(keep.view(batch, 1, 1, 1), grid[:batch], grid[batch:])
@@ -248,8 +254,8 @@ SECOND_START_MARGIN = 0.95
 
 
 def descriptor_residual(reference: Tensor, moving: Tensor, grid: Tensor, mask: Tensor) -> Tensor:
-    """``(B,)``: the mean squared difference of the descriptors ``reference`` and ``moving``
-    ``(B, C, H, W)`` warped by ``grid`` ``(B, H, W, 2)``, summed over the channels, over the pixels
+    """``(B,)``: the mean squared difference of the MIND descriptors ``reference`` and ``moving``
+    ``(B, 4, H, W)`` warped by ``grid`` ``(B, H, W, 2)``, summed over the channels, over the pixels
     where ``mask`` ``(B, 1, H, W)`` is 1 (0 where it is empty). What :class:`LucasKanade`
     minimises; it ranks two results of the stage on the same mask.
 
@@ -265,8 +271,7 @@ def descriptor_residual(reference: Tensor, moving: Tensor, grid: Tensor, mask: T
         True
     """
     warped = warp_features(moving, grid, padding_mode="border")
-    squared = _channel_sum((reference - warped) ** 2) if reference.shape[1] == 4 else \
-        ((reference - warped) ** 2).sum(dim=1, keepdim=True)
+    squared = _channel_sum((reference - warped) ** 2)
     return (squared * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(1.0)
 
 
