@@ -78,6 +78,9 @@ class LucasKanadeConfig(_Strict):
         False, description="also refine from the graph's own start (the identity: in the daemon, the "
         "registration in force) and keep, per pair, whichever of the two results' MIND descriptors agree "
         "better with the visible image's; the stage then takes about twice the time")
+    select_after: int | None = Field(
+        None, ge=0, description="with both_starts, the first select_after schedule entries run from both starts "
+        "and the rest from the chosen result alone (None: every entry from both)")
 
     @field_validator("schedule")
     @classmethod
@@ -93,6 +96,9 @@ class LucasKanadeConfig(_Strict):
         if any(self.pool % f for f, _ in self.schedule):
             raise ValueError(f"pool {self.pool} must be a multiple of every schedule factor "
                              f"({sorted({f for f, _ in self.schedule})})")
+        if self.select_after is not None and (not self.both_starts or self.select_after > len(self.schedule)):
+            raise ValueError(f"select_after {self.select_after} needs both_starts and at most the schedule's "
+                             f"{len(self.schedule)} entries")
         return self
 
 
@@ -122,6 +128,9 @@ class ModelConfig(_Strict):
         "the pair's edges better (busref eval, busref register and the daemon alike); recorded in the "
         "exported graphs' metadata"))
     registration_size: tuple[int, int] = (192, 256)
+    net_pool: int = Field(1, description=(
+        "the learned stages see the registration-size images average-pooled by this factor (1 or 2); the "
+        "Lucas-Kanade stage refines their grid at the full registration size"))
 
     @field_validator("registration_size")
     @classmethod
@@ -129,6 +138,13 @@ class ModelConfig(_Strict):
         if any(s % 8 or s < 32 for s in v):
             raise ValueError(f"registration_size {v} must be multiples of 8 and >= 32")
         return v
+
+    @model_validator(mode="after")
+    def _nets_size(self) -> ModelConfig:
+        if self.net_pool not in (1, 2) or any((s // self.net_pool) % 8 for s in self.registration_size):
+            raise ValueError(f"net_pool {self.net_pool} must be 1 or 2 and leave the registration_size "
+                             f"{self.registration_size} multiples of 8")
+        return self
 
 
 class StageConfig(_Strict):

@@ -205,3 +205,39 @@ def test_gaussian_blur_keeps_a_constant_and_the_mean():
     assert blurred.std() < 0.5 * noise.std()
     assert abs(float(blurred.mean() - noise.mean())) < 0.02
     assert F.mse_loss(gaussian_blur(noise, 0.0), noise) == 0
+
+
+def test_select_after_chooses_the_start_then_refines_the_chosen_one_alone():
+    """``select_after``: the two starts run the first entries, the chosen result the rest. With a
+    25 px wrong start that equals refining the identity's result on its own; an entry past the
+    schedule, or the option without both starts, is refused naming the field."""
+    vis = texture(7)
+    start = normalised_base(vis)
+    affine = rotation_shift(2.0, (3.0, -2.0))
+    inverse = torch.linalg.inv(torch.cat((affine[0], torch.tensor([[0.0, 0, 1]]))))[None, :2]
+    ir = 1.0 - warp_normalised(vis, apply_affine(inverse, start), padding_mode="border")
+    wrong = apply_affine(rotation_shift(0.0, (25.0, 0.0)), start)
+    head, tail = SCHEDULE[:len(SCHEDULE) // 2], SCHEDULE[len(SCHEDULE) // 2:]
+    staged = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE, both_starts=True, select_after=len(head)))
+    first = LucasKanade(LucasKanadeConfig(schedule=head))(vis, ir, start)
+    expected = LucasKanade(LucasKanadeConfig(schedule=tail))(vis, ir, first)
+    assert torch.allclose(staged(vis, ir, wrong), expected, atol=1e-5)
+    for bad in ({"select_after": len(SCHEDULE) + 1, "both_starts": True}, {"select_after": 1}):
+        with pytest.raises(ValueError, match="select_after"):
+            LucasKanadeConfig(schedule=SCHEDULE, **bad)
+
+
+def test_net_pool_runs_the_nets_at_half_size_and_the_stage_at_the_full_one():
+    """``net_pool`` 2: the grid comes back at the input's size, the affine alone too, and a size that
+    halves to other than multiples of 8 is refused naming the field."""
+    from busref.models.networks.busref import BusReF
+
+    config = ModelConfig(registration_size=(64, 96), net_pool=2,
+                         lucas_kanade=LucasKanadeConfig(schedule=((2, 1.0), (1, 0.0)), pool=8))
+    vis = torch.rand(1, 1, 64, 96)
+    with torch.no_grad():
+        reg = BusReF(config).eval().register(vis, vis)
+    assert reg.grid.shape == reg.coarse_grid.shape == (1, 64, 96, 2)
+    assert reg.displacements[0].shape[-2:] == (32, 48)
+    with pytest.raises(ValueError, match="net_pool"):
+        ModelConfig(registration_size=(72, 96), net_pool=2)

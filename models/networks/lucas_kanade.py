@@ -170,35 +170,42 @@ class LucasKanade(nn.Module):
                              f"{tuple(vis.shape)}, {tuple(ir.shape)} and {tuple(grid.shape)}")
         h, w = vis.shape[-2:]
         batch = vis.shape[0]
+        starts = 1
         if c.both_starts:  # the second half of the batch starts from the identity
             grid = torch.cat((grid, coordinates(vis).permute(0, 2, 3, 1)), dim=0)
+            starts = 2
+        select_after = len(c.schedule) if c.select_after is None else c.select_after
 
         def per_start(x: Tensor) -> Tensor:
-            """The images' features, computed once, for each start's half of the batch."""
-            return torch.cat((x, x), dim=0) if c.both_starts else x
+            """The images' features, computed once, for each start's share of the batch."""
+            return torch.cat((x,) * starts, dim=0) if starts > 1 else x
 
+        # Per factor, the images' features, computed once: MIND of both images, the base grid, the
+        # IR's content mask and the frame mask per cell.
         features: dict[int, tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = {}
         blurred: dict[tuple[int, float], Tensor] = {}
         basis: Tensor | None = None  # the cells are pool pixels of the registration size at every factor
-        for factor, sigma in c.schedule:
+        for step, (factor, sigma) in enumerate(c.schedule):
+            if starts > 1 and step == select_after:
+                grid, starts = self._choose(vis, ir, _full_size(grid, h, w), features.get(1), batch), 1
             cells = c.pool // factor
             if factor not in features:
                 small_v = F.avg_pool2d(vis, factor) if factor > 1 else vis
                 small_r = F.avg_pool2d(ir, factor) if factor > 1 else ir
                 frame = content_mask(torch.ones_like(small_v))
                 frame = (F.avg_pool2d(frame, cells) > 0.999).to(vis.dtype) if cells > 1 else frame
-                features[factor] = tuple(per_start(x) for x in (mind_descriptor(small_v), mind_descriptor(small_r),
-                                                                coordinates(small_v), content_mask(small_r), frame))
-            reference, moving, base, content, frame = features[factor]
+                features[factor] = (mind_descriptor(small_v), mind_descriptor(small_r), coordinates(small_v),
+                                    content_mask(small_r), frame)
+            reference, moving, base, content, frame = (per_start(x) for x in features[factor])
             if (factor, sigma) not in blurred:
-                blurred[(factor, sigma)] = gaussian_blur(reference, sigma)
+                blurred[(factor, sigma)] = gaussian_blur(features[factor][0], sigma)
             size = reference.shape[-2:]
             if grid.shape[1] != reference.shape[-2]:
                 grid = F.interpolate(grid.permute(0, 3, 1, 2), size=size, mode="bilinear",
                                      align_corners=True).permute(0, 2, 3, 1)
             warped = gaussian_blur(warp_features(moving, grid, padding_mode="border"), sigma)
             gx, gy = image_gradients(warped)
-            residual = blurred[(factor, sigma)] - warped
+            residual = per_start(blurred[(factor, sigma)]) - warped
             terms = torch.cat((_channel_sum(gx * gx), _channel_sum(gy * gy), _channel_sum(gx * gy),
                                _channel_sum(gx * residual), _channel_sum(gy * residual)), dim=1)
             # Cells whose descriptors are valid in both images: the grid samples the IR's content, away
@@ -220,7 +227,7 @@ class LucasKanade(nn.Module):
             u = torch.cat((ayy * bx - axy * by, axx * by - axy * bx), dim=1) / det
             weight = det / (axx + ayy)
             if basis is None:
-                basis = affine_basis(u)
+                basis = affine_basis(u[:1])  # one for any batch: the cells are the same
             affine = affine_part(u, weight, basis)
             rest = gaussian_blur(weight * (u - affine), c.field_window) / \
                 (gaussian_blur(weight, c.field_window) + c.rest_prior * weight.mean(dim=(2, 3), keepdim=True) + 1e-12)
@@ -228,25 +235,38 @@ class LucasKanade(nn.Module):
             target = (base + u).permute(0, 2, 3, 1)
             displacement = warp_features(grid.permute(0, 3, 1, 2) - base, target, padding_mode="border")
             grid = displacement.permute(0, 2, 3, 1) + target
-        if grid.shape[1] != h:
-            grid = F.interpolate(grid.permute(0, 3, 1, 2), size=(h, w), mode="bilinear",
-                                 align_corners=True).permute(0, 2, 3, 1)
-        if c.both_starts:
-            # features[1] holds the frame mask per cell; the residual is judged per pixel, on the
-            # pixels both results see inside the IR. The second start has to win by a margin: on a
-            # wide-level NIR test pair both results were far off (40 and 110 px) and the second's
-            # residual was 1 % lower.
-            if 1 in features:
-                reference, moving, _, content, _ = features[1]
-            else:
-                reference, moving, content = (per_start(x) for x in (mind_descriptor(vis), mind_descriptor(ir),
-                                                                     content_mask(ir)))
-            inside = (warp_features(content, grid, padding_mode="border") > 0.999).to(vis.dtype)
-            common = inside[:batch] * inside[batch:] * content_mask(torch.ones_like(vis))
-            residual = descriptor_residual(reference, moving, grid, torch.cat((common, common), dim=0))
-            keep = residual[batch:] >= SECOND_START_MARGIN * residual[:batch]
-            grid = torch.where(keep.view(batch, 1, 1, 1), grid[:batch], grid[batch:])
+        grid = _full_size(grid, h, w)
+        if starts > 1:
+            grid = self._choose(vis, ir, grid, features.get(1), batch)
         return grid
+
+    @staticmethod
+    def _choose(vis: Tensor, ir: Tensor, grid: Tensor, full: tuple[Tensor, ...] | None, batch: int) -> Tensor:
+        """``grid`` ``(2B, H, W, 2)`` (the two starts' results, at the registration size) -> ``(B, H, W,
+        2)``: per pair, the second start's result only where its :func:`descriptor_residual` is
+        below :data:`SECOND_START_MARGIN` times the first's. ``full``: the factor-1 features, if made.
+
+        The residual is judged per pixel, on the pixels both results see inside the IR. The second
+        start has to win by a margin: on a wide-level NIR test pair both results were far off (40 and
+        110 px) and the second's residual was 1 % lower.
+        """
+        reference, moving, _, content, _ = full if full is not None else (
+            mind_descriptor(vis), mind_descriptor(ir), None, content_mask(ir), None)
+        inside = (warp_features(torch.cat((content, content), dim=0), grid, padding_mode="border") > 0.999
+                  ).to(vis.dtype)
+        common = inside[:batch] * inside[batch:] * content_mask(torch.ones_like(vis))
+        residual = descriptor_residual(*(torch.cat((x, x), dim=0) for x in (reference, moving)), grid,
+                                       torch.cat((common, common), dim=0))
+        keep = residual[batch:] >= SECOND_START_MARGIN * residual[:batch]
+        return torch.where(keep.view(batch, 1, 1, 1), grid[:batch], grid[batch:])
+
+
+def _full_size(grid: Tensor, h: int, w: int) -> Tensor:
+    """``grid`` ``(B, h', w', 2)`` resampled (bilinear, align_corners=True) to ``(B, h, w, 2)``."""
+    if grid.shape[1] == h and grid.shape[2] == w:
+        return grid
+    return F.interpolate(grid.permute(0, 3, 1, 2), size=(h, w), mode="bilinear",
+                         align_corners=True).permute(0, 2, 3, 1)
 
 
 #: The second start's result replaces the first's only below this fraction of its residual.
