@@ -102,9 +102,21 @@ class LucasKanadeConfig(_Strict):
         return self
 
 
-#: The shipped weights' schedule, thermal and NIR (see :class:`LucasKanadeConfig`): 8 iterations at
+#: The thermal weights' schedule (see :class:`LucasKanadeConfig`): 8 iterations at
 #: half size on descriptors blurred by 1 px, 8 at full size blurred by 1 px, 16 unblurred.
 LK_SCHEDULE: tuple[tuple[int, float], ...] = ((2, 1.0),) * 8 + ((1, 1.0),) * 8 + ((1, 0.0),) * 16
+
+#: The NIR weights' schedule, the stage at twice the nets' size (``ModelConfig.net_pool`` 2, a
+#: 384x512 registration size, ``pool`` 8 so that a cell is 8 px of 384x512 as :data:`LK_SCHEDULE`'s
+#: are of 192x256 with ``pool`` 4): :data:`LK_SCHEDULE` at factors 4 and 2, then 32 unblurred
+#: iterations at the full 384x512 from the chosen start alone (``select_after`` 32). On 20 held-out
+#: NIR train pairs (field and oldbuilding, every other one; moderate): 3.14 -> 2.59 px (MNCC 0.948
+#: -> 0.960). Around it, within 0.1 px: 48 iterations instead of 32 2.50 px (1.4x the stage's
+#: time), ``window`` 3 2.50, ``field_window`` 6 2.51, sigma 0.5 2.57, ``damping`` 0.003 / 0.03
+#: 2.58 / 2.61; worse: ``field_window`` 8 3.10, ``rest_prior`` 0.3 / 3 2.96 / 2.82, ``pool`` 4
+#: (cells half as wide) 4.20 px (docs/experiments.md).
+LK_SCHEDULE_FINE: tuple[tuple[int, float], ...] = (((4, 1.0),) * 8 + ((2, 1.0),) * 8 + ((2, 0.0),) * 16
+                                                   + ((1, 0.0),) * 32)
 
 
 class GafConfig(_Strict):

@@ -162,9 +162,13 @@ class Daemon:
         self.backends = {"register": open_graph(cfg, "register"), "fuse": open_graph(cfg, "fuse")}
         self._check_interrupt("while loading the graphs")
         reg_meta = self.backends["register"].metadata
+        # The register graph's inputs have a fixed size (export.onnx_export): another size fails
+        # at the first call, so say which field to change instead of ONNX Runtime's shape error.
         if reg_meta.registration_size is not None and tuple(reg_meta.registration_size) != cfg.registration.size:
-            log.warning("the register graph was trained at %s, the rig runs it at %s",
-                        reg_meta.registration_size, cfg.registration.size)
+            h, w = reg_meta.registration_size
+            raise StartupError(f"{self.backends['register'].describe().get('path')} registers at {h}x{w}, the rig's "
+                               f"registration.size is {cfg.registration.size[0]}x{cfg.registration.size[1]}: "
+                               f"set registration.size to [{h}, {w}]", exit_codes.BAD_CONFIG)
         curve = None
         if cfg.publisher.curve.enabled:
             try:

@@ -9,9 +9,10 @@ barely moves) and wall time. Reported: median and p90 over --repeats calls after
 Graphs (targets are CPU ms per call, default config, one thread):
   fuse               the fusion net (GAF) at --size                          <= 30 ms
   encoder            the bus encoder, one image, at --size                   <= 15 ms
-  encoder            the same at the registration size (register() runs it 2 + refinements times)
+  encoder            the same at the nets' size (the registration size over the model's net_pool;
+                     register() runs it 2 + refinements times)
   affine+deformable  Affine Net + Deformable Net(s) on precomputed bus features, at the
-                     registration size, without the encoder calls and warps   <= 10 ms
+                     nets' size, without the encoder calls and warps          <= 10 ms
   register           the whole register graph (encoders, nets, warps) at the registration size
 
 The registration size is the checkpoint's (model.config.registration_size): the runtime
@@ -89,7 +90,7 @@ class AffineDeformableGraph(nn.Module):
         super().__init__()
         self.affine = model.affine
         self.deformable = model.deformable
-        self.size = tuple(model.config.registration_size)
+        self.size = nets_size(model)
         self.passes = model.config.deformable.refinements
 
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -156,9 +157,16 @@ def feature_names(passes: int) -> list[str]:
     return [f"{prefix}_{f}" for prefix in ("vis", "ir", *(f"warped{k}" for k in range(passes))) for f in FEATURES]
 
 
+def nets_size(model: BusReF) -> HW:
+    """(H, W) the learned nets run at: the registration size pooled by the model's ``net_pool``."""
+    h, w = model.config.registration_size
+    return h // model.config.net_pool, w // model.config.net_pool
+
+
 def export_graphs(model: BusReF, payload: dict, checkpoint_sha256: str, size: HW, out: Path) -> dict[str, Path]:
     """Write every benchmarked graph to ``out``; returns graph name -> file."""
     reg = tuple(model.config.registration_size)
+    nets = nets_size(model)
     passes = model.config.deformable.refinements
 
     def image(hw: HW) -> torch.Tensor:
@@ -170,11 +178,11 @@ def export_graphs(model: BusReF, payload: dict, checkpoint_sha256: str, size: HW
         paths[graph] = out / f"{graph}.onnx"
         onnx.save_model(proto, str(paths[graph]))
     encoder = EncoderGraph(model)
-    for name, hw in (("encoder", size), ("encoder_registration", reg)):
+    for name, hw in (("encoder", size), ("encoder_registration", nets)):
         paths[name] = out / f"{name}.onnx"
         onnx.save_model(trace_module(encoder, (image(hw),), ["image"], list(FEATURES)), str(paths[name]))
     with torch.no_grad():
-        feats = encoder(image(reg))
+        feats = encoder(image(nets))
     outputs = ["theta", *(f"displacement{k}" for k in range(passes))]
     paths["affine_deformable"] = out / "affine_deformable.onnx"
     onnx.save_model(trace_module(AffineDeformableGraph(model), feats * (2 + passes), feature_names(passes), outputs),
@@ -236,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     passes = model.config.deformable.refinements
     pair = synthetic_pairs(1, args.size)[0]
     small = pair.resized(reg)
+    nets = pair.resized(nets_size(model))
 
     def images(p: SamplePair) -> dict[str, np.ndarray]:
         return {"vis": p.vis[None, None].astype(np.float32), "ir": p.ir[None, None].astype(np.float32)}
@@ -245,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         paths = export_graphs(model, payload, checkpoint_sha256, args.size, Path(tmp))
         sessions = {name: ort.InferenceSession(str(path), sess_options=session_options(args.threads, graph=name),
                                                providers=[CPU]) for name, path in paths.items()}
-    vis_f = sessions["encoder_registration"].run(None, {"image": images(small)["vis"]})
-    ir_f = sessions["encoder_registration"].run(None, {"image": images(small)["ir"]})
+    vis_f = sessions["encoder_registration"].run(None, {"image": images(nets)["vis"]})
+    ir_f = sessions["encoder_registration"].run(None, {"image": images(nets)["ir"]})
     # The IR's features stand in for the warped IR's: the nets' cost does not depend on the values.
     # The exporter drops the inputs no net reads (the Affine Net uses F3, F4 only).
     features = dict(zip(feature_names(passes), [*vis_f, *ir_f, *ir_f * passes], strict=True))
@@ -254,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = [
         ("fuse", "fusion net (fuse graph)", args.size, TARGET_FUSE_MS, images(pair)),
         ("encoder", "encoder (1 image)", args.size, TARGET_ENCODER_MS, {"image": images(pair)["vis"]}),
-        ("encoder_registration", "encoder (1 image)", reg, None, {"image": images(small)["vis"]}),
-        ("affine_deformable", "affine + deformable (features given)", reg, TARGET_AFFINE_DEFORMABLE_MS,
+        ("encoder_registration", "encoder (1 image)", nets.vis.shape, None, {"image": images(nets)["vis"]}),
+        ("affine_deformable", "affine + deformable (features given)", nets.vis.shape, TARGET_AFFINE_DEFORMABLE_MS,
          feature_feed),
         ("register", f"register graph ({2 + passes} encoder calls + nets + warps)", reg, None, images(small)),
     ]

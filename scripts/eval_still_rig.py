@@ -9,7 +9,7 @@ running the registration are compared, each from a fresh scheduler:
               ``busref`` method measures, through the exported graph and the daemon's resizing)
   warm        each run starts from the registration in force, every estimate taken
   warm+check  each run starts from the registration in force, an estimate is taken only if it
-              aligns its pair at least as well (the daemon's defaults)
+              aligns its pair clearly better (``plausibility.agree_gain``; the daemon's defaults)
 
 Reported per run index: the mean end-point error (pixels of the full-size image) over the pairs,
 inside the protocol's reconstructible mask. Prints a table, writes --json. Select on held-out
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from busref.models.cli.common import split_file
 from busref.models.data import load_pairs, roadscene_pairs
 from busref.models.misalignment import LEVELS, protocol_pair
 from busref.rig_config import default_model_path
@@ -52,7 +53,8 @@ def main() -> int:
     parser.add_argument("--graph", type=Path, default=default_model_path("register"))
     parser.add_argument("--data", type=Path, default=Path("../shared/data/roadscene"))
     parser.add_argument("--split", default="train")
-    parser.add_argument("--split-file", type=Path, default=None)
+    parser.add_argument("--split-file", default=None,
+                        help="a split JSON file, or a split the package ships by its name (nirscene)")
     parser.add_argument("--last", type=int, default=8, help="the last N pairs of the split (0: all)")
     parser.add_argument("--level", choices=sorted(LEVELS), default="moderate")
     parser.add_argument("--runs", type=int, default=12, help="registration runs per pair")
@@ -61,7 +63,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     reg_hw = tuple(int(v) for v in args.size.lower().split("x"))
-    listed = roadscene_pairs(args.data, args.split, args.split_file)
+    listed = roadscene_pairs(args.data, args.split, split_file(args.split_file))
     pairs = load_pairs(listed[-args.last:] if args.last else listed)
     backend = OnnxRuntimeBackend(args.graph, graph="register", threads=1)
     errors = {name: np.zeros((len(pairs), args.runs)) for name in VARIANTS}

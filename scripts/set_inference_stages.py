@@ -4,7 +4,10 @@ Two parts of the register path have no weights, so turning them on or off change
 config only and every weight stays bit for bit:
 
 * ``--lucas-kanade``: the Lucas-Kanade stage at the end of the register graph
-  (busref.models.networks.lucas_kanade; ``standard`` = models.config.LK_SCHEDULE, 32 iterations);
+  (busref.models.networks.lucas_kanade): ``standard`` = models.config.LK_SCHEDULE, 32 iterations
+  at the nets' registration size; ``fine`` = models.config.LK_SCHEDULE_FINE, the same and 32 more
+  at twice that size (the model's ``net_pool`` 2: the nets keep their size, the registration
+  size doubles; needs ``--both-starts on``, the start is chosen before the 32); ``off``: none;
 * ``--both-starts``: the Lucas-Kanade stage also refines from the graph's own start and keeps the
   better-agreeing result (``LucasKanadeConfig.both_starts``);
 * ``--keypoint-start``: the SIFT + RANSAC affine tried as a start of the register graph
@@ -26,21 +29,32 @@ import logging
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from busref.conventions import file_sha256
 from busref.models.checkpoint import CheckpointError, load_checkpoint, save_payload
-from busref.models.config import LK_SCHEDULE, LucasKanadeConfig
+from busref.models.config import LK_SCHEDULE, LK_SCHEDULE_FINE, ModelConfig
 
 log = logging.getLogger("set_inference_stages")
 
-SCHEDULES = {"standard": LK_SCHEDULE, "off": ()}
+#: Per ``--lucas-kanade`` choice: the stage's fields, and the registration size over the nets' size
+#: (the model's ``net_pool``). ``pool`` 8 at twice the size keeps the cells 8 px of the nets' size
+#: wide, as ``pool`` 4 at their size does (docs/experiments.md: pool 4 at twice the size, 4.20 px
+#: against 2.59 on the held-out NIR pairs).
+STAGES: dict[str, tuple[dict[str, object], int]] = {
+    "off": ({"schedule": (), "pool": 4, "select_after": None}, 1),
+    "standard": ({"schedule": LK_SCHEDULE, "pool": 4, "select_after": None}, 1),
+    "fine": ({"schedule": LK_SCHEDULE_FINE, "pool": 8, "select_after": 32}, 2),
+}
 SWITCH = {"on": True, "off": False}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="a trained registration checkpoint")
-    parser.add_argument("--lucas-kanade", choices=sorted(SCHEDULES),
-                        help="standard: models.config.LK_SCHEDULE (32 iterations); off: no stage (default: as it is)")
+    parser.add_argument("--lucas-kanade", choices=sorted(STAGES),
+                        help="standard: models.config.LK_SCHEDULE (32 iterations); fine: LK_SCHEDULE_FINE (64, the "
+                        "last 32 at twice the nets' size); off: no stage (default: as it is)")
     parser.add_argument("--both-starts", choices=sorted(SWITCH),
                         help="on: the Lucas-Kanade stage also refines from the graph's own start "
                         "(default: as it is)")
@@ -61,28 +75,40 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     config = payload["config"]
-    update: dict[str, object] = {}
-    changes = []
-    stage = config.model.lucas_kanade
-    if args.lucas_kanade is not None:
-        stage = stage.model_copy(update={"schedule": SCHEDULES[args.lucas_kanade]})
-        changes.append(f"lucas_kanade {args.lucas_kanade}")
-    if args.both_starts is not None:
-        stage = stage.model_copy(update={"both_starts": SWITCH[args.both_starts]})
-        changes.append(f"both_starts {args.both_starts}")
-    if stage != config.model.lucas_kanade:
-        update["lucas_kanade"] = LucasKanadeConfig.model_validate(stage.model_dump())
-    if args.keypoint_start is not None:
-        update["keypoint_start"] = SWITCH[args.keypoint_start]
-        changes.append(f"keypoint_start {args.keypoint_start}")
-    model = config.model.model_copy(update=update)
+    try:
+        model = changed_model(config.model, args)
+    except ValidationError as exc:
+        log.error("%s: the stages asked for do not fit together: %s", args.checkpoint, exc)
+        return 2
+    changes = [f"{name} {value}" for name in ("lucas_kanade", "both_starts", "keypoint_start")
+               if (value := getattr(args, name)) is not None]
     payload["config"] = config.model_copy(update={"model": model}).model_dump(mode="json")
-    payload["derived_from"] = {"sha256": file_sha256(args.checkpoint), "change": ", ".join(changes)}
+    derived = {"sha256": file_sha256(args.checkpoint), "change": ", ".join(changes)}
+    if "derived_from" in payload:  # the source was itself such a copy: keep the chain back to training
+        derived["source_derived_from"] = payload["derived_from"]
+    payload["derived_from"] = derived
     for key in ("commit", "versions", "created"):  # save_payload records this run's
         payload.pop(key, None)
     save_payload(args.out, payload)
     log.info("wrote %s: %s with %s", args.out, args.checkpoint, ", ".join(changes))
     return 0
+
+
+def changed_model(model: ModelConfig, args: argparse.Namespace) -> ModelConfig:
+    """``model`` with the stages the arguments name; ValidationError where they do not fit together."""
+    stage = model.lucas_kanade.model_dump()
+    update: dict[str, object] = {}
+    if args.lucas_kanade is not None:
+        fields, net_pool = STAGES[args.lucas_kanade]
+        stage.update(fields)
+        nets_size = [s // model.net_pool for s in model.registration_size]
+        update.update(net_pool=net_pool, registration_size=tuple(s * net_pool for s in nets_size))
+    if args.both_starts is not None:
+        stage["both_starts"] = SWITCH[args.both_starts]
+    if args.keypoint_start is not None:
+        update["keypoint_start"] = SWITCH[args.keypoint_start]
+    update["lucas_kanade"] = stage
+    return ModelConfig.model_validate({**model.model_dump(), **update})
 
 
 if __name__ == "__main__":

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_graphs import metadata, write_frame, write_fuse, write_register
+from tiny_graphs import metadata, write_frame, write_fuse, write_register, write_slow_fuse
 
 from busref.conventions import affine_grid
 from busref.runtime.artifact import ArtifactError
-from busref.runtime.backends import BackendUnavailable, InferenceBackend, ModelMissing
+from busref.runtime.backends import BackendUnavailable, InferenceBackend, ModelMissing, RunCancelled
 from busref.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from busref.runtime.backends.select import open_backend
 
@@ -60,6 +62,35 @@ def test_held_input_stays_bound_between_runs(tmp_path: Path) -> None:
         backend.hold("theta", grids[0])
     forced = OnnxRuntimeBackend(tmp_path / "frame.onnx", graph="frame", threads=1, gpu_resident=True)
     assert forced.gpu_resident and forced.device == "cpu"
+
+
+def test_cancel_ends_a_run_in_progress_and_refuses_later_ones(tmp_path: Path) -> None:
+    """What a daemon's stop relies on: a process must not exit with a thread inside ORT's run."""
+    backend = OnnxRuntimeBackend(write_slow_fuse(tmp_path / "slow.onnx", nodes=400), graph="fuse", threads=1)
+    big = np.zeros((1, 1, 1024, 1024), np.float32)
+    feed = {"vis": big, "ir": big}
+    started = time.perf_counter()
+    backend.run(feed)
+    full_s = time.perf_counter() - started
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        started = time.perf_counter()
+        try:
+            backend.run(feed)
+        except RunCancelled as exc:
+            outcome["error"] = exc
+        outcome["seconds"] = time.perf_counter() - started
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(full_s / 4)
+    backend.cancel()
+    thread.join(10)
+    assert isinstance(outcome.get("error"), RunCancelled), outcome
+    assert outcome["seconds"] < 0.75 * full_s, (outcome, full_s)
+    with pytest.raises(RunCancelled, match=r"slow\.onnx: cancelled"):
+        backend.run(feed)
 
 
 def test_missing_file(tmp_path: Path) -> None:

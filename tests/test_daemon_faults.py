@@ -176,3 +176,13 @@ def test_a_signal_during_start_up_stops_cleanly(sig: signal.Signals, tmp_path: P
     assert proc.returncode == exit_codes.OK, stderr
     assert f"received {sig.name} during start-up, stopping" in stderr and "Traceback" not in stderr
     assert "running" not in stderr  # stopped before the cameras and the pipeline started
+
+
+def test_a_registration_size_other_than_the_register_graph_s_names_the_field(tmp_path: Path,
+                                                                            graphs: dict[str, Path]) -> None:
+    rig = demo_rig(tmp_path, graphs, registration={"size": [96, 128], "rate_hz": 2})
+    proc = busref("run", "--rig", str(rig))
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == exit_codes.BAD_CONFIG, stderr
+    assert "registration.size is 96x128" in stderr and "set registration.size to [" in stderr
+    assert "Traceback" not in stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -154,6 +155,36 @@ def test_first_estimate_accepted_then_smoothed() -> None:
     assert second is not None and second.version == first.version + 1 and second.t_capture == 2.0
     assert g.theta_pixels(second.theta)[0, 2] == pytest.approx(6.0)  # EMA: half way
     np.testing.assert_allclose(second.frame_to_ir @ [10, 10, 1], [16, 10, 1], atol=1e-9)
+
+
+class ScoredView:
+    """Stands in for a :class:`PairView`: each grid's edge agreement is looked up by its mean x."""
+
+    def __init__(self, scores: dict[float, float]) -> None:
+        self.scores = scores
+
+    def agreement(self, grid: np.ndarray) -> float:
+        return self.scores[round(float(grid[..., 0].mean()), 4)]
+
+
+@pytest.mark.parametrize("gain, taken", [(0.03, [True, False, True]), (0.0, [True, True, True])])
+def test_an_estimate_replaces_the_registration_in_force_only_where_it_agrees_clearly_better(
+        gain: float, taken: list[bool]) -> None:
+    """On a still rig, estimates that agree only a little better drifted the error back up
+    (rig_config.schema.Plausibility.agree_gain); the prior is left at any gain."""
+    g = geometry()
+    f = RegistrationFilter(config(smoothing=1.0, plausibility=Plausibility(agree_gain=gain)), g)
+    shifts = [2.0, 2.5, 3.0]
+    candidates = [estimate(g, dx=dx, t=float(i)) for i, dx in enumerate(shifts)]
+    key = {dx: round(float(c.grid[..., 0].mean()), 4) for dx, c in zip(shifts, candidates, strict=True)}
+    prior = round(float(f.prior_grid[..., 0].mean()), 4)
+    # 1 % over the prior, then 2 % and 4 % over the first estimate.
+    view = ScoredView({prior: 0.0500, key[2.0]: 0.0505, key[2.5]: 0.0515, key[3.0]: 0.0525})
+    for candidate, expected in zip(candidates, taken, strict=True):
+        before = f.state
+        state = f.update(dataclasses.replace(candidate, view=view))
+        assert (state is not before) == expected, (gain, candidate.t_capture)
+    assert f.not_better == taken.count(False)
 
 
 def test_implausible_jump_is_rejected_and_the_last_good_held() -> None:

@@ -15,7 +15,7 @@ from busref.export.onnx_check import check_graph_file
 from busref.models.baselines.registration import EccGradient, IdentityMethod, SiftRansacAffine
 from busref.models.checkpoint import load_model
 from busref.models.cli.common import split_file
-from busref.models.config import LK_SCHEDULE, LucasKanadeConfig, ModelConfig
+from busref.models.config import LK_SCHEDULE, LK_SCHEDULE_FINE, LucasKanadeConfig, ModelConfig
 from busref.models.data import category_pairs, load_pairs, pair_index, roadscene_pairs, split_sha256
 from busref.models.descriptor import DescriptorConfig, load_descriptor
 from busref.models.evaluation import evaluate_fusion, evaluate_registration
@@ -30,8 +30,12 @@ GAF_VAL_PAIRS = 48  # the GAF recipe's (configs/gaf_pyramid.yaml)
 NIR_GAF_VAL_PAIRS = 20  # the NIR GAF recipe's (configs/gaf_nir_finetune.yaml)
 NIR_CATEGORIES = ("field", "indoor", "oldbuilding")  # the NIR scenes trained on (models/splits/nirscene.json)
 NIRSCENE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nirscene"
-#: Both shipped register graphs end with this stage (scripts/set_inference_stages.py).
+#: The thermal register graph ends with this stage, the NIR one with the same and 32 iterations at
+#: twice the nets' size (scripts/set_inference_stages.py ``standard`` and ``fine``).
 STAGE = LucasKanadeConfig(schedule=LK_SCHEDULE, both_starts=True)
+NIR_MODEL = ModelConfig(lucas_kanade=LucasKanadeConfig(schedule=LK_SCHEDULE_FINE, pool=8, both_starts=True,
+                                                       select_after=32),
+                        keypoint_start=True, net_pool=2, registration_size=(384, 512))
 ALIGNED_MAX_PX = 4.0  # mean motion the registration may invent on an aligned pair (px, full size)
 
 
@@ -83,11 +87,12 @@ def test_the_nir_checkpoint_is_the_same_model_fine_tuned_on_both_modalities(ship
     train pairs less the 8 held out plus the NIR scenes of three categories, then its GAF fine-tuned
     on those NIR scenes less the last 20 (configs/gaf_nir_finetune.yaml, the split it records); bus
     unchanged; its register graph ends with the Lucas-Kanade stage and it starts from the keypoint
-    affine where that aligns better (scripts/set_inference_stages.py); the thermal one has the same
-    stage, no keypoint start."""
+    affine where that aligns better (scripts/set_inference_stages.py ``fine``: the nets at 192x256,
+    the stage's last iterations at 384x512); the thermal one has the stage at 192x256 and no
+    keypoint start."""
     model, payload = shipped_nir
     assert payload["stage"] == "registration"
-    assert payload["config"].model == ModelConfig(lucas_kanade=STAGE, keypoint_start=True)
+    assert payload["config"].model == NIR_MODEL
     assert not shipped[1]["config"].model.keypoint_start
     trained_on = nir_training_pairs()  # skips without the NIR data
     nir = roadscene_pairs(NIRSCENE, "train", split_file("nirscene"))

@@ -64,6 +64,22 @@ def write_fuse(path: Path, *, meta: str | None = None) -> Path:
     return _save(model, path, metadata("fuse") if meta is None else meta)
 
 
+def write_slow_fuse(path: Path, nodes: int) -> Path:
+    """``fused = max(vis, ir)`` through ``nodes`` alternating Sin and Cos: a fuse graph whose run
+    takes long enough on a large input (~1 s at 1024x1024 and 400 nodes) to be cancelled midway."""
+    shape = [1, 1, "H", "W"]
+    chain = [helper.make_node("Max", ["vis", "ir"], ["x0"])]
+    chain += [helper.make_node("Sin" if i % 2 else "Cos", [f"x{i}"], [f"x{i + 1}"]) for i in range(nodes)]
+    chain.append(helper.make_node("Identity", [f"x{nodes}"], ["fused"]))
+    graph = helper.make_graph(
+        chain, "slow_fuse",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("vis", "ir")],
+        [helper.make_tensor_value_info("fused", TensorProto.FLOAT, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return _save(model, path, metadata("fuse"))
+
+
 def write_register(path: Path, theta: np.ndarray, hw: tuple[int, int], *, meta: str | None = None) -> Path:
     """Outputs the constant ``theta`` and its grid; ``vis`` feeds a no-op so both inputs are used."""
     h, w = hw

@@ -6,6 +6,6 @@ configured, so the CPU install never needs it.
 
 from __future__ import annotations
 
-from busref.runtime.backends.base import BackendUnavailable, InferenceBackend, ModelMissing, check_io
+from busref.runtime.backends.base import BackendUnavailable, InferenceBackend, ModelMissing, RunCancelled, check_io
 
-__all__ = ["BackendUnavailable", "InferenceBackend", "ModelMissing", "check_io"]
+__all__ = ["BackendUnavailable", "InferenceBackend", "ModelMissing", "RunCancelled", "check_io"]

@@ -21,6 +21,10 @@ class ModelMissing(ArtifactError):
     """A configured model file does not exist."""
 
 
+class RunCancelled(RuntimeError):
+    """``run`` was ended, or refused, by :meth:`InferenceBackend.cancel`."""
+
+
 class BackendUnavailable(RuntimeError):
     """This backend cannot run this artifact here (library missing, engine built for another GPU...)."""
 
@@ -54,6 +58,16 @@ class InferenceBackend(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready facts for logs and the status topic: backend, device/providers, model id, path."""
+        ...
+
+    def cancel(self) -> None:
+        """End a ``run`` in progress on another thread as soon as the backend can and refuse every
+        later one (both raise :class:`RunCancelled`); for shutdown, from any thread.
+
+        Why: a process that exits while a thread is inside ONNX Runtime's ``run`` aborts
+        ("terminate called without an active exception"; ``busref bench`` on the NIR demo, whose
+        register graph takes ~1.5 s a call on one core, at the end of its run).
+        """
         ...
 
 

@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from busref.conventions import GRAPH_IO
 from busref.runtime.artifact import METADATA_KEY, ArtifactError, ArtifactMetadata, GraphKind, check_compatible
-from busref.runtime.backends.base import ModelMissing, artifact_facts, check_feed, check_io
+from busref.runtime.backends.base import ModelMissing, RunCancelled, artifact_facts, check_feed, check_io
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,9 @@ class OnnxRuntimeBackend:
         self._outputs = list(GRAPH_IO[graph][1])
         self._held: dict[str, ort.OrtValue] = {}
         self._binding: ort.IOBinding | None = None
+        # Its terminate flag ends a run in progress between two nodes (cancel).
+        self._run_options = ort.RunOptions()
+        self._cancelled = False
         self.providers: list[str] = self._session.get_providers()
         if providers and providers[0] not in self.providers:
             log.warning("%s: ONNX Runtime could not use %s and runs on %s", self.path.name, providers[0],
@@ -128,8 +131,19 @@ class OnnxRuntimeBackend:
         self._held[name] = value  # the binding refers to the OrtValue without owning it
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._cancelled:
+            raise RunCancelled(f"{self.path}: cancelled")
+        try:
+            return self._run(inputs)
+        # ORT reports the terminate flag as a plain RuntimeException (its Fail status).
+        except Exception:
+            if self._cancelled:
+                raise RunCancelled(f"{self.path}: cancelled during a run") from None
+            raise
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._binding is None:
-            results = self._session.run(self._outputs, inputs)
+            results = self._session.run(self._outputs, inputs, self._run_options)
             return dict(zip(self._outputs, results, strict=True))
         check_feed(str(self.path), self._inputs, inputs, self._held)
         # The binding reads the host arrays during the run: keep them referenced until it ends.
@@ -138,8 +152,12 @@ class OnnxRuntimeBackend:
             self._binding.bind_cpu_input(name, array)
         for name in self._outputs:
             self._binding.bind_output(name, "cpu")
-        self._session.run_with_iobinding(self._binding)
+        self._session.run_with_iobinding(self._binding, self._run_options)
         return dict(zip(self._outputs, self._binding.copy_outputs_to_cpu(), strict=True))
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._run_options.terminate = True
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -25,7 +25,7 @@ import numpy as np
 
 from busref.conventions import GRAPH_IO, file_sha256
 from busref.runtime.artifact import GraphKind, check_compatible
-from busref.runtime.backends.base import BackendUnavailable, check_feed, check_io
+from busref.runtime.backends.base import BackendUnavailable, RunCancelled, check_feed, check_io
 from busref.runtime.engine_header import (
     EngineHeader,
     Platform,
@@ -178,6 +178,7 @@ class TensorRTBackend:
         self.device = device
         self._buffers: dict[str, DeviceBuffer] = {}
         self._held: dict[str, tuple[int, ...]] = {}  # held input -> its shape (its data is on the GPU)
+        self._cancelled = False
         self._stream: CudaStream | None = None
         source = str(self.path)
         self.header, plan = read_engine(self.path)
@@ -244,6 +245,8 @@ class TensorRTBackend:
         self._held[name] = staged.shape
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._cancelled:
+            raise RunCancelled(f"{self.path}: cancelled")
         cudart, stream = self._cudart, self._stream
         cuda_check(cudart, cudart.cudaSetDevice(self.device), "cudaSetDevice")  # the caller's thread may differ
         check_feed(str(self.path), self._inputs, inputs, self._held)
@@ -258,6 +261,10 @@ class TensorRTBackend:
         stream.synchronize()
         del staged  # the queued uploads read these host arrays until the sync above
         return results
+
+    def cancel(self) -> None:
+        # An enqueued engine cannot be stopped; a call in progress ends within its few milliseconds.
+        self._cancelled = True
 
     def describe(self) -> dict[str, Any]:
         return {

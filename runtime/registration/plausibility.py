@@ -4,12 +4,14 @@ Each estimate of the ``register`` graph is judged (:meth:`RegistrationFilter.jud
 off-frame grid, a rotation or scale far from the prior, or a jump from the last accepted estimate
 is rejected and the last good registration is held, its confidence decaying; a run of rejected
 estimates that agree with one another means the rig really moved, and is followed ("re-lock").
-With ``plausibility.must_agree``, an estimate must also align the pair it came from at least as
-well as the registration in force does (before any: the prior), by the edge-orientation agreement
-of :mod:`busref.orientation`; a re-lock must pass that test too. Why: a network trained on one camera
-pair can be confidently wrong on another scene (on the synthetic demo its correction left the IR
-40 px off where the prior alone was 17 px off); judged on the pair itself, a wrong estimate is
-never taken, so the published registration never gets worse than what is in force.
+With ``plausibility.must_agree``, an estimate must also align the pair it came from better than
+the registration in force does, by ``plausibility.agree_gain`` (before any: at least as well as the
+prior), by the edge-orientation agreement of :mod:`busref.orientation`; a re-lock must pass that
+test too. Why: a network trained on one camera pair can be confidently wrong on another scene (on
+the synthetic demo its correction left the IR 40 px off where the prior alone was 17 px off);
+judged on the pair itself, a wrong estimate is never taken, so the published registration never
+gets worse than what is in force; and the gain keeps a still rig's warm-started estimates from
+drifting once their agreement no longer tells a better registration from a worse one.
 Accepted estimates are blended into the state in force by an exponential moving average.
 """
 
@@ -155,16 +157,21 @@ class RegistrationFilter:
                 and inside >= MIN_INSIDE_FRACTION)
 
     def disagreement(self, estimate: Estimate) -> str:
-        """Why ``estimate`` aligns its own pair worse than the registration in force (or, before any,
-        the prior), by :meth:`PairView.agreement`; "" when it does not, or cannot be told."""
-        if not self.config.plausibility.must_agree or estimate.view is None:
+        """Why ``estimate`` does not align its own pair clearly better than the registration in force
+        (``agree_gain``; before any: at least as well as the prior), by :meth:`PairView.agreement`;
+        "" when it does, or when it cannot be told."""
+        plausibility = self.config.plausibility
+        if not plausibility.must_agree or estimate.view is None:
             return ""
         held = self.state
+        in_force = held is not None and held.source != "prior"
         current = held.grid if held is not None else self.prior_grid
+        gain = plausibility.agree_gain if in_force else 0.0
         new, old = estimate.view.agreement(estimate.grid), estimate.view.agreement(current)
-        if new >= old:
+        if new >= old + gain * abs(old):
             return ""
-        return f"edges agree less than with the {'registration in force' if held else 'prior'} ({new:.4f} < {old:.4f})"
+        what = f"the registration in force by {gain:.0%}" if in_force else "the prior"
+        return f"edges agree no better than with {what} ({new:.4f} against {old:.4f})"
 
     def update(self, estimate: Estimate) -> RegistrationState | None:
         """Fold ``estimate`` in; returns the state now in force (None while nothing is: no estimate

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from busref.rig_config.schema import RegistrationConfig
-from busref.runtime.backends.base import InferenceBackend
+from busref.runtime.backends.base import InferenceBackend, RunCancelled
 from busref.runtime.registration.geometry import RegistrationGeometry, run_register
 from busref.runtime.registration.keypoint_start import KEYPOINT_EVERY, register_with_keypoints
 from busref.runtime.registration.plausibility import RegistrationFilter, RegistrationState
@@ -109,6 +109,8 @@ class RegistrationScheduler:
                 estimate = run_register(self.backend, self.geometry, vis_y, ir, t_capture, start,
                                         with_view=self.config.plausibility.must_agree)
             state = self.filter.update(estimate)
+        except RunCancelled:  # stop() ended the run: nothing failed
+            return self.filter.state
         # A transient backend failure must not kill the thread: the last good estimate stays.
         except Exception:
             self.errors += 1
@@ -137,8 +139,11 @@ class RegistrationScheduler:
         self._thread.start()
 
     def stop(self, timeout: float = 1.0) -> None:
+        """Stop the thread; a run in progress is cancelled (:meth:`InferenceBackend.cancel`), so that
+        the process never exits with the thread inside the backend."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+        self.backend.cancel()
         if self._thread is not None:
             self._thread.join(timeout)

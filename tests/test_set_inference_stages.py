@@ -1,0 +1,55 @@
+"""scripts/set_inference_stages.py on the tiny trained checkpoint: the stages it sets, the sizes
+that go with them, the weights it keeps and the combinations it refuses."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from busref.conventions import file_sha256
+from busref.models.checkpoint import load_checkpoint
+from busref.models.config import LK_SCHEDULE, LK_SCHEDULE_FINE
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "set_inference_stages.py"
+_spec = importlib.util.spec_from_file_location("set_inference_stages", SCRIPT)
+stages = sys.modules["set_inference_stages"] = importlib.util.module_from_spec(_spec)  # a script, not a package
+_spec.loader.exec_module(stages)
+
+
+def test_fine_doubles_the_registration_size_around_the_same_nets_and_standard_undoes_it(
+        trained_checkpoint: Path, tmp_path: Path) -> None:
+    source = load_checkpoint(trained_checkpoint)
+    nets_size = source["config"].model.registration_size
+    fine, standard = tmp_path / "fine.pt", tmp_path / "standard.pt"
+    assert stages.main(["--checkpoint", str(trained_checkpoint), "--lucas-kanade", "fine", "--both-starts", "on",
+                        "--keypoint-start", "on", "--out", str(fine)]) == 0
+    payload = load_checkpoint(fine)
+    model = payload["config"].model
+    assert model.net_pool == 2 and model.registration_size == tuple(2 * s for s in nets_size)
+    assert model.lucas_kanade.schedule == LK_SCHEDULE_FINE and model.lucas_kanade.pool == 8
+    assert model.lucas_kanade.both_starts and model.lucas_kanade.select_after == 32 and model.keypoint_start
+    assert all(torch.equal(v, source["model"][k]) for k, v in payload["model"].items())
+    assert payload["derived_from"] == {"sha256": file_sha256(trained_checkpoint),
+                                       "change": "lucas_kanade fine, both_starts on, keypoint_start on"}
+
+    assert stages.main(["--checkpoint", str(fine), "--lucas-kanade", "standard", "--out", str(standard)]) == 0
+    back = load_checkpoint(standard)
+    model = back["config"].model
+    assert model.net_pool == 1 and model.registration_size == nets_size
+    assert model.lucas_kanade.schedule == LK_SCHEDULE and model.lucas_kanade.pool == 4
+    assert model.lucas_kanade.select_after is None and model.keypoint_start
+    assert back["derived_from"]["source_derived_from"] == payload["derived_from"]
+
+
+def test_fine_without_both_starts_is_refused_and_nothing_written(trained_checkpoint: Path, tmp_path: Path,
+                                                                 caplog) -> None:
+    out = tmp_path / "fine.pt"
+    with caplog.at_level(logging.ERROR):
+        assert stages.main(["--checkpoint", str(trained_checkpoint), "--lucas-kanade", "fine", "--both-starts",
+                            "off", "--out", str(out)]) == 2
+    assert "do not fit together" in caplog.text and "select_after 32 needs both_starts" in caplog.text
+    assert not out.exists()
