@@ -132,7 +132,8 @@ def profile_for(graph: GraphKind, fixed_hw: HW | None, *, rig: object | None = N
     """
     flags = {"--min": min_hw, "--opt": opt_hw, "--max": max_hw}
     if fixed_hw is not None:
-        if rig is not None and graph == "register" and tuple(rig.registration.size) != tuple(fixed_hw):
+        if (rig is not None and graph == "register" and rig.registration.size is not None
+                and tuple(rig.registration.size) != tuple(fixed_hw)):
             raise ValueError(f"the register graph is fixed at {fixed_hw[0]}x{fixed_hw[1]} (its training size) but "
                              f"the rig's registration.size is {rig.registration.size[0]}x{rig.registration.size[1]}; "
                              f"set registration.size to [{fixed_hw[0]}, {fixed_hw[1]}]")

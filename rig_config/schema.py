@@ -283,7 +283,9 @@ class RegistrationConfig(_Model):
     neither, ``rate_hz`` is :data:`DEFAULT_REGISTRATION_RATE_HZ`.
     """
 
-    size: NetSize = Field((192, 256), description="(H, W) the register network runs at")
+    size: NetSize | None = Field(None, description="(H, W) the register network runs at; unset: the register "
+                                 "graph's own (its metadata's registration_size: 192x256 for the shipped "
+                                 "thermal graph, 384x512 for the NIR one)")
     every_n_pairs: int | None = Field(None, ge=1, description="register every N-th pair")
     rate_hz: float | None = Field(None, gt=0, le=1000, description="register at this rate")
     smoothing: float = Field(0.5, gt=0, le=1,

@@ -155,20 +155,34 @@ class Daemon:
         if self.interrupt.is_set():
             raise StartupInterrupted(step)
 
+    def _with_registration_size(self, cfg: RigConfig) -> RigConfig:
+        """``cfg`` with ``registration.size`` the register graph's, which it must be where it is set.
+
+        The register graph's inputs have a fixed size (export.onnx_export): another size fails at
+        the first call, so name the field to change instead of passing on ONNX Runtime's shape error.
+        """
+        graph_size = self.backends["register"].metadata.registration_size
+        size = cfg.registration.size
+        where = self.backends["register"].describe().get("path")
+        if size is None and graph_size is None:
+            raise StartupError(f"{where}: the register graph does not record its registration size: set "
+                               "registration.size in the rig file", exit_codes.BAD_CONFIG)
+        if size is None:
+            registration = cfg.registration.model_copy(update={"size": tuple(graph_size)})
+            return cfg.model_copy(update={"registration": registration})
+        if graph_size is not None and tuple(graph_size) != tuple(size):
+            h, w = graph_size
+            raise StartupError(f"{where} registers at {h}x{w}, the rig's registration.size is {size[0]}x{size[1]}: "
+                               f"set registration.size to [{h}, {w}] or leave it out", exit_codes.BAD_CONFIG)
+        return cfg
+
     def start(self) -> None:
         """Start everything; :class:`StartupError` when something cannot start, or
         :class:`StartupInterrupted` when ``interrupt`` is set meanwhile (checked between steps)."""
         cfg = self.config
         self.backends = {"register": open_graph(cfg, "register"), "fuse": open_graph(cfg, "fuse")}
         self._check_interrupt("while loading the graphs")
-        reg_meta = self.backends["register"].metadata
-        # The register graph's inputs have a fixed size (export.onnx_export): another size fails
-        # at the first call, so say which field to change instead of ONNX Runtime's shape error.
-        if reg_meta.registration_size is not None and tuple(reg_meta.registration_size) != cfg.registration.size:
-            h, w = reg_meta.registration_size
-            raise StartupError(f"{self.backends['register'].describe().get('path')} registers at {h}x{w}, the rig's "
-                               f"registration.size is {cfg.registration.size[0]}x{cfg.registration.size[1]}: "
-                               f"set registration.size to [{h}, {w}]", exit_codes.BAD_CONFIG)
+        cfg = self.config = self._with_registration_size(cfg)
         curve = None
         if cfg.publisher.curve.enabled:
             try:

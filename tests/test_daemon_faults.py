@@ -186,3 +186,22 @@ def test_a_registration_size_other_than_the_register_graph_s_names_the_field(tmp
     assert proc.returncode == exit_codes.BAD_CONFIG, stderr
     assert "registration.size is 96x128" in stderr and "set registration.size to [" in stderr
     assert "Traceback" not in stderr
+
+
+def test_a_rig_without_registration_size_runs_at_the_register_graph_s(tmp_path: Path,
+                                                                     graphs: dict[str, Path]) -> None:
+    rig = demo_rig(tmp_path, graphs)
+    data = yaml.safe_load(rig.read_text())
+    del data["registration"]["size"]
+    rig.write_text(yaml.safe_dump(data))
+    config = load_rig(rig)
+    assert config.registration.size is None
+    daemon = Daemon(config, endpoints=[f"ipc://{tmp_path}/default_size.sock"])
+    daemon.start()
+    try:
+        with Subscriber(daemon.publisher.endpoints[0]) as sub:
+            frames = take(sub, 2)
+    finally:
+        daemon.stop()
+    assert len(frames) == 2
+    assert daemon.config.registration.size == tuple(daemon.backends["register"].metadata.registration_size)
