@@ -19,6 +19,8 @@ change; ``busref export onnx --checkpoint OUT`` then builds graphs (and metadata
 
 usage: python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade standard --both-starts on \
            --keypoint-start on --out OUT
+       python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade fine --both-starts on \
+           --keypoint-start on --out OUT          # the NIR weights' stage
        python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade off --out OUT
 """
 
