@@ -33,7 +33,7 @@ import numpy as np
 from busref.conventions import file_sha256
 from busref.export.onnx_fp16 import in_fp32_scope
 from busref.export.samples import SamplePair, graph_feed
-from busref.runtime.artifact import GraphKind, TensorSpec
+from busref.runtime.artifact import GraphKind, TensorSpec, registration_size_for
 from busref.runtime.engine_header import (
     EngineHeader,
     EngineTensor,
@@ -132,11 +132,8 @@ def profile_for(graph: GraphKind, fixed_hw: HW | None, *, rig: object | None = N
     """
     flags = {"--min": min_hw, "--opt": opt_hw, "--max": max_hw}
     if fixed_hw is not None:
-        if (rig is not None and graph == "register" and rig.registration.size is not None
-                and tuple(rig.registration.size) != tuple(fixed_hw)):
-            raise ValueError(f"the register graph is fixed at {fixed_hw[0]}x{fixed_hw[1]} (its training size) but "
-                             f"the rig's registration.size is {rig.registration.size[0]}x{rig.registration.size[1]}; "
-                             f"set registration.size to [{fixed_hw[0]}, {fixed_hw[1]}]")
+        if rig is not None and graph == "register":
+            registration_size_for(rig.registration.size, fixed_hw, source="rig file")
         for flag, hw in flags.items():
             if hw is not None and tuple(hw) != tuple(fixed_hw):
                 raise ValueError(f"{flag} {hw[0]}x{hw[1]}: the {graph} graph is fixed at {fixed_hw[0]}x{fixed_hw[1]}")

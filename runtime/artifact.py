@@ -9,6 +9,7 @@ graphs' inputs and outputs (names, shapes, coordinate conventions) are the contr
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -99,3 +100,25 @@ def check_modality(meta: ArtifactMetadata, modality: str, *, source: str) -> Non
     if modality not in meta.modalities:
         raise ArtifactError(f"{source}: trained for {' and '.join(meta.modalities)} IR, but the rig's "
                             f"cameras.ir.modality is {modality!r} (use graphs trained for it, or correct the field)")
+
+
+def registration_size_for(rig_size: Sequence[int] | None, graph_size: Sequence[int] | None, *,
+                          source: str) -> tuple[int, int]:
+    """The (H, W) a rig registers at: its ``registration.size``, or where that is unset the register
+    graph's own (:attr:`ArtifactMetadata.registration_size`).
+
+    The register graph's inputs have a fixed size (export.onnx_export), so a rig size other than
+    the graph's, or neither known, is a ValueError naming the field: another size would fail at
+    the first call with ONNX Runtime's (or TensorRT's) shape error.
+    """
+    if rig_size is None and graph_size is None:
+        raise ValueError(f"{source}: the register graph does not record its registration size: set "
+                         "registration.size in the rig file")
+    if graph_size is None:
+        return tuple(rig_size)
+    h, w = graph_size
+    if rig_size is not None and tuple(rig_size) != (h, w):
+        raise ValueError(f"{source}: the register graph's inputs are fixed at {h}x{w}, the rig's registration.size "
+                         f"is {rig_size[0]}x{rig_size[1]}: set registration.size to [{h}, {w}] or leave it out")
+    return h, w
+

@@ -20,7 +20,7 @@ import numpy as np
 from busref.client.wire import StatusHeader
 from busref.rig_config.schema import RigConfig
 from busref.runtime import exit_codes
-from busref.runtime.artifact import ArtifactError, GraphKind, check_modality
+from busref.runtime.artifact import ArtifactError, GraphKind, check_modality, registration_size_for
 from busref.runtime.backends.base import BackendUnavailable, InferenceBackend, ModelMissing
 from busref.runtime.backends.select import open_backend
 from busref.runtime.capture import CaptureThread
@@ -156,25 +156,14 @@ class Daemon:
             raise StartupInterrupted(step)
 
     def _with_registration_size(self, cfg: RigConfig) -> RigConfig:
-        """``cfg`` with ``registration.size`` the register graph's, which it must be where it is set.
-
-        The register graph's inputs have a fixed size (export.onnx_export): another size fails at
-        the first call, so name the field to change instead of passing on ONNX Runtime's shape error.
-        """
-        graph_size = self.backends["register"].metadata.registration_size
-        size = cfg.registration.size
-        where = self.backends["register"].describe().get("path")
-        if size is None and graph_size is None:
-            raise StartupError(f"{where}: the register graph does not record its registration size: set "
-                               "registration.size in the rig file", exit_codes.BAD_CONFIG)
-        if size is None:
-            registration = cfg.registration.model_copy(update={"size": tuple(graph_size)})
-            return cfg.model_copy(update={"registration": registration})
-        if graph_size is not None and tuple(graph_size) != tuple(size):
-            h, w = graph_size
-            raise StartupError(f"{where} registers at {h}x{w}, the rig's registration.size is {size[0]}x{size[1]}: "
-                               f"set registration.size to [{h}, {w}] or leave it out", exit_codes.BAD_CONFIG)
-        return cfg
+        """``cfg`` with ``registration.size`` set: the register graph's (:func:`registration_size_for`)."""
+        register = self.backends["register"]
+        try:
+            size = registration_size_for(cfg.registration.size, register.metadata.registration_size,
+                                         source=str(register.describe().get("path")))
+        except ValueError as exc:
+            raise StartupError(str(exc), exit_codes.BAD_CONFIG) from None
+        return cfg.model_copy(update={"registration": cfg.registration.model_copy(update={"size": size})})
 
     def start(self) -> None:
         """Start everything; :class:`StartupError` when something cannot start, or
