@@ -108,15 +108,24 @@ LK_SCHEDULE: tuple[tuple[int, float], ...] = ((2, 1.0),) * 8 + ((1, 1.0),) * 8 +
 
 #: The NIR weights' schedule, the stage at twice the nets' size (``ModelConfig.net_pool`` 2, a
 #: 384x512 registration size, ``pool`` 8 so that a cell is 8 px of 384x512 as :data:`LK_SCHEDULE`'s
-#: are of 192x256 with ``pool`` 4): :data:`LK_SCHEDULE` at factors 4 and 2, then 32 unblurred
-#: iterations at the full 384x512 from the chosen start alone (``select_after`` 32). On 20 held-out
-#: NIR train pairs (field and oldbuilding, every other one; moderate): 3.14 -> 2.59 px (MNCC 0.948
-#: -> 0.960). Around it, within 0.1 px: 48 iterations instead of 32 2.50 px (1.4x the stage's
-#: time), ``window`` 3 2.50, ``field_window`` 6 2.51, sigma 0.5 2.57, ``damping`` 0.003 / 0.03
-#: 2.58 / 2.61; worse: ``field_window`` 8 3.10, ``rest_prior`` 0.3 / 3 2.96 / 2.82, ``pool`` 4
-#: (cells half as wide) 4.20 px (docs/experiments.md).
+#: are of 192x256 with ``pool`` 4): :data:`LK_SCHEDULE` at factors 4 and 2, then, from the chosen
+#: start alone (``select_after`` 32), 16 iterations at the full 384x512 on descriptors blurred by
+#: 1 px and 32 unblurred, with ``window`` :data:`LK_WINDOW`. On 20 held-out NIR train pairs (field and
+#: oldbuilding, every other one; moderate): 2.34 px, MNCC 0.961 (ngf-mind 2.42 px, 0.949). The
+#: steps to it: the stage at the nets' size 3.14 px (MNCC 0.948); with 32 unblurred iterations at
+#: 384x512 2.59 px (0.960); 48 instead 2.50, window 3 2.50, both (the 16 blurred first) 2.39
+#: (0.963); window 4 2.34, 5 2.41, 6 2.67. Worse: ``field_window`` 8 / 12 3.10 / 4.80,
+#: ``rest_prior`` 0.3 / 3 2.96 / 2.82, ``pool`` 4 (cells half as wide) 4.20 px; a residual-weighted
+#: (Cauchy) solve 2.62-2.95; one global affine + 6x8 bicubic lattice update instead of the
+#: per-cell one 4.46 px on 6 of the pairs where the shipped stage gave 2.43 (docs/experiments.md).
 LK_SCHEDULE_FINE: tuple[tuple[int, float], ...] = (((4, 1.0),) * 8 + ((2, 1.0),) * 8 + ((2, 0.0),) * 16
-                                                   + ((1, 0.0),) * 32)
+                                                   + ((1, 1.0),) * 16 + ((1, 0.0),) * 32)
+#: ``LucasKanadeConfig.window`` (cells) of both shipped stages, :data:`LK_SCHEDULE` and
+#: :data:`LK_SCHEDULE_FINE`. The thermal stage on the 8 held-out RoadScene train pairs (moderate),
+#: ``window`` 2 / 3 / 4 / 5 / 6: 4.59 / 4.40 / 4.29 / 4.26 / 4.30 px (MNCC 0.896 / 0.901 / 0.904 /
+#: 0.906 / 0.904); the NIR one as above. Wider sums of the normal equations let fewer, surer cells
+#: steer each update; the field's own smoothing (``field_window``) is a different matter.
+LK_WINDOW = 4.0
 
 
 class GafConfig(_Strict):

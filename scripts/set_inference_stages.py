@@ -5,9 +5,10 @@ config only and every weight stays bit for bit:
 
 * ``--lucas-kanade``: the Lucas-Kanade stage at the end of the register graph
   (busref.models.networks.lucas_kanade): ``standard`` = models.config.LK_SCHEDULE, 32 iterations
-  at the nets' registration size; ``fine`` = models.config.LK_SCHEDULE_FINE, the same and 32 more
+  at the nets' registration size; ``fine`` = models.config.LK_SCHEDULE_FINE, the same and 48 more
   at twice that size (the model's ``net_pool`` 2: the nets keep their size, the registration
-  size doubles; needs ``--both-starts on``, the start is chosen before the 32); ``off``: none;
+  size doubles; needs ``--both-starts on``, the start is chosen before the 48); both with
+  models.config.LK_WINDOW; ``off``: none;
 * ``--both-starts``: the Lucas-Kanade stage also refines from the graph's own start and keeps the
   better-agreeing result (``LucasKanadeConfig.both_starts``);
 * ``--keypoint-start``: the SIFT + RANSAC affine tried as a start of the register graph
@@ -35,18 +36,20 @@ from pydantic import ValidationError
 
 from busref.conventions import file_sha256
 from busref.models.checkpoint import CheckpointError, load_checkpoint, save_payload
-from busref.models.config import LK_SCHEDULE, LK_SCHEDULE_FINE, ModelConfig
+from busref.models.config import LK_SCHEDULE, LK_SCHEDULE_FINE, LK_WINDOW, LucasKanadeConfig, ModelConfig
 
 log = logging.getLogger("set_inference_stages")
 
 #: Per ``--lucas-kanade`` choice: the stage's fields, and the registration size over the nets' size
 #: (the model's ``net_pool``). ``pool`` 8 at twice the size keeps the cells 8 px of the nets' size
 #: wide, as ``pool`` 4 at their size does (docs/experiments.md: pool 4 at twice the size, 4.20 px
-#: against 2.59 on the held-out NIR pairs).
+#: against 2.59 on the held-out NIR pairs). Both stages sum their normal equations over
+#: models.config.LK_WINDOW cells; ``off`` puts back the field's default.
 STAGES: dict[str, tuple[dict[str, object], int]] = {
-    "off": ({"schedule": (), "pool": 4, "select_after": None}, 1),
-    "standard": ({"schedule": LK_SCHEDULE, "pool": 4, "select_after": None}, 1),
-    "fine": ({"schedule": LK_SCHEDULE_FINE, "pool": 8, "select_after": 32}, 2),
+    "off": ({"schedule": (), "pool": 4, "window": LucasKanadeConfig.model_fields["window"].default,
+             "select_after": None}, 1),
+    "standard": ({"schedule": LK_SCHEDULE, "pool": 4, "window": LK_WINDOW, "select_after": None}, 1),
+    "fine": ({"schedule": LK_SCHEDULE_FINE, "pool": 8, "window": LK_WINDOW, "select_after": 32}, 2),
 }
 SWITCH = {"on": True, "off": False}
 
@@ -55,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="a trained registration checkpoint")
     parser.add_argument("--lucas-kanade", choices=sorted(STAGES),
-                        help="standard: models.config.LK_SCHEDULE (32 iterations); fine: LK_SCHEDULE_FINE (64, the "
-                        "last 32 at twice the nets' size); off: no stage (default: as it is)")
+                        help="standard: models.config.LK_SCHEDULE (32 iterations); fine: LK_SCHEDULE_FINE (80, the "
+                        "last 48 at twice the nets' size); off: no stage (default: as it is)")
     parser.add_argument("--both-starts", choices=sorted(SWITCH),
                         help="on: the Lucas-Kanade stage also refines from the graph's own start "
                         "(default: as it is)")

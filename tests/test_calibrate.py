@@ -226,4 +226,6 @@ def test_the_daemon_registers_a_calibrated_rig_better_than_an_uncalibrated_one(
     rig.write_text(SYNTHETIC.format(rot=rot, scale=scale, dx=dx, dy=dy))
     run_calibrate(rig, tmp_path / "calibrated.yaml")
     before, after = bench_epe(rig), bench_epe(tmp_path / "calibrated.yaml")
-    assert after < 1.5 < before
+    # The graph alone may already be within 1.5 px of a small misalignment (1.09 px with the
+    # 4-cell window); calibration must still do better, and land within 1.5 px.
+    assert after < min(before, 1.5), (before, after)

@@ -12,7 +12,7 @@ import torch
 
 from busref.conventions import file_sha256
 from busref.models.checkpoint import load_checkpoint
-from busref.models.config import LK_SCHEDULE, LK_SCHEDULE_FINE
+from busref.models.config import LK_SCHEDULE, LK_SCHEDULE_FINE, LK_WINDOW
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "set_inference_stages.py"
 _spec = importlib.util.spec_from_file_location("set_inference_stages", SCRIPT)
@@ -31,6 +31,7 @@ def test_fine_doubles_the_registration_size_around_the_same_nets_and_standard_un
     model = payload["config"].model
     assert model.net_pool == 2 and model.registration_size == tuple(2 * s for s in nets_size)
     assert model.lucas_kanade.schedule == LK_SCHEDULE_FINE and model.lucas_kanade.pool == 8
+    assert model.lucas_kanade.window == LK_WINDOW
     assert model.lucas_kanade.both_starts and model.lucas_kanade.select_after == 32 and model.keypoint_start
     assert all(torch.equal(v, source["model"][k]) for k, v in payload["model"].items())
     assert payload["derived_from"] == {"sha256": file_sha256(trained_checkpoint),
@@ -41,6 +42,7 @@ def test_fine_doubles_the_registration_size_around_the_same_nets_and_standard_un
     model = back["config"].model
     assert model.net_pool == 1 and model.registration_size == nets_size
     assert model.lucas_kanade.schedule == LK_SCHEDULE and model.lucas_kanade.pool == 4
+    assert model.lucas_kanade.window == LK_WINDOW
     assert model.lucas_kanade.select_after is None and model.keypoint_start
     assert back["derived_from"]["source_derived_from"] == payload["derived_from"]
 

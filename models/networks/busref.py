@@ -78,8 +78,9 @@ class BusReF(nn.Module):
         With ``config.net_pool`` 2 the learned stages see both images average-pooled by 2 and the
         stage refines their (upsampled) grid at the full size: ``grid`` and ``coarse_grid`` are
         then (B, H, W, 2) at the input's size, ``displacements`` at half of it. Why: on 20 held-out
-        NIR train pairs (moderate) 32 more unblurred iterations at twice the 192x256 size took the
-        mean EPE from 3.14 to 2.59 px (the classical ngf-mind, at the native size: 2.43).
+        NIR train pairs (moderate) 48 more iterations at twice the 192x256 size took the mean EPE
+        from 3.14 to 2.34 px (models.config.LK_SCHEDULE_FINE; the classical ngf-mind, at the native
+        size: 2.42).
         """
         if vis.shape != ir.shape:
             raise ValueError(f"vis and ir must have the same shape, got {tuple(vis.shape)} and {tuple(ir.shape)}")

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 #: with the search costs the search and a second graph call (with the register graph of 192x256,
 #: the NIR demo's register stage went from ~156 to ~306 ms p50 and its capture-to-publish p99 from
 #: 37 to 76 ms, the two cores shared with the fuse graph); a still rig needs it once, and a bumped
-#: one is searched again within this many runs (~10 s at the NIR rigs' 0.5 Hz; the filter still
+#: one is searched again within this many runs (~12 s at the NIR rigs' 0.4 Hz; the filter still
 #: judges the answer against the registration in force, so a bump beyond its jump limit is taken
 #: by the re-lock rule of :mod:`.plausibility`, not at once).
 KEYPOINT_EVERY = 5
