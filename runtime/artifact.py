@@ -121,4 +121,3 @@ def registration_size_for(rig_size: Sequence[int] | None, graph_size: Sequence[i
         raise ValueError(f"{source}: the register graph's inputs are fixed at {h}x{w}, the rig's registration.size "
                          f"is {rig_size[0]}x{rig_size[1]}: set registration.size to [{h}, {w}] or leave it out")
     return h, w
-
