@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-runtime demo test lint wheel-smoke clean
+.PHONY: setup setup-runtime demo test lint weights wheel-smoke clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/python scripts/lint_imports.py
+
+# The shipped weights from scratch (configs/recipes/shipped.yaml; hours of one CPU core, resumable: run it
+# again to go on). The result lands in runs/rebuild/weights, beside the shipped weights/.
+weights: setup
+	$(BIN)/python scripts/rebuild_weights.py --out runs/rebuild
 
 # The wheel as a rig installs it: fresh venv without torch, daemon on the packaged demo rig from
 # outside the checkout, a subscriber receives frames (CI runs it after `make test`).
