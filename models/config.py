@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from busref.models.augment import PhotometricConfig
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -216,16 +218,20 @@ class TrainConfig(_Strict):
     workers: int = Field(0, ge=0)
 
 
-def load_train_config(path: str | Path | None) -> TrainConfig:
-    """Read a YAML training config (None: the defaults); errors name the file and field."""
-    if path is None:
-        return TrainConfig()
+def load_yaml_model(path: str | Path, model: type[ModelT], what: str) -> ModelT:
+    """Read a YAML file into the pydantic ``model``; errors (``ValueError``) name the file, ``what``
+    it should be, and the field. An empty file is an empty mapping."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read training config: {exc}") from exc
+        raise ValueError(f"{path}: cannot read {what}: {exc}") from exc
     try:
-        return TrainConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ValueError(f"{path}: invalid training config:\n{exc}") from exc
+        raise ValueError(f"{path}: invalid {what}:\n{exc}") from exc
+
+
+def load_train_config(path: str | Path | None) -> TrainConfig:
+    """Read a YAML training config (None: the defaults); errors name the file and field."""
+    return TrainConfig() if path is None else load_yaml_model(path, TrainConfig, "training config")

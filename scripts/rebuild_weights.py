@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tqdm import tqdm
 
 from busref.conventions import file_sha256
-from busref.models.config import TrainConfig
+from busref.models.config import TrainConfig, load_yaml_model
 
 log = logging.getLogger("rebuild_weights")
 
@@ -93,13 +93,9 @@ class RecipeError(ValueError):
 def load_recipe(path: Path) -> Recipe:
     """Read and validate a recipe YAML; errors name the file and the field."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise RecipeError(f"{path}: cannot read the recipe: {exc}") from exc
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as exc:
-        raise RecipeError(f"{path}: invalid recipe:\n{exc}") from exc
+        return load_yaml_model(path, Recipe, "recipe")
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from exc
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -127,11 +123,16 @@ def step_config(step: Step, root: Path) -> dict[str, Any]:
     return merged
 
 
+def config_path(out: Path | str, step: Step) -> Path:
+    """Where a step's training config is written (``OUT/configs/STEP.yaml``), its ``{config}``."""
+    return Path(out) / "configs" / f"{step.name}.yaml"
+
+
 def render(step: Step, values: dict[str, str]) -> tuple[list[str], Path]:
     """The step's argv (interpreter resolved) and its output path, placeholders filled in."""
     known = dict(values)
     if step.config is not None:
-        known["config"] = str(Path(values["out"]) / "configs" / f"{step.name}.yaml")
+        known["config"] = str(config_path(values["out"], step))
 
     def fill(text: str, field: str) -> str:
         for _, name, _, _ in string.Formatter().parse(text):
@@ -205,9 +206,9 @@ def run_recipe(recipe_path: Path, out: Path, data: dict[str, str], *, dry_run: b
             log.info("%s: done before (%s), skipped", step.name, output)
             continue
         if config is not None:
-            config_path = out / "configs" / f"{step.name}.yaml"
-            config_path.parent.mkdir(parents=True, exist_ok=True)
-            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            written = config_path(out.resolve(), step)
+            written.parent.mkdir(parents=True, exist_ok=True)
+            written.write_text(yaml.safe_dump(config, sort_keys=False))
         log_path = out / "logs" / f"{step.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log.info("%s: %s (log: %s)", step.name, shlex.join(argv), log_path)
