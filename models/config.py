@@ -38,7 +38,9 @@ class LucasKanadeConfig(_Strict):
     MIND descriptors. It has no weights; an empty ``schedule`` (the default, and what checkpoints
     made before it was added read as) leaves it out of the graph.
 
-    :data:`LK_SCHEDULE` was chosen on the 8 held-out NIR *train* pairs (moderate level), started
+    The first schedule, 8 iterations at half size on descriptors blurred by 1 px, 8 at full size
+    blurred by 1 px and 16 unblurred (:data:`LK_SCHEDULE` before it was shortened for speed), was
+    chosen on the 8 held-out NIR *train* pairs (moderate level), started
     from the NIR nets' grids (12.64 px mean EPE, MNCC 0.748): 3.07 px (MNCC 0.941) with
     ``rest_prior`` 0, then ``rest_prior`` 0.1 / 0.3 / 1 / 3 / 10: 2.99 / 2.92 / 2.79 / 2.85 /
     4.32 px. Around it: ``field_window`` 3 / 6: 3.16 / 3.19 px, ``window`` 3: 3.19 px, ``damping``
@@ -104,14 +106,30 @@ class LucasKanadeConfig(_Strict):
         return self
 
 
-#: The thermal weights' schedule (see :class:`LucasKanadeConfig`): 8 iterations at
-#: half size on descriptors blurred by 1 px, 8 at full size blurred by 1 px, 16 unblurred.
-LK_SCHEDULE: tuple[tuple[int, float], ...] = ((2, 1.0),) * 8 + ((1, 1.0),) * 8 + ((1, 0.0),) * 16
+#: The thermal weights' schedule (see :class:`LucasKanadeConfig`): 8 iterations at half size on
+#: descriptors blurred by 1 px, 14 at full size blurred by 1 px, 2 unblurred. It replaced the
+#: first schedule's 8 + 8 + 16 for speed: on the 8 held-out RoadScene train pairs (moderate / hard
+#: mean EPE) 8 + 8 + 16 gave 4.29 / 10.82 px, 8 + 16 + 4 4.32 / 10.70, 8 + 14 + 2 4.37 / 10.77,
+#: 8 + 12 + 4 4.37 / 10.81, 8 + 8 + 8 4.39 / 10.89, 12 + 8 + 8 4.61 / 10.72. A full-size iteration
+#: costs ~5 ms of the register graph (one thread); at ``rate_hz`` 6 the demo rig registered at 5.2
+#: Hz with 8 + 16 + 4 (a call 189 ms, median in the daemon) and 5.9 Hz with this one (162 ms).
+LK_SCHEDULE: tuple[tuple[int, float], ...] = ((2, 1.0),) * 8 + ((1, 1.0),) * 14 + ((1, 0.0),) * 2
+
+#: With ``both_starts``, the thermal stage chooses its start after :data:`LK_SCHEDULE`'s 8 half-size
+#: iterations, so the full-size ones run once: with the 8 + 8 + 16 schedule the register graph took
+#: 223 instead of 477 ms (one thread, back to back) and the demo rig's registration ran at 4.2
+#: instead of 1.8 Hz, 1.54 px from the truth. On the 8 held-out RoadScene train pairs every result
+#: stayed the same (moderate 4.29 px, hard 10.82, wide 15.76: the nets' start is kept on each), as
+#: it did choosing before any iteration; but choosing before any iteration kept the nets' start on
+#: the demo rig (27.3 px from the truth against 1.7). The NIR stage chooses after 32
+#: (:data:`LK_SCHEDULE_FINE`): after 8 it took the wrong start on 4 of its 20 held-out pairs (2.34
+#: -> 2.53 px).
+LK_SELECT_AFTER = 8
 
 #: The NIR weights' schedule, the stage at twice the nets' size (``ModelConfig.net_pool`` 2, a
 #: 384x512 registration size, ``pool`` 8 so that a cell is 8 px of 384x512 as :data:`LK_SCHEDULE`'s
-#: are of 192x256 with ``pool`` 4): :data:`LK_SCHEDULE` at factors 4 and 2, then, from the chosen
-#: start alone (``select_after`` 32), 16 iterations at the full 384x512 on descriptors blurred by
+#: are of 192x256 with ``pool`` 4): the thermal stage's first 8 + 8 + 16 at factors 4 and 2, then,
+#: from the chosen start alone (``select_after`` 32), 16 iterations at the full 384x512 on descriptors blurred by
 #: 1 px and 32 unblurred, with ``window`` :data:`LK_WINDOW`. On 20 held-out NIR train pairs (field and
 #: oldbuilding, every other one; moderate): 2.34 px, MNCC 0.961 (ngf-mind 2.42 px, 0.949). The
 #: steps to it: the stage at the nets' size 3.14 px (MNCC 0.948); with 32 unblurred iterations at

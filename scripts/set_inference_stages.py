@@ -4,9 +4,10 @@ Two parts of the register path have no weights, so turning them on or off change
 config only and every weight stays bit for bit:
 
 * ``--lucas-kanade``: the Lucas-Kanade stage at the end of the register graph
-  (busref.models.networks.lucas_kanade): ``standard`` = models.config.LK_SCHEDULE, 32 iterations
-  at the nets' registration size; ``fine`` = models.config.LK_SCHEDULE_FINE, the same and 48 more
-  at twice that size (the model's ``net_pool`` 2: the nets keep their size, the registration
+  (busref.models.networks.lucas_kanade): ``standard`` = models.config.LK_SCHEDULE, 24 iterations
+  at the nets' registration size (with ``--both-starts on``, the start is chosen after
+  models.config.LK_SELECT_AFTER of them); ``fine`` = models.config.LK_SCHEDULE_FINE, 32 there
+  and 48 more at twice that size (the model's ``net_pool`` 2: the nets keep their size, the registration
   size doubles; needs ``--both-starts on``, the start is chosen before the 48); both with
   models.config.LK_WINDOW; ``off``: none;
 * ``--both-starts``: the Lucas-Kanade stage also refines from the graph's own start and keeps the
@@ -36,7 +37,14 @@ from pydantic import ValidationError
 
 from busref.conventions import file_sha256
 from busref.models.checkpoint import CheckpointError, load_checkpoint, save_payload
-from busref.models.config import LK_SCHEDULE, LK_SCHEDULE_FINE, LK_WINDOW, LucasKanadeConfig, ModelConfig
+from busref.models.config import (
+    LK_SCHEDULE,
+    LK_SCHEDULE_FINE,
+    LK_SELECT_AFTER,
+    LK_WINDOW,
+    LucasKanadeConfig,
+    ModelConfig,
+)
 
 log = logging.getLogger("set_inference_stages")
 
@@ -48,7 +56,7 @@ log = logging.getLogger("set_inference_stages")
 STAGES: dict[str, tuple[dict[str, object], int]] = {
     "off": ({"schedule": (), "pool": 4, "window": LucasKanadeConfig.model_fields["window"].default,
              "select_after": None}, 1),
-    "standard": ({"schedule": LK_SCHEDULE, "pool": 4, "window": LK_WINDOW, "select_after": None}, 1),
+    "standard": ({"schedule": LK_SCHEDULE, "pool": 4, "window": LK_WINDOW, "select_after": LK_SELECT_AFTER}, 1),
     "fine": ({"schedule": LK_SCHEDULE_FINE, "pool": 8, "window": LK_WINDOW, "select_after": 32}, 2),
 }
 SWITCH = {"on": True, "off": False}
@@ -58,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="a trained registration checkpoint")
     parser.add_argument("--lucas-kanade", choices=sorted(STAGES),
-                        help="standard: models.config.LK_SCHEDULE (32 iterations); fine: LK_SCHEDULE_FINE (80, the "
+                        help="standard: models.config.LK_SCHEDULE (24 iterations); fine: LK_SCHEDULE_FINE (80, the "
                         "last 48 at twice the nets' size); off: no stage (default: as it is)")
     parser.add_argument("--both-starts", choices=sorted(SWITCH),
                         help="on: the Lucas-Kanade stage also refines from the graph's own start "
@@ -110,6 +118,8 @@ def changed_model(model: ModelConfig, args: argparse.Namespace) -> ModelConfig:
         update.update(net_pool=net_pool, registration_size=tuple(s * net_pool for s in nets_size))
     if args.both_starts is not None:
         stage["both_starts"] = SWITCH[args.both_starts]
+    if args.lucas_kanade == "standard" and not stage["both_starts"]:
+        stage["select_after"] = None  # the point where one of two starts is chosen: none with one start
     if args.keypoint_start is not None:
         update["keypoint_start"] = SWITCH[args.keypoint_start]
     update["lucas_kanade"] = stage

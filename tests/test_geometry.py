@@ -105,8 +105,10 @@ def test_warp_rejects_bad_shapes():
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
-def test_the_gather_feature_warp_equals_grid_sample_with_its_gradients(padding_mode: str) -> None:
-    image = torch.randn(2, 3, 9, 11, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("size", [(9, 11), (2, 3), (1, 5)])  # the border path clamps corners to Hs-2, Ws-2
+def test_the_gather_feature_warp_equals_grid_sample_with_its_gradients(padding_mode: str, size: tuple[int, int]
+                                                                        ) -> None:
+    image = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
     grid = (torch.rand(2, 7, 8, 2, dtype=torch.float64) * 2.6 - 1.3).requires_grad_()  # past every edge
 
     def both(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

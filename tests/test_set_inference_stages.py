@@ -12,7 +12,7 @@ import torch
 
 from busref.conventions import file_sha256
 from busref.models.checkpoint import load_checkpoint
-from busref.models.config import LK_SCHEDULE, LK_SCHEDULE_FINE, LK_WINDOW
+from busref.models.config import LK_SCHEDULE, LK_SCHEDULE_FINE, LK_SELECT_AFTER, LK_WINDOW
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "set_inference_stages.py"
 _spec = importlib.util.spec_from_file_location("set_inference_stages", SCRIPT)
@@ -43,8 +43,14 @@ def test_fine_doubles_the_registration_size_around_the_same_nets_and_standard_un
     assert model.net_pool == 1 and model.registration_size == nets_size
     assert model.lucas_kanade.schedule == LK_SCHEDULE and model.lucas_kanade.pool == 4
     assert model.lucas_kanade.window == LK_WINDOW
-    assert model.lucas_kanade.select_after is None and model.keypoint_start
+    assert model.lucas_kanade.select_after == LK_SELECT_AFTER and model.keypoint_start
     assert back["derived_from"]["source_derived_from"] == payload["derived_from"]
+
+    one_start = tmp_path / "one_start.pt"
+    assert stages.main(["--checkpoint", str(fine), "--lucas-kanade", "standard", "--both-starts", "off",
+                        "--out", str(one_start)]) == 0
+    stage = load_checkpoint(one_start)["config"].model.lucas_kanade
+    assert stage.schedule == LK_SCHEDULE and not stage.both_starts and stage.select_after is None
 
 
 def test_fine_without_both_starts_is_refused_and_nothing_written(trained_checkpoint: Path, tmp_path: Path,

@@ -15,7 +15,14 @@ from busref.export.onnx_check import check_graph_file
 from busref.models.baselines.registration import EccGradient, IdentityMethod, SiftRansacAffine
 from busref.models.checkpoint import load_model
 from busref.models.cli.common import split_file
-from busref.models.config import LK_SCHEDULE, LK_SCHEDULE_FINE, LK_WINDOW, LucasKanadeConfig, ModelConfig
+from busref.models.config import (
+    LK_SCHEDULE,
+    LK_SCHEDULE_FINE,
+    LK_SELECT_AFTER,
+    LK_WINDOW,
+    LucasKanadeConfig,
+    ModelConfig,
+)
 from busref.models.data import category_pairs, load_pairs, pair_index, roadscene_pairs, split_sha256
 from busref.models.descriptor import DescriptorConfig, load_descriptor
 from busref.models.evaluation import evaluate_fusion, evaluate_registration
@@ -30,9 +37,9 @@ GAF_VAL_PAIRS = 48  # the GAF recipe's (configs/gaf_pyramid.yaml)
 NIR_GAF_VAL_PAIRS = 20  # the NIR GAF recipe's (configs/gaf_nir_finetune.yaml)
 NIR_CATEGORIES = ("field", "indoor", "oldbuilding")  # the NIR scenes trained on (models/splits/nirscene.json)
 NIRSCENE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nirscene"
-#: The thermal register graph ends with this stage, the NIR one with the same and 48 iterations at
-#: twice the nets' size (scripts/set_inference_stages.py ``standard`` and ``fine``).
-STAGE = LucasKanadeConfig(schedule=LK_SCHEDULE, window=LK_WINDOW, both_starts=True)
+#: The thermal register graph ends with this stage, the NIR one with LK_SCHEDULE_FINE's 32 iterations at
+#: the nets' size and 48 at twice it (scripts/set_inference_stages.py ``standard`` and ``fine``).
+STAGE = LucasKanadeConfig(schedule=LK_SCHEDULE, window=LK_WINDOW, both_starts=True, select_after=LK_SELECT_AFTER)
 NIR_MODEL = ModelConfig(lucas_kanade=LucasKanadeConfig(schedule=LK_SCHEDULE_FINE, pool=8, window=LK_WINDOW,
                                                        both_starts=True, select_after=32),
                         keypoint_start=True, net_pool=2, registration_size=(384, 512))

@@ -185,18 +185,24 @@ class LucasKanade(nn.Module):
         features: dict[int, tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = {}
         blurred: dict[tuple[int, float], Tensor] = {}
         basis: Tensor | None = None  # the cells are pool pixels of the registration size at every factor
-        for step, (factor, sigma) in enumerate(c.schedule):
-            if starts > 1 and step == select_after:
-                grid, starts = self._choose(vis, ir, _full_size(grid, h, w), features.get(1), batch), 1
-            cells = c.pool // factor
+
+        def features_at(factor: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
             if factor not in features:
+                cells = c.pool // factor
                 small_v = F.avg_pool2d(vis, factor) if factor > 1 else vis
                 small_r = F.avg_pool2d(ir, factor) if factor > 1 else ir
                 frame = content_mask(torch.ones_like(small_v))
                 frame = (F.avg_pool2d(frame, cells) > 0.999).to(vis.dtype) if cells > 1 else frame
                 features[factor] = (mind_descriptor(small_v), mind_descriptor(small_r), coordinates(small_v),
                                     content_mask(small_r), frame)
-            reference, moving, base, content, frame = (per_start(x) for x in features[factor])
+            return features[factor]
+
+        for step, (factor, sigma) in enumerate(c.schedule):
+            if starts > 1 and step == select_after:
+                # The choice needs the full-size features, which the iterations after it share.
+                grid, starts = self._choose(vis, ir, _full_size(grid, h, w), features_at(1), batch), 1
+            cells = c.pool // factor
+            reference, moving, base, content, frame = (per_start(x) for x in features_at(factor))
             if (factor, sigma) not in blurred:
                 blurred[(factor, sigma)] = gaussian_blur(features[factor][0], sigma)
             size = reference.shape[-2:]
@@ -237,21 +243,21 @@ class LucasKanade(nn.Module):
             grid = displacement.permute(0, 2, 3, 1) + target
         grid = _full_size(grid, h, w)
         if starts > 1:
-            grid = self._choose(vis, ir, grid, features.get(1), batch)
+            grid = self._choose(vis, ir, grid, features_at(1), batch)
         return grid
 
     @staticmethod
-    def _choose(vis: Tensor, ir: Tensor, grid: Tensor, full: tuple[Tensor, ...] | None, batch: int) -> Tensor:
+    def _choose(vis: Tensor, ir: Tensor, grid: Tensor, full: tuple[Tensor, ...], batch: int) -> Tensor:
         """``grid`` ``(2B, H, W, 2)`` (the two starts' results, at the registration size) -> ``(B, H, W,
         2)``: per pair, the second start's result only where its :func:`descriptor_residual` is
-        below :data:`SECOND_START_MARGIN` times the first's. ``full``: the factor-1 features, if made.
+        below :data:`SECOND_START_MARGIN` times the first's. ``full``: the features at factor 1
+        (MIND of ``vis``, of ``ir``, the base grid, the IR's content mask, the cells' frame mask).
 
         The residual is judged per pixel, on the pixels both results see inside the IR. The second
         start has to win by a margin: on a wide-level NIR test pair both results were far off (40 and
         110 px) and the second's residual was 1 % lower.
         """
-        reference, moving, _, content, _ = full if full is not None else (
-            mind_descriptor(vis), mind_descriptor(ir), None, content_mask(ir), None)
+        reference, moving, _, content, _ = full
         inside = (warp_features(torch.cat((content, content), dim=0), grid, padding_mode="border") > 0.999
                   ).to(vis.dtype)
         common = inside[:batch] * inside[batch:] * content_mask(torch.ones_like(vis))
