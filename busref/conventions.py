@@ -21,6 +21,11 @@ Graph contract (:data:`GRAPH_IO`)
                   resolution, multiples of 8); outputs ``theta`` float32 (1, 2, 3), the coarse
                   affine, normalised, and ``grid`` float32 (1, H, W, 2), the full sampling grid
                   (affine then deformable), normalised: reference pixel -> moving IR location.
+    ``track``     optional (without it every run is a ``register`` run): inputs ``vis`` and ``ir`` as
+                  ``register``'s (the IR not pre-warped) and ``start`` float32 (1, H, W, 2), the
+                  registration in force in ``grid``'s convention; output ``grid`` float32
+                  (1, H, W, 2), ``start`` refined on this pair. No coarse search: for a rig whose
+                  registration is known and still, between ``register`` runs.
     ``fuse``      inputs ``vis`` (Y of YCrCb) and ``ir`` (registered) float32 (1, 1, H, W) in
                   [0, 1] (H, W multiples of 8); output ``fused`` float32 (1, 1, H, W) in [0, 1].
     ``frame``     the per-frame path in one call, for GPU backends (optional: without it the
@@ -51,6 +56,7 @@ Coordinates = Literal["pixel", "normalised"]
 #: Input and output tensor names of each exported graph (see the module docstring).
 GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "register": (("vis", "ir"), ("theta", "grid")),
+    "track": (("vis", "ir", "start"), ("grid",)),
     "fuse": (("vis", "ir"), ("fused",)),
     "frame": (("vis", "ir", "grid"), ("fused",)),
 }

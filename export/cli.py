@@ -66,11 +66,13 @@ def run_onnx(args: argparse.Namespace) -> int:
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_argument_group("what to build (one of)")
-    target.add_argument("--onnx", type=Path, help="the graph to build (register.onnx, fuse.onnx or frame.onnx)")
+    target.add_argument("--onnx", type=Path,
+                        help="the graph to build (register.onnx, track.onnx, fuse.onnx or frame.onnx)")
     target.add_argument("--out", type=Path, help="the engine file to write (with --onnx)")
     target.add_argument("--rig", type=Path, help="rig file: build the graphs from inference.*_model into "
                                                  "inference.*_engine, with its fuse and IR sizes as the profile "
-                                                 "(the frame graph only where frame_model and frame_engine are set)")
+                                                 "(the track and frame graphs only where their *_model and "
+                                                 "*_engine are set)")
     parser.add_argument("--precision", choices=("fp16", "fp32"), default="fp16",
                         help="fp16 (default; the warp stays fp32) or fp32")
     parser.add_argument("--min", dest="min_hw", metavar="HxW", help="smallest fuse/frame input, e.g. 256x320")
@@ -102,12 +104,15 @@ def _targets(args: argparse.Namespace) -> tuple[list[tuple[Path, Path]], object 
             if engine is None:
                 raise ValueError(f"{args.rig}: inference.{graph}_engine is not set: nowhere to write the engine")
             targets.append((model, engine))
-        # The frame graph is optional (older exports lack it; without it the daemon warps on the CPU).
-        if inf.frame_engine is None or not inf.frame_model.is_file():
-            log.info("%s: no frame engine built (%s)", args.rig, "inference.frame_engine is not set"
-                     if inf.frame_engine is None else f"{inf.frame_model} does not exist")
-        else:
-            targets.append((inf.frame_model, inf.frame_engine))
+        # The track and frame graphs are optional (without the track graph every registration run is a
+        # register-graph run; without the frame graph the daemon warps on the CPU).
+        for graph, model, engine in (("track", inf.track_model, inf.track_engine),
+                                     ("frame", inf.frame_model, inf.frame_engine)):
+            if engine is None or not model.is_file():
+                log.info("%s: no %s engine built (%s)", args.rig, graph, f"inference.{graph}_engine is not set"
+                         if engine is None else f"{model} does not exist")
+            else:
+                targets.append((model, engine))
         return targets, rig
     if args.onnx is None or args.out is None:
         raise ValueError("give --onnx GRAPH and --out ENGINE, or --rig FILE")

@@ -111,11 +111,13 @@ def check_graphs(weights: Path) -> tuple[list[Check], dict[str, Path]]:
     from busref.runtime.artifact import ArtifactError
 
     checks, good = [], {}
-    for graph in ("register", "fuse", "frame"):
+    optional = {"track": "every registration run is a register-graph run",
+                "frame": "GPU backends warp on the CPU"}
+    for graph in ("register", "track", "fuse", "frame"):
         path = weights / f"{graph}.onnx"
-        if graph == "frame" and not path.is_file():
-            checks.append(Check("graph frame", "SKIPPED", f"{path} is not there (an export older than the frame "
-                                                          "graph): GPU backends warp on the CPU"))
+        if graph in optional and not path.is_file():
+            checks.append(Check(f"graph {graph}", "SKIPPED", f"{path} is not there (exported without it): "
+                                                             f"{optional[graph]}"))
             continue
         try:
             checked = check_graph_file(path, graph=graph)
@@ -157,7 +159,7 @@ def _feeds(graph: str, meta: Any, hw: tuple[int, int] = TIMING_HW) -> dict[str, 
     graph's IR at ``hw`` too)."""
     from busref.export.samples import graph_feed, synthetic_pairs
 
-    size = tuple(meta.registration_size) if graph == "register" else hw
+    size = tuple(meta.registration_size) if graph in ("register", "track") else hw
     return graph_feed(graph, synthetic_pairs(1, hw)[0], size)
 
 

@@ -39,7 +39,7 @@ from busref.export.samples import SamplePair, graph_feed, sample_pairs
 from busref.models.checkpoint import load_model
 from busref.models.geometry import warp_normalised
 from busref.models.networks import BusReF
-from busref.models.networks.busref import FuseGraph, RegisterGraph
+from busref.models.networks.busref import FuseGraph, RegisterGraph, TrackGraph
 from busref.runtime.artifact import ArtifactError, ArtifactMetadata, GraphKind, TensorSpec
 from busref.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "busref"
 #: Largest |ONNX Runtime - PyTorch| accepted per output element (float32 end to end).
 TOLERANCE = 1e-4
-#: Export order: the quick graphs first, so a failing verification stops before the long trace.
-GRAPHS: tuple[GraphKind, ...] = ("fuse", "frame", "register")
+#: Export order: the quick graphs first, so a failing verification stops before the long trace. The
+#: ``track`` graph only for a model with a ``lucas_kanade.track_schedule`` (:func:`graphs_of`).
+GRAPHS: tuple[GraphKind, ...] = ("fuse", "frame", "track", "register")
 #: Example sizes of the symbolic dimensions when tracing: the IR's differ from the luminance's
 #: so that the tracer cannot tie them together.
 _TRACE_IR_EXTRA = (8, 16)
@@ -73,8 +74,15 @@ class FrameGraph(torch.nn.Module):
 
 def graph_module(model: BusReF, graph: GraphKind) -> torch.nn.Module:
     """The export wrapper of ``graph`` around ``model``, in eval mode."""
-    wrappers: dict[str, type[torch.nn.Module]] = {"register": RegisterGraph, "fuse": FuseGraph, "frame": FrameGraph}
+    wrappers: dict[str, type[torch.nn.Module]] = {"register": RegisterGraph, "track": TrackGraph, "fuse": FuseGraph,
+                                                  "frame": FrameGraph}
     return wrappers[graph](model).eval()
+
+
+def graphs_of(model: BusReF) -> tuple[GraphKind, ...]:
+    """The graphs :func:`export_checkpoint` writes for ``model``: :data:`GRAPHS`, less ``track`` where the
+    model has no track schedule."""
+    return tuple(g for g in GRAPHS if g != "track" or model.config.lucas_kanade.track_schedule)
 
 
 class ExportError(RuntimeError):
@@ -98,15 +106,24 @@ class GraphReport:
 
 def tensor_specs(graph: GraphKind, registration_size: tuple[int, int]) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The contract's inputs and outputs of ``graph`` with their declared shapes."""
-    if graph == "register":
+    if graph in ("register", "track"):
         h, w = registration_size
         image = [1, 1, h, w]
+        grid = TensorSpec(name="grid", shape=[1, h, w, 2],
+                          description="sampling grid reference -> IR, normalised, x first")
+        if graph == "track":
+            return (
+                [TensorSpec(name="vis", shape=image, description="visible luminance (Y) in [0, 1]"),
+                 TensorSpec(name="ir", shape=image, description="thermal or NIR IR in [0, 1], not pre-warped"),
+                 TensorSpec(name="start", shape=[1, h, w, 2],
+                            description="the registration in force, the convention of grid")],
+                [grid],
+            )
         return (
             [TensorSpec(name="vis", shape=image, description="visible luminance (Y) in [0, 1]"),
              TensorSpec(name="ir", shape=image, description="moving thermal IR in [0, 1]")],
             [TensorSpec(name="theta", shape=[1, 2, 3], description="coarse affine, normalised, align_corners=True"),
-             TensorSpec(name="grid", shape=[1, h, w, 2],
-                        description="sampling grid reference -> IR, normalised, x first")],
+             grid],
         )
     image = [1, 1, "H", "W"]
     vis = TensorSpec(name="vis", shape=image, description="visible luminance (Y) in [0, 1], H, W multiples of 8")
@@ -137,7 +154,7 @@ def build_metadata(graph: GraphKind, payload: dict[str, Any], checkpoint_sha256:
         opset=opset,
         inputs=inputs,
         outputs=outputs,
-        registration_size=registration_size if graph == "register" else None,
+        registration_size=registration_size if graph in ("register", "track") else None,
         modalities=list(modalities),
         keypoint_start=keypoint_start if graph == "register" else False,
         training_split=str(split.get("name", "")),
@@ -205,7 +222,7 @@ def graph_feeds(graph: GraphKind, pairs: list[SamplePair], registration_size: tu
     size, so its dynamic H/W is exercised; ``frame`` at the same two sizes, with the IR at the
     pair's own size (another size than the luminance at least once) and a non-trivial grid."""
     def sizes(p: SamplePair) -> tuple[tuple[int, int], ...]:
-        return (registration_size,) if graph == "register" else (p.cropped8().vis.shape, registration_size)
+        return (registration_size,) if graph in ("register", "track") else (p.cropped8().vis.shape, registration_size)
 
     return [graph_feed(graph, p, hw) for p in pairs for hw in sizes(p)]
 
@@ -233,7 +250,8 @@ def compare_with_torch(model: BusReF, graph: GraphKind, onnx_path: Path,
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int = OPSET,
                       verify_data: str | Path | None = None, verify_pairs: int = 4,
                       tolerance: float = TOLERANCE, modalities: Sequence[str] = ("thermal",)) -> list[GraphReport]:
-    """Write ``out_dir/{register,fuse,frame}.onnx`` from ``checkpoint``, verified; ``modalities``, the
+    """Write ``out_dir/{register,fuse,frame}.onnx`` from ``checkpoint``, verified, and ``track.onnx`` for a
+    model with a track schedule (:func:`graphs_of`; a stale one is removed); ``modalities``, the
     IR modalities its networks were trained on, go into every graph's metadata.
 
     ``verify_data``: a pair folder (see :mod:`busref.export.samples`) whose first ``verify_pairs`` pairs
@@ -250,7 +268,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
     reports: list[GraphReport] = []
     staged: list[tuple[Path, Path]] = []
     try:
-        for graph in GRAPHS:
+        for graph in graphs_of(model):
             meta = build_metadata(graph, payload, sha, opset, reg_hw, modalities,
                                   keypoint_start=model.config.keypoint_start)
             final = out_dir / f"{graph}.onnx"
@@ -269,6 +287,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
             reports.append(report)
         for tmp, final in staged:
             tmp.replace(final)
+        stale = out_dir / "track.onnx"
+        if "track" not in graphs_of(model) and stale.is_file():
+            # Another checkpoint's track graph beside these would be refused by the daemon anyway.
+            stale.unlink()
+            log.info("removed %s: %s has no track schedule", stale, checkpoint)
     except ArtifactError as exc:
         raise ExportError(f"the exported graph does not pass its own checks: {exc}") from exc
     finally:

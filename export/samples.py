@@ -20,8 +20,8 @@ from busref.runtime.artifact import GraphKind
 from busref.runtime.synthetic import IRRenderer, RGBRenderer, Scene
 from busref.runtime.thermal import ThermalNormaliser
 
-#: The warp the ``frame`` graph is verified with (a normalised affine, ``F.affine_grid``'s
-#: convention): 2 degrees of rotation, 3 % zoom and a shift, so that the grid is no identity.
+#: The warp the ``frame`` graph (and the ``track`` graph's start) is verified with (a normalised affine,
+#: ``F.affine_grid``'s convention): 2 degrees of rotation, 3 % zoom and a shift, so that the grid is no identity.
 SAMPLE_THETA = np.array([[1.03 * np.cos(np.radians(2.0)), -np.sin(np.radians(2.0)), 0.04],
                          [np.sin(np.radians(2.0)), 1.03 * np.cos(np.radians(2.0)), -0.03]])
 #: Folder pairs (ir, vis) a sample folder may use, first match wins.
@@ -53,7 +53,8 @@ def graph_feed(graph: GraphKind, pair: SamplePair, hw: tuple[int, int],
                ir_hw: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     """The inputs of ``graph`` (:mod:`busref.runtime.artifact`) made from ``pair``, images at (H, W) ``hw``.
 
-    ``register`` / ``fuse``: ``vis`` and ``ir`` (1, 1, H, W). ``frame``: ``vis`` (1, 1, H, W), the
+    ``register`` / ``fuse``: ``vis`` and ``ir`` (1, 1, H, W); ``track`` with them the ``start`` grid
+    (1, H, W, 2) of :data:`SAMPLE_THETA`. ``frame``: ``vis`` (1, 1, H, W), the
     unregistered ``ir`` at ``ir_hw`` (default: the pair's own size) and the ``grid`` (1, H, W, 2)
     of :data:`SAMPLE_THETA`. All float32.
     """
@@ -63,6 +64,8 @@ def graph_feed(graph: GraphKind, pair: SamplePair, hw: tuple[int, int],
         ir = pair.ir if ir_hw is None else pair.resized(ir_hw).ir
         feed["ir"] = ir[None, None]
         feed["grid"] = affine_grid(SAMPLE_THETA, *hw, coordinates="normalised")[None]
+    elif graph == "track":
+        feed["start"] = affine_grid(SAMPLE_THETA, *hw, coordinates="normalised")[None]
     return feed
 
 

@@ -85,8 +85,13 @@ class LucasKanadeConfig(_Strict):
     select_after: int | None = Field(
         None, ge=0, description="with both_starts, the first select_after schedule entries run from both starts "
         "and the rest from the chosen result alone (None: every entry from both)")
+    track_schedule: tuple[tuple[int, float], ...] = Field(
+        (),
+        description="the track graph's iterations, as schedule: the stage run from the registration in force "
+        "(the daemon's runs between two register-graph runs on a rig that keeps its registration); () = no "
+        "track graph")
 
-    @field_validator("schedule")
+    @field_validator("schedule", "track_schedule")
     @classmethod
     def _valid_steps(cls, v: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], ...]:
         if any(f not in (1, 2, 4) or s < 0 for f, s in v):
@@ -97,9 +102,9 @@ class LucasKanadeConfig(_Strict):
     def _cells_fit_every_factor(self) -> LucasKanadeConfig:
         # Every iteration solves on the same cells (pool pixels of the registration size), so the
         # pool must be a whole number of pixels at each factor's resolution.
-        if any(self.pool % f for f, _ in self.schedule):
-            raise ValueError(f"pool {self.pool} must be a multiple of every schedule factor "
-                             f"({sorted({f for f, _ in self.schedule})})")
+        factors = {f for f, _ in (*self.schedule, *self.track_schedule)}
+        if any(self.pool % f for f in factors):
+            raise ValueError(f"pool {self.pool} must be a multiple of every schedule factor ({sorted(factors)})")
         if self.select_after is not None and (not self.both_starts or self.select_after > len(self.schedule)):
             raise ValueError(f"select_after {self.select_after} needs both_starts and at most the schedule's "
                              f"{len(self.schedule)} entries")
@@ -140,6 +145,17 @@ LK_SELECT_AFTER = 8
 #: per-cell one 4.46 px on 6 of the pairs where the shipped stage gave 2.43 (docs/experiments.md).
 LK_SCHEDULE_FINE: tuple[tuple[int, float], ...] = (((4, 1.0),) * 8 + ((2, 1.0),) * 8 + ((2, 0.0),) * 16
                                                    + ((1, 1.0),) * 16 + ((1, 0.0),) * 32)
+#: The thermal weights' ``track_schedule``: 4 unblurred iterations at the registration size. On the 8
+#: held-out RoadScene train pairs, each run from the previous one's grid on the same pair, starting from
+#: the register graph's answer (moderate / hard mean EPE, px, after 0, 1, 2, 4 and 8 calls): 4.37, 4.32,
+#: 4.27, 4.22, 4.17 / 10.77, 10.74, 10.71, 10.66, 10.59; 2 blurred (1 px) + 2 unblurred: 4.37, 4.32, 4.29,
+#: 4.25, 4.24 / 10.77, 10.70, 10.64, 10.53, 10.39. A call (ONNX Runtime, one thread, 192x256): 2 / 4 / 6
+#: unblurred iterations 10.3 / 18.5 / 27.5 ms, 2 + 2 22.3 ms.
+LK_TRACK: tuple[tuple[int, float], ...] = ((1, 0.0),) * 4
+#: The NIR weights' ``track_schedule``: 2 unblurred iterations at their 384x512 registration size
+#: (38 ms a call, one thread; 4 took 74 ms).
+LK_TRACK_FINE: tuple[tuple[int, float], ...] = ((1, 0.0),) * 2
+
 #: ``LucasKanadeConfig.window`` (cells) of both shipped stages, :data:`LK_SCHEDULE` and
 #: :data:`LK_SCHEDULE_FINE`. The thermal stage on the 8 held-out RoadScene train pairs (moderate),
 #: ``window`` 2 / 3 / 4 / 5 / 6: 4.59 / 4.40 / 4.29 / 4.26 / 4.30 px (MNCC 0.896 / 0.901 / 0.904 /

@@ -21,7 +21,7 @@ SCHEMA = "busref.artifact/1"
 METADATA_KEY = "busref"
 PROTOCOL = "irvis-reg-v1"
 
-GraphKind = Literal["register", "fuse", "frame"]
+GraphKind = Literal["register", "track", "fuse", "frame"]
 
 
 class TensorSpec(BaseModel):
@@ -58,7 +58,7 @@ class ArtifactMetadata(BaseModel):
     outputs: list[TensorSpec]
     normalisation: Normalisation = Normalisation()
     registration_size: tuple[int, int] | None = Field(
-        None, description="(H, W) the register graph was trained at; None for fuse and frame"
+        None, description="(H, W) of the register and track graphs' fixed inputs; None for fuse and frame"
     )
     modalities: list[Modality] = Field(
         default_factory=lambda: ["thermal"],

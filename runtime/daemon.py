@@ -61,11 +61,12 @@ def open_graph(config: RigConfig, graph: GraphKind) -> InferenceBackend:
     inf = config.inference
     onnx_path, engine = {
         "register": (inf.register_model, inf.register_engine),
+        "track": (inf.track_model, inf.track_engine),
         "fuse": (inf.fuse_model, inf.fuse_engine),
         "frame": (inf.frame_model, inf.frame_engine),
     }[graph]
     threads = inf.threads
-    if graph == "register" and threads == 0:
+    if graph in ("register", "track") and threads == 0:
         # Registration runs a few times a second beside the fuse graph: a second pool as wide
         # as the CPU would only fight the fuse pool for the same cores.
         threads = 1
@@ -95,6 +96,33 @@ def open_frame_graph(config: RigConfig, fuse: InferenceBackend) -> InferenceBack
     except StartupError as exc:
         log.warning("the frame graph is not used, warping on the CPU instead: %s", exc)
         return None
+
+
+def open_track_graph(config: RigConfig, register: InferenceBackend) -> InferenceBackend | None:
+    """The ``track`` graph's backend, or None: when the rig does not use it (``registration.warm_start`` off,
+    ``register_every`` 1), when ``inference.track_model`` does not exist (graphs exported without one),
+    or when it is not the register graph's twin (another checkpoint, another size: it would refine
+    grids it was not made for). The last two are logged; registration then runs the register graph
+    every time."""
+    reg = config.registration
+    path = config.inference.track_model
+    if not reg.warm_start or reg.register_every == 1:
+        return None
+    if not path.is_file():
+        log.info("no track graph at %s: every registration run is a register-graph run", path)
+        return None
+    try:
+        track = open_graph(config, "track")
+    except StartupError as exc:
+        log.warning("the track graph is not used: %s", exc)
+        return None
+    mine, theirs = track.metadata, register.metadata
+    if (mine.checkpoint_sha256, mine.registration_size) != (theirs.checkpoint_sha256, theirs.registration_size):
+        log.warning("the track graph %s is not used: it comes from checkpoint %s at %s, the register graph from "
+                    "%s at %s (export both from one checkpoint)", path, mine.model_id, mine.registration_size,
+                    theirs.model_id, theirs.registration_size)
+        return None
+    return track
 
 
 def _warm_up(backend: InferenceBackend, inputs: dict[str, np.ndarray]) -> None:
@@ -188,11 +216,16 @@ class Daemon:
             raise StartupError(str(exc), exit_codes.BAD_CONFIG) from None
         except PublisherError as exc:
             raise StartupError(str(exc), exit_codes.BIND_FAILED) from None
+        track = open_track_graph(cfg, self.backends["register"])
+        if track is not None:
+            self.backends["track"] = track
         self.pipeline = Pipeline(cfg, register=self.backends["register"], fuse=self.backends["fuse"],
                                  publisher=self.publisher, pairer=self.pairer, to_wall=self.to_wall,
-                                 frame=open_frame_graph(cfg, self.backends["fuse"]))
+                                 frame=open_frame_graph(cfg, self.backends["fuse"]), track=track)
         reg_hw, out_hw = cfg.registration.size, self.pipeline.out_size[::-1]
         _warm_up(self.backends["register"], {"vis": _zeros(1, 1, *reg_hw), "ir": _zeros(1, 1, *reg_hw)})
+        if track is not None:
+            _warm_up(track, {"vis": _zeros(1, 1, *reg_hw), "ir": _zeros(1, 1, *reg_hw), "start": _zeros(1, *reg_hw, 2)})
         _warm_up(self.backends["fuse"], {"vis": _zeros(1, 1, *out_hw), "ir": _zeros(1, 1, *out_hw)})
         if self.pipeline.frame is not None:
             self.backends["frame"] = self.pipeline.frame

@@ -47,8 +47,8 @@ from busref.runtime.thermal import ThermalNormaliser
 
 log = logging.getLogger(__name__)
 
-#: Stages timed per pair (``register`` runs on its own thread and is timed there).
-STAGES = ("thermal", "colour", "warp", "fuse", "compose", "publish", "total", "register")
+#: Stages timed per pair (``register`` and ``track`` run on the registration thread and are timed there).
+STAGES = ("thermal", "colour", "warp", "fuse", "compose", "publish", "total", "register", "track")
 #: Log a failing pair only now and then: a persistent fault must not flood the log at 30 Hz.
 _LOG_EVERY_N_FAILURES = 100
 
@@ -176,7 +176,8 @@ class Pipeline:
     ``to_wall`` converts the capture clock (``time.monotonic``) to Unix time for headers.
     The ``register`` graph runs in :attr:`registration`, a scheduler started with the pipeline.
     ``frame``: the artifact's ``frame`` graph, or None; it is used when its backend is
-    GPU-resident (:attr:`frame_path`).
+    GPU-resident (:attr:`frame_path`). ``track``: the artifact's ``track`` graph, or None; the
+    scheduler runs it between register-graph runs (``registration.register_every``).
     """
 
     def __init__(
@@ -189,6 +190,7 @@ class Pipeline:
         pairer: Pairer,
         to_wall: Callable[[float], float],
         frame: InferenceBackend | None = None,
+        track: InferenceBackend | None = None,
     ) -> None:
         self.config = config
         self.fuse = fuse
@@ -204,7 +206,7 @@ class Pipeline:
         self.stages = {name: Histogram() for name in STAGES}
         geometry = RegistrationGeometry.from_config(config, out_size=self.out_size)
         self.registration = RegistrationScheduler(register, config.registration, geometry, observe=self.observe,
-                                                  sampling_grid=self.frame is not None)
+                                                  sampling_grid=self.frame is not None, track=track)
         self.normaliser = ThermalNormaliser(cams.ir.thermal)
         self.model_id = f"{register.metadata.model_id}+{fuse.metadata.model_id}"
         pub = config.publisher

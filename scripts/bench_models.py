@@ -13,7 +13,11 @@ Graphs (targets are CPU ms per call, default config, one thread):
                      register() runs it 2 + refinements times)
   affine+deformable  Affine Net + Deformable Net(s) on precomputed bus features, at the
                      nets' size, without the encoder calls and warps          <= 10 ms
-  register           the whole register graph (encoders, nets, warps) at the registration size
+  register           the whole register graph (encoders, nets, warps, Lucas-Kanade stage) at the
+                     registration size: the daemon's first run and every register_every-th  <= 40 ms
+  track              the track graph (the Lucas-Kanade stage's track schedule from a given grid) at
+                     the registration size: the daemon's runs between, where the checkpoint has one
+                                                                              <= 40 ms
 
 The registration size is the checkpoint's (model.config.registration_size): the runtime
 registers at that size and upsamples the field. Prints a markdown table, writes --json (with
@@ -44,11 +48,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from busref.conventions import file_sha256
+from busref.conventions import affine_grid, file_sha256
 from busref.export.build_engine import parse_hw
 from busref.export.onnx_check import OPSET
 from busref.export.onnx_export import build_metadata, trace_graph, trace_module
-from busref.export.samples import SamplePair, synthetic_pairs
+from busref.export.samples import SAMPLE_THETA, SamplePair, synthetic_pairs
 from busref.models.checkpoint import CheckpointError, git_commit, load_model
 from busref.models.networks import BusReF
 from busref.models.networks.reconstructor import Features
@@ -64,6 +68,8 @@ FEATURES = ("f1", "f2", "f3", "f4")
 TARGET_FUSE_MS = 30.0
 TARGET_ENCODER_MS = 15.0
 TARGET_AFFINE_DEFORMABLE_MS = 10.0
+#: One registration call in the daemon (ONNX Runtime, one thread, the registration size).
+TARGET_REGISTRATION_CALL_MS = 40.0
 
 
 class EncoderGraph(nn.Module):
@@ -173,7 +179,7 @@ def export_graphs(model: BusReF, payload: dict, checkpoint_sha256: str, size: HW
         return torch.rand(1, 1, *hw)
 
     paths: dict[str, Path] = {}
-    for graph in ("fuse", "register"):
+    for graph in ("fuse", "register", *(("track",) if model.config.lucas_kanade.track_schedule else ())):
         proto = trace_graph(model, graph, build_metadata(graph, payload, checkpoint_sha256, OPSET, reg))
         paths[graph] = out / f"{graph}.onnx"
         onnx.save_model(proto, str(paths[graph]))
@@ -266,8 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         ("encoder_registration", "encoder (1 image)", nets.vis.shape, None, {"image": images(nets)["vis"]}),
         ("affine_deformable", "affine + deformable (features given)", nets.vis.shape, TARGET_AFFINE_DEFORMABLE_MS,
          feature_feed),
-        ("register", f"register graph ({2 + passes} encoder calls + nets + warps)", reg, None, images(small)),
+        ("register", f"register graph ({2 + passes} encoder calls + nets + warps + stage)", reg,
+         TARGET_REGISTRATION_CALL_MS, images(small)),
     ]
+    if "track" in sessions:
+        start = affine_grid(SAMPLE_THETA, *reg, coordinates="normalised")[None].astype(np.float32)
+        iterations = len(model.config.lucas_kanade.track_schedule)
+        plan.append(("track", f"track graph ({iterations} Lucas-Kanade iterations)", reg, TARGET_REGISTRATION_CALL_MS,
+                     {**images(small), "start": start}))
     timings = []
     for name, label, hw, target, feed in plan:
         session = sessions[name]

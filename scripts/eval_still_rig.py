@@ -9,13 +9,17 @@ running the registration are compared, each from a fresh scheduler:
               ``busref`` method measures, through the exported graph and the daemon's resizing)
   warm        each run starts from the registration in force, every estimate taken
   warm+check  each run starts from the registration in force, an estimate is taken only if it
-              aligns its pair clearly better (``plausibility.agree_gain``; the daemon's defaults)
+              aligns its pair clearly better (``plausibility.agree_gain``)
+  track       warm+check with the ``track`` graph (the daemon's defaults): every
+              ``registration.register_every``-th run the register graph, the others the track graph
+              from the registration in force
 
 Reported per run index: the mean end-point error (pixels of the full-size image) over the pairs,
 inside the protocol's reconstructible mask. Prints a table, writes --json. Select on held-out
 *train* pairs (the default, the last 8 of train: the registration recipe's validation pairs).
 
-usage: python scripts/eval_still_rig.py [--graph weights/register.onnx] [--data ../shared/data/roadscene]
+usage: python scripts/eval_still_rig.py [--graph weights/register.onnx] [--track weights/track.onnx]
+                                        [--data ../shared/data/roadscene]
                                         [--split train --last 8] [--level moderate] [--runs 12]
                                         [--json results/still_rig.json]
 """
@@ -43,7 +47,9 @@ from busref.runtime.registration.scheduler import RegistrationScheduler
 VARIANTS = {
     "one-shot": {"warm_start": False, "plausibility": Plausibility(must_agree=False), "smoothing": 1.0},
     "warm": {"warm_start": True, "plausibility": Plausibility(must_agree=False), "smoothing": 0.5},
-    "warm+check": {"warm_start": True, "plausibility": Plausibility(must_agree=True), "smoothing": 0.5},
+    "warm+check": {"warm_start": True, "plausibility": Plausibility(must_agree=True), "smoothing": 0.5,
+                   "register_every": 1},
+    "track": {"warm_start": True, "plausibility": Plausibility(must_agree=True), "smoothing": 0.5},
 }
 
 
@@ -51,6 +57,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--graph", type=Path, default=default_model_path("register"))
+    parser.add_argument("--track", type=Path, default=default_model_path("track"),
+                        help="the track graph of the same checkpoint (the 'track' variant)")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/roadscene"))
     parser.add_argument("--split", default="train")
     parser.add_argument("--split-file", default=None,
@@ -66,6 +74,7 @@ def main() -> int:
     listed = roadscene_pairs(args.data, args.split, split_file(args.split_file))
     pairs = load_pairs(listed[-args.last:] if args.last else listed)
     backend = OnnxRuntimeBackend(args.graph, graph="register", threads=1)
+    track = OnnxRuntimeBackend(args.track, graph="track", threads=1)
     errors = {name: np.zeros((len(pairs), args.runs)) for name in VARIANTS}
     identity = []
     for i, pair in enumerate(tqdm(pairs, desc="pairs")):
@@ -78,7 +87,7 @@ def main() -> int:
         identity.append(float(np.hypot(xs - truth.inverse[..., 0], ys - truth.inverse[..., 1])[truth.mask].mean()))
         for name, overrides in VARIANTS.items():
             scheduler = RegistrationScheduler(backend, RegistrationConfig(size=reg_hw, every_n_pairs=1, **overrides),
-                                              geometry)
+                                              geometry, track=track if name == "track" else None)
             for k in range(args.runs):
                 state = scheduler.register_now(vis, truth.moving.astype(np.float32), float(k))
                 x, y = ir_pixels(state.grid, geometry.norm_to_ir, (w, h))
@@ -91,7 +100,8 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "graph": recorded_path(args.graph), "level": args.level, "pairs": [p.name for p in pairs],
+            "graph": recorded_path(args.graph), "track": recorded_path(args.track), "level": args.level,
+            "pairs": [p.name for p in pairs],
             "runs": args.runs,
             "registration_size": reg_hw, "identity_epe_px": float(np.mean(identity)),
             "epe_px_by_run": {n: errors[n].mean(axis=0).round(4).tolist() for n in VARIANTS}}, indent=1) + "\n")

@@ -14,15 +14,19 @@ config only and every weight stays bit for bit:
   better-agreeing result (``LucasKanadeConfig.both_starts``);
 * ``--keypoint-start``: the SIFT + RANSAC affine tried as a start of the register graph
   (busref.keypoints; by ``busref eval`` and ``busref register``, and by the daemon from the
-  exported graphs' metadata).
+  exported graphs' metadata);
+* ``--track``: the track graph's iterations (``LucasKanadeConfig.track_schedule``), the stage
+  alone from the registration in force, which the daemon runs between register-graph runs:
+  ``standard`` = models.config.LK_TRACK, ``fine`` = models.config.LK_TRACK_FINE (for a model
+  whose stage is ``fine``), ``off``: no track graph.
 
 The copy keeps the source's stage, split and metrics and records the source's SHA-256 and the
 change; ``busref export onnx --checkpoint OUT`` then builds graphs (and metadata) that carry it.
 
 usage: python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade standard --both-starts on \
-           --keypoint-start on --out OUT
+           --track standard --out OUT             # the thermal weights' stages
        python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade fine --both-starts on \
-           --keypoint-start on --out OUT          # the NIR weights' stage
+           --keypoint-start on --track fine --out OUT          # the NIR weights' stages
        python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade off --out OUT
 """
 
@@ -41,6 +45,8 @@ from busref.models.config import (
     LK_SCHEDULE,
     LK_SCHEDULE_FINE,
     LK_SELECT_AFTER,
+    LK_TRACK,
+    LK_TRACK_FINE,
     LK_WINDOW,
     LucasKanadeConfig,
     ModelConfig,
@@ -60,6 +66,7 @@ STAGES: dict[str, tuple[dict[str, object], int]] = {
     "fine": ({"schedule": LK_SCHEDULE_FINE, "pool": 8, "window": LK_WINDOW, "select_after": 32}, 2),
 }
 SWITCH = {"on": True, "off": False}
+TRACKS = {"standard": LK_TRACK, "fine": LK_TRACK_FINE, "off": ()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,11 +80,14 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: as it is)")
     parser.add_argument("--keypoint-start", choices=sorted(SWITCH),
                         help="on: also start from the SIFT + RANSAC affine (default: as it is)")
+    parser.add_argument("--track", choices=sorted(TRACKS),
+                        help="the track graph's iterations: standard: models.config.LK_TRACK; fine: LK_TRACK_FINE; "
+                        "off: no track graph (default: as it is)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the copy (not the source)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.lucas_kanade is None and args.both_starts is None and args.keypoint_start is None:
-        log.error("nothing to change: give --lucas-kanade, --both-starts and/or --keypoint-start")
+    if all(getattr(args, name) is None for name in ("lucas_kanade", "both_starts", "keypoint_start", "track")):
+        log.error("nothing to change: give --lucas-kanade, --both-starts, --keypoint-start and/or --track")
         return 2
     if args.out.resolve() == args.checkpoint.resolve():
         log.error("--out must differ from --checkpoint: the source is kept as it is")
@@ -93,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         log.error("%s: the stages asked for do not fit together: %s", args.checkpoint, exc)
         return 2
-    changes = [f"{name} {value}" for name in ("lucas_kanade", "both_starts", "keypoint_start")
+    changes = [f"{name} {value}" for name in ("lucas_kanade", "both_starts", "keypoint_start", "track")
                if (value := getattr(args, name)) is not None]
     payload["config"] = config.model_copy(update={"model": model}).model_dump(mode="json")
     derived = {"sha256": file_sha256(args.checkpoint), "change": ", ".join(changes)}
@@ -122,6 +132,8 @@ def changed_model(model: ModelConfig, args: argparse.Namespace) -> ModelConfig:
         stage["select_after"] = None  # the point where one of two starts is chosen: none with one start
     if args.keypoint_start is not None:
         update["keypoint_start"] = SWITCH[args.keypoint_start]
+    if args.track is not None:
+        stage["track_schedule"] = TRACKS[args.track]
     update["lucas_kanade"] = stage
     return ModelConfig.model_validate({**model.model_dump(), **update})
 

@@ -1,5 +1,5 @@
-"""Checkpoint -> ONNX (register, fuse, frame): checker, ONNX Runtime vs PyTorch, metadata, dynamic H/W, opset window,
-refusal of tampered or mismatched graphs, and the mixed-precision copy for TensorRT 11."""
+"""Checkpoint -> ONNX (register, track, fuse, frame): checker, ONNX Runtime vs PyTorch, metadata, dynamic H/W,
+opset window, refusal of tampered or mismatched graphs, and the mixed-precision copy for TensorRT 11."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from busref.export.onnx_export import (
 from busref.export.onnx_fp16 import convolutions_to_fp16
 from busref.export.samples import folder_pairs, graph_feed, synthetic_pairs
 from busref.models.checkpoint import load_model, save_checkpoint
-from busref.models.config import ModelConfig, TrainConfig
+from busref.models.config import LucasKanadeConfig, ModelConfig, TrainConfig
 from busref.models.networks import BusReF
 from busref.runtime.artifact import METADATA_KEY, PROTOCOL, ArtifactError, ArtifactMetadata, TensorSpec
 from busref.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -45,9 +45,11 @@ SPLIT_SHA = "5" * 64
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh (untrained) model saved like a trained one: the export does not care about quality."""
+    """A fresh (untrained) model saved like a trained one: the export does not care about quality. It
+    has a track schedule, so it has a track graph too."""
     torch.manual_seed(0)
-    config = TrainConfig(model=ModelConfig(registration_size=REG_HW))
+    config = TrainConfig(model=ModelConfig(registration_size=REG_HW,
+                                           lucas_kanade=LucasKanadeConfig(track_schedule=((1, 0.0),) * 2)))
     path = tmp_path_factory.mktemp("ckpt") / "busref.pt"
     save_checkpoint(path, model=BusReF(config.model), config=config, stage="registration", step=0,
                     split_name="train", split_sha256=SPLIT_SHA, metrics={})
@@ -63,9 +65,9 @@ def exported(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 pytestmark = pytest.mark.slow  # the module's export traces the full network once (~5 s)
 
 
-def test_export_writes_three_verified_graphs(exported: tuple[Path, list]) -> None:
+def test_export_writes_four_verified_graphs(exported: tuple[Path, list]) -> None:
     out, reports = exported
-    assert sorted(p.name for p in out.iterdir()) == ["frame.onnx", "fuse.onnx", "register.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["frame.onnx", "fuse.onnx", "register.onnx", "track.onnx"]
     for report in reports:
         model = onnx.load(str(report.path))
         onnx.checker.check_model(model, full_check=True)
@@ -74,6 +76,7 @@ def test_export_writes_three_verified_graphs(exported: tuple[Path, list]) -> Non
     by_graph = {r.graph: r for r in reports}
     register, fuse, frame = by_graph["register"], by_graph["fuse"], by_graph["frame"]
     assert set(register.max_abs_diff) == {"theta", "grid"} and register.sizes == [REG_HW]
+    assert set(by_graph["track"].max_abs_diff) == {"grid"} and by_graph["track"].sizes == [REG_HW]
     assert set(fuse.max_abs_diff) == {"fused"} and len(fuse.sizes) == 2  # synthetic size and REG_HW
     assert set(frame.max_abs_diff) == {"fused"} and frame.sizes == fuse.sizes
 
@@ -94,7 +97,7 @@ def test_ort_matches_pytorch_on_folder_pairs(exported: tuple[Path, list], checkp
 def test_metadata_round_trip(exported: tuple[Path, list], checkpoint: Path) -> None:
     out, _ = exported
     sha = file_sha256(checkpoint)
-    for graph in ("register", "fuse", "frame"):
+    for graph in ("register", "track", "fuse", "frame"):
         meta = check_graph_file(out / f"{graph}.onnx", graph=graph, checkpoint_sha256=sha).metadata
         assert meta.model_id == f"busref-{sha[:12]}" and meta.checkpoint_sha256 == sha
         assert (meta.training_split, meta.training_split_sha256, meta.protocol) == ("train", SPLIT_SHA, PROTOCOL)
@@ -107,6 +110,10 @@ def test_metadata_round_trip(exported: tuple[Path, list], checkpoint: Path) -> N
     register = check_graph_file(out / "register.onnx").metadata
     assert register.registration_size == REG_HW
     assert [t.shape for t in register.outputs] == [[1, 2, 3], [1, *REG_HW, 2]]
+    track = check_graph_file(out / "track.onnx").metadata
+    assert track.registration_size == REG_HW
+    assert [t.shape for t in track.inputs] == [[1, 1, *REG_HW], [1, 1, *REG_HW], [1, *REG_HW, 2]]
+    assert [t.shape for t in track.outputs] == [[1, *REG_HW, 2]]
     fuse = check_graph_file(out / "fuse.onnx").metadata
     assert fuse.registration_size is None and fuse.outputs[0].shape == [1, 1, "H", "W"]
     frame = check_graph_file(out / "frame.onnx").metadata
@@ -257,3 +264,21 @@ def test_fp16_copy_keeps_the_warp_fp32(exported: tuple[Path, list]) -> None:
         mixed = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
         for a, b in zip(full, mixed, strict=True):
             assert float(np.abs(a - b).max()) < 2e-2
+
+
+def test_a_model_without_a_track_schedule_has_no_track_graph_and_a_stale_one_goes(exported: tuple[Path, list],
+                                                                                   tmp_path: Path) -> None:
+    """Exporting over a folder whose track graph came from another checkpoint removes it: the daemon
+    would refuse it beside the new register graph anyway."""
+    out, _ = exported
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "track.onnx").write_bytes((out / "track.onnx").read_bytes())
+    torch.manual_seed(0)
+    config = TrainConfig(model=ModelConfig(registration_size=REG_HW))
+    plain = tmp_path / "plain.pt"
+    save_checkpoint(plain, model=BusReF(config.model), config=config, stage="registration", step=0,
+                    split_name="train", split_sha256=SPLIT_SHA, metrics={})
+    reports = export_checkpoint(plain, folder)
+    assert sorted(r.graph for r in reports) == ["frame", "fuse", "register"]
+    assert sorted(p.name for p in folder.iterdir()) == ["frame.onnx", "fuse.onnx", "register.onnx"]

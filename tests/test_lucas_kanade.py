@@ -107,6 +107,26 @@ def test_it_recovers_a_rotation_and_shift_across_inverted_contrast():
     assert after < 0.25 * before, (before, after)
 
 
+def test_track_refines_the_given_start_with_its_own_schedule_alone():
+    """The track graph's stage: ``track_schedule`` from the grid it is given (the registration in force),
+    one start even where the register graph's stage runs two; the register schedule is not run."""
+    vis = texture(5)
+    base = normalised_base(vis)
+    theta = rotation_shift(0.0, (1.5, -1.0))
+    truth = apply_affine(theta, base)
+    inverse = torch.linalg.inv(torch.cat((theta[0], torch.tensor([[0.0, 0, 1]]))))[None, :2]
+    ir = 1.0 - warp_normalised(vis, apply_affine(inverse, base), padding_mode="border")
+    # Half-way there: what a register run left in force.
+    start = 0.5 * (base + truth)
+    stage = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE, both_starts=True, track_schedule=((1, 0.0),) * 4))
+    tracked = stage.track(vis, ir, start)
+    assert tracked.shape == start.shape
+    assert pixel_error(tracked, truth) < 0.3 * pixel_error(start, truth), (pixel_error(start, truth),
+                                                                            pixel_error(tracked, truth))
+    # Without a track schedule the start comes back as it is, whatever the register stage's schedule.
+    assert torch.equal(LucasKanade(LucasKanadeConfig(schedule=SCHEDULE)).track(vis, ir, start), start)
+
+
 def test_flat_images_leave_the_grid_where_it_was():
     """A lens cap or a blank start-up frame has no structure: the update is zero, never NaN."""
     flat = torch.full((1, 1, H, W), 0.5)

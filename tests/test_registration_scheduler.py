@@ -10,10 +10,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from tiny_graphs import metadata, write_register
+from rigs import demo_rig
+from tiny_graphs import metadata, write_register, write_track
 
 from busref.conventions import affine_grid
-from busref.rig_config import RigConfig
+from busref.rig_config import DEMO_RIG, RigConfig, load_rig
 from busref.rig_config.schema import Plausibility, RegistrationConfig
 from busref.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from busref.runtime.registration.geometry import (
@@ -438,3 +439,66 @@ def test_the_keypoint_search_runs_on_the_first_run_and_then_every_keypoint_every
     for i in range(scheduler_module.KEYPOINT_EVERY + 1):
         s.register_now(y, ir, float(i))
     assert len(calls) == 2 and s.runs == scheduler_module.KEYPOINT_EVERY + 1
+
+
+# --------------------------------------------------------------------------- the track graph
+
+
+def test_with_a_track_graph_every_register_every_th_run_is_a_register_run(register_backend, tmp_path: Path) -> None:
+    """Run 0 (nothing in force) and every ``register_every``-th run use the register graph, the runs
+    between the track graph, which starts from the whole registration in force; the estimate's theta
+    follows the change of the grid's affine part."""
+    g = geometry()
+    shift = translation_theta(0.5, 0.0, g)[:, 2]  # half an RGB pixel to the right, normalised
+    track = OnnxRuntimeBackend(write_track(tmp_path / "track.onnx", tuple(shift), REG), graph="track", threads=1)
+    stages: list[str] = []
+    s = RegistrationScheduler(register_backend, config(register_every=3, smoothing=1.0,
+                                                       plausibility=Plausibility(must_agree=False)),
+                              g, track=track, observe=lambda stage, _: stages.append(stage))
+    y, ir = np.zeros((RGB[1], RGB[0]), np.uint8), np.zeros((RGB[1], RGB[0]), np.float32)
+    first = s.register_now(y, ir, 0.0)
+    tracked = s.register_now(y, ir, 1.0)
+    assert first is not None and tracked is not None
+    np.testing.assert_allclose(tracked.grid, first.grid + shift.astype(np.float32), atol=1e-6)
+    np.testing.assert_allclose(tracked.frame_to_ir @ [20, 20, 1], first.frame_to_ir @ [20, 20, 1] + [0.5, 0, 0],
+                               atol=1e-4)
+    for t in range(2, 7):
+        s.register_now(y, ir, float(t))
+    assert stages == ["register", "track", "track", "register", "track", "track", "register"]
+    assert s.register_runs == 3 and s.runs == 7
+
+
+def test_without_the_warm_start_the_track_graph_is_not_used(register_backend, tmp_path: Path) -> None:
+    track = OnnxRuntimeBackend(write_track(tmp_path / "track.onnx", (0.01, 0.0), REG), graph="track", threads=1)
+    stages: list[str] = []
+    s = RegistrationScheduler(register_backend, config(warm_start=False), geometry(), track=track,
+                              observe=lambda stage, _: stages.append(stage))
+    for t in range(3):
+        s.register_now(np.zeros((RGB[1], RGB[0]), np.uint8), np.zeros((RGB[1], RGB[0]), np.float32), float(t))
+    assert stages == ["register"] * 3
+
+
+def test_the_daemon_uses_a_track_graph_only_beside_its_own_register_graph(tmp_path: Path, caplog) -> None:
+    """A missing track graph is no error (every run is a register run); one exported from another
+    checkpoint or at another size than the register graph is not used, and the log says why."""
+    from busref.runtime.daemon import open_graph, open_track_graph
+
+    size = tuple(load_rig(DEMO_RIG).registration.size)
+    graphs = {"register": write_register(tmp_path / "register.onnx", identity_theta(), size),
+              "fuse": tmp_path / "fuse.onnx"}
+
+    def rig(track: Path, **registration: object) -> RigConfig:
+        path = demo_rig(tmp_path, graphs, inference={"track_model": str(track)}, registration=registration)
+        return load_rig(path)
+
+    register = open_graph(rig(tmp_path / "none.onnx"), "register")
+    assert open_track_graph(rig(tmp_path / "none.onnx"), register) is None
+    twin = write_track(tmp_path / "track.onnx", (0.0, 0.0), size)
+    assert open_track_graph(rig(twin), register) is not None
+    assert open_track_graph(rig(twin, register_every=1), register) is None
+    other = write_track(tmp_path / "other.onnx", (0.0, 0.0), size,
+                        meta=metadata("track", registration_size=size, checkpoint_sha256="1" * 64,
+                                      model_id="tiny-track-111111111111"))
+    with caplog.at_level("WARNING"):
+        assert open_track_graph(rig(other), register) is None
+    assert "tiny-track-111111111111" in caplog.text and "export both from one checkpoint" in caplog.text

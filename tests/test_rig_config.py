@@ -66,6 +66,7 @@ def test_the_nir_rig_declares_its_modality() -> None:
     assert nir.cameras.ir.modality == "nir"
     # Graphs the file does not name are the shipped ones of its modality; a named one stays.
     assert nir.inference.register_model == default_model_path("register", "nir") == weights_dir() / "nir/register.onnx"
+    assert nir.inference.track_model == weights_dir() / "nir/track.onnx" and nir.inference.track_model.is_file()
     text = (REPO / "rig_config" / "demo_nir.yaml").read_text().replace(
         "inference:\n", "inference:\n  fuse_model: /models/mine.onnx\n")
     named = parse_rig(text, REPO / "rig_config" / "x.yaml").inference
@@ -84,6 +85,7 @@ def test_demo_rig_is_synthetic_jpeg_on_loopback_with_shipped_models() -> None:
     assert rig.inference.register_model == weights_dir() / "register.onnx"
     assert rig.inference.fuse_model == default_model_path("fuse.onnx") == weights_dir() / "fuse.onnx"
     assert rig.inference.register_model.is_file() and rig.inference.fuse_model.is_file()
+    assert rig.inference.track_model == weights_dir() / "track.onnx" and rig.inference.track_model.is_file()
 
 
 def test_busref_weights_replaces_the_shipped_folder_and_the_rig_file_overrides_both(

@@ -12,7 +12,7 @@ import torch
 
 from busref.conventions import file_sha256
 from busref.models.checkpoint import load_checkpoint
-from busref.models.config import LK_SCHEDULE, LK_SCHEDULE_FINE, LK_SELECT_AFTER, LK_WINDOW
+from busref.models.config import LK_SCHEDULE, LK_SCHEDULE_FINE, LK_SELECT_AFTER, LK_TRACK_FINE, LK_WINDOW
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "set_inference_stages.py"
 _spec = importlib.util.spec_from_file_location("set_inference_stages", SCRIPT)
@@ -26,16 +26,17 @@ def test_fine_doubles_the_registration_size_around_the_same_nets_and_standard_un
     nets_size = source["config"].model.registration_size
     fine, standard = tmp_path / "fine.pt", tmp_path / "standard.pt"
     assert stages.main(["--checkpoint", str(trained_checkpoint), "--lucas-kanade", "fine", "--both-starts", "on",
-                        "--keypoint-start", "on", "--out", str(fine)]) == 0
+                        "--keypoint-start", "on", "--track", "fine", "--out", str(fine)]) == 0
     payload = load_checkpoint(fine)
     model = payload["config"].model
     assert model.net_pool == 2 and model.registration_size == tuple(2 * s for s in nets_size)
     assert model.lucas_kanade.schedule == LK_SCHEDULE_FINE and model.lucas_kanade.pool == 8
     assert model.lucas_kanade.window == LK_WINDOW
     assert model.lucas_kanade.both_starts and model.lucas_kanade.select_after == 32 and model.keypoint_start
+    assert model.lucas_kanade.track_schedule == LK_TRACK_FINE
     assert all(torch.equal(v, source["model"][k]) for k, v in payload["model"].items())
     assert payload["derived_from"] == {"sha256": file_sha256(trained_checkpoint),
-                                       "change": "lucas_kanade fine, both_starts on, keypoint_start on"}
+                                       "change": "lucas_kanade fine, both_starts on, keypoint_start on, track fine"}
 
     assert stages.main(["--checkpoint", str(fine), "--lucas-kanade", "standard", "--out", str(standard)]) == 0
     back = load_checkpoint(standard)
@@ -51,6 +52,10 @@ def test_fine_doubles_the_registration_size_around_the_same_nets_and_standard_un
                         "--out", str(one_start)]) == 0
     stage = load_checkpoint(one_start)["config"].model.lucas_kanade
     assert stage.schedule == LK_SCHEDULE and not stage.both_starts and stage.select_after is None
+
+    no_track = tmp_path / "no_track.pt"
+    assert stages.main(["--checkpoint", str(one_start), "--track", "off", "--out", str(no_track)]) == 0
+    assert load_checkpoint(no_track)["config"].model.lucas_kanade.track_schedule == ()
 
 
 def test_fine_without_both_starts_is_refused_and_nothing_written(trained_checkpoint: Path, tmp_path: Path,

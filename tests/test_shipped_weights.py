@@ -19,6 +19,8 @@ from busref.models.config import (
     LK_SCHEDULE,
     LK_SCHEDULE_FINE,
     LK_SELECT_AFTER,
+    LK_TRACK,
+    LK_TRACK_FINE,
     LK_WINDOW,
     LucasKanadeConfig,
     ModelConfig,
@@ -38,10 +40,12 @@ NIR_GAF_VAL_PAIRS = 20  # the NIR GAF recipe's (configs/gaf_nir_finetune.yaml)
 NIR_CATEGORIES = ("field", "indoor", "oldbuilding")  # the NIR scenes trained on (models/splits/nirscene.json)
 NIRSCENE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nirscene"
 #: The thermal register graph ends with this stage, the NIR one with LK_SCHEDULE_FINE's 32 iterations at
-#: the nets' size and 48 at twice it (scripts/set_inference_stages.py ``standard`` and ``fine``).
-STAGE = LucasKanadeConfig(schedule=LK_SCHEDULE, window=LK_WINDOW, both_starts=True, select_after=LK_SELECT_AFTER)
+#: the nets' size and 48 at twice it (scripts/set_inference_stages.py ``standard`` and ``fine``); each has
+#: a track graph (``--track standard`` / ``fine``).
+STAGE = LucasKanadeConfig(schedule=LK_SCHEDULE, window=LK_WINDOW, both_starts=True, select_after=LK_SELECT_AFTER,
+                          track_schedule=LK_TRACK)
 NIR_MODEL = ModelConfig(lucas_kanade=LucasKanadeConfig(schedule=LK_SCHEDULE_FINE, pool=8, window=LK_WINDOW,
-                                                       both_starts=True, select_after=32),
+                                                       both_starts=True, select_after=32, track_schedule=LK_TRACK_FINE),
                         keypoint_start=True, net_pool=2, registration_size=(384, 512))
 ALIGNED_MAX_PX = 4.0  # mean motion the registration may invent on an aligned pair (px, full size)
 
@@ -113,7 +117,7 @@ def test_the_nir_checkpoint_is_the_same_model_fine_tuned_on_both_modalities(ship
 
 
 def test_each_folder_s_graphs_say_which_modalities_they_serve():
-    for graph in ("register", "fuse", "frame"):
+    for graph in ("register", "track", "fuse", "frame"):
         assert check_graph_file(WEIGHTS / f"{graph}.onnx", graph=graph).metadata.modalities == ["thermal"]
         nir = check_graph_file(WEIGHTS / "nir" / f"{graph}.onnx", graph=graph,
                                checkpoint_sha256=file_sha256(WEIGHTS / "nir" / "busref.pt"))
@@ -162,11 +166,12 @@ def test_the_refinement_descriptor_is_the_default_config_trained_on_the_same_pai
 def test_the_onnx_graphs_name_the_checkpoint_and_its_registration_size(shipped):
     _, payload = shipped
     sha = file_sha256(WEIGHTS / "busref.pt")
-    for graph in ("register", "fuse"):
+    for graph in ("register", "track", "fuse", "frame"):
         meta = check_graph_file(WEIGHTS / f"{graph}.onnx", graph=graph, checkpoint_sha256=sha).metadata
         assert meta.checkpoint_sha256 == sha
-    register = check_graph_file(WEIGHTS / "register.onnx", graph="register").metadata
-    assert tuple(register.registration_size) == payload["config"].model.registration_size
+    for graph in ("register", "track"):  # the daemon uses the track graph only beside its own register graph
+        meta = check_graph_file(WEIGHTS / f"{graph}.onnx", graph=graph).metadata
+        assert tuple(meta.registration_size) == payload["config"].model.registration_size
 
 
 def registration_means(model, descriptor, test_pairs, level: str) -> dict[str, dict[str, float]]:

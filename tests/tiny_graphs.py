@@ -2,6 +2,7 @@
 
 ``fuse``: ``fused = max(vis, ir)`` (any H, W). ``register``: constant ``theta`` and the
 matching ``busref.conventions.affine_grid`` (fixed H, W), so a test knows exactly what registration must do.
+``track``: ``grid = start + shift`` (a constant normalised shift), so a test knows what a track run returns.
 ``frame``: ``fused = max(vis, GridSample(ir, grid))``, the tiny fuse graph after the contract's
 warp (bilinear, zeros, align_corners), so it must agree with ``cv2.remap`` + the tiny fuse graph.
 """
@@ -25,6 +26,7 @@ OPSET = 17
 def metadata(graph: str, *, registration_size: tuple[int, int] | None = None, **overrides: object) -> str:
     io = {
         "register": (["vis", "ir"], ["theta", "grid"]),
+        "track": (["vis", "ir", "start"], ["grid"]),
         "fuse": (["vis", "ir"], ["fused"]),
         "frame": (["vis", "ir", "grid"], ["fused"]),
     }[graph]
@@ -108,6 +110,30 @@ def write_register(path: Path, theta: np.ndarray, hw: tuple[int, int], *, meta: 
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     return _save(model, path, metadata("register", registration_size=hw) if meta is None else meta)
+
+
+def write_track(path: Path, shift: tuple[float, float], hw: tuple[int, int], *, meta: str | None = None) -> Path:
+    """``grid = start + shift`` (normalised, x first); ``vis`` and ``ir`` feed a no-op so all inputs are used."""
+    h, w = hw
+    offset = np.asarray(shift, dtype=np.float32).reshape(1, 1, 1, 2)
+    nodes = [
+        helper.make_node("Constant", [], ["shift"], value=numpy_helper.from_array(offset, "shift")),
+        helper.make_node("Sub", ["vis", "ir"], ["diff"]),
+        helper.make_node("ReduceMean", ["diff"], ["m"], keepdims=0),
+        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.float32(0.0), "zero")),
+        helper.make_node("Mul", ["m", "zero"], ["z"]),
+        helper.make_node("Add", ["start", "shift"], ["moved"]),
+        helper.make_node("Add", ["moved", "z"], ["grid"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_track",
+        [*(helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, h, w]) for n in ("vis", "ir")),
+         helper.make_tensor_value_info("start", TensorProto.FLOAT, [1, h, w, 2])],
+        [helper.make_tensor_value_info("grid", TensorProto.FLOAT, [1, h, w, 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return _save(model, path, metadata("track", registration_size=hw) if meta is None else meta)
 
 
 def write_frame(path: Path, *, meta: str | None = None) -> Path:

@@ -110,6 +110,13 @@ class BusReF(nn.Module):
         grid = self.lucas_kanade(full_v, full_i, grid)
         return Registration(theta, coarse, grid, tuple(displacements), tuple(level_matches))
 
+    def track(self, vis: torch.Tensor, ir: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """Refine the registration in force ``start`` (B, H, W, 2) on a new pair ``vis``, ``ir`` (B, 1, H, W)
+        in [0, 1] at the registration size (``ir`` not pre-warped): the Lucas-Kanade stage's
+        ``track_schedule`` alone, no nets (:meth:`LucasKanade.track`). Returns the grid (B, H, W, 2),
+        the convention of :meth:`register`'s."""
+        return self.lucas_kanade.track(vis, ir, start)
+
     def fuse(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
         return self.gaf(vis, ir)
 
@@ -124,6 +131,17 @@ class RegisterGraph(nn.Module):
     def forward(self, vis: torch.Tensor, ir: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         reg = self.model.register(vis, ir)
         return reg.theta, reg.grid
+
+
+class TrackGraph(nn.Module):
+    """Export wrapper of the ``track`` graph: (vis, ir, start) -> grid (:meth:`BusReF.track`)."""
+
+    def __init__(self, model: BusReF) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, vis: torch.Tensor, ir: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        return self.model.track(vis, ir, start)
 
 
 class FuseGraph(nn.Module):

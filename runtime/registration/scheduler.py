@@ -12,7 +12,7 @@ import numpy as np
 
 from busref.rig_config.schema import RegistrationConfig
 from busref.runtime.backends.base import InferenceBackend, RunCancelled
-from busref.runtime.registration.geometry import RegistrationGeometry, run_register
+from busref.runtime.registration.geometry import RegistrationGeometry, run_register, run_track
 from busref.runtime.registration.keypoint_start import KEYPOINT_EVERY, register_with_keypoints
 from busref.runtime.registration.plausibility import RegistrationFilter, RegistrationState
 
@@ -27,11 +27,15 @@ class RegistrationScheduler:
     ``rate_hz`` starts runs on a fixed ``1 / rate_hz`` schedule (pairs arrive on their own clock,
     so a start is at the first pair after each due time; the schedule does not drift by that
     lateness, and runs go back-to-back when one is slower than the period).
-    ``observe(stage, seconds)`` receives the duration of each run (stage ``register``).
+    ``observe(stage, seconds)`` receives the duration of each run (stage ``register`` or ``track``).
     ``sampling_grid``: see :class:`RegistrationFilter`. With ``config.warm_start`` each run starts
-    from the registration in force (:func:`run_register`'s ``start``). A register graph exported with
-    ``keypoint_start`` also tries the keypoint affine as a start (:mod:`.keypoint_start`) on the first
-    run and every :data:`KEYPOINT_EVERY`-th after it.
+    from the registration in force (:func:`run_register`'s ``start``). With a ``track`` graph as well,
+    only every ``config.register_every``-th run (and any run while no estimate is in force) is a
+    register-graph run; the others refine the registration in force, its non-affine part too, with
+    the track graph (:func:`run_track`), so that a still rig's registration improves or is confirmed
+    on every run at a fraction of the cost. Every estimate passes the same filter. A register graph
+    exported with ``keypoint_start`` also tries the keypoint affine as a start (:mod:`.keypoint_start`)
+    on the first register-graph run and every :data:`KEYPOINT_EVERY`-th after it.
     """
 
     def __init__(
@@ -43,12 +47,15 @@ class RegistrationScheduler:
         observe: Callable[[str, float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sampling_grid: bool = False,
+        track: InferenceBackend | None = None,
     ) -> None:
         self.backend = backend
+        self.track = track
         self.config = config
         self.geometry = geometry
         self.filter = RegistrationFilter(config, geometry, sampling_grid=sampling_grid)
         self.runs = 0
+        self.register_runs = 0
         self.errors = 0
         self._observe = observe
         self._clock = clock
@@ -96,18 +103,30 @@ class RegistrationScheduler:
             self._started_run()
         return self._run(vis_y, ir, t_capture)
 
+    def _tracks(self, held: RegistrationState | None) -> bool:
+        """Is this run a track-graph run (see the class)?"""
+        return (self.track is not None and self.config.warm_start and held is not None and held.source != "prior"
+                and self.runs % self.config.register_every != 0)
+
     def _run(self, vis_y: np.ndarray, ir: np.ndarray, t_capture: float) -> RegistrationState | None:
         started = time.perf_counter()
+        stage = "register"
         try:
             held = self.filter.state
             start = held.theta if self.config.warm_start and held is not None else None
-            if self.backend.metadata.keypoint_start and self.runs % KEYPOINT_EVERY == 0:
+            if self.track is not None and held is not None and self._tracks(held):
+                stage = "track"
+                estimate = run_track(self.track, self.geometry, vis_y, ir, t_capture, held.theta, held.grid,
+                                     with_view=self.config.plausibility.must_agree)
+            elif self.backend.metadata.keypoint_start and self.register_runs % KEYPOINT_EVERY == 0:
                 start_grid = held.grid if start is not None else self.filter.prior_grid
                 estimate = register_with_keypoints(self.backend, self.geometry, vis_y, ir, t_capture, start,
                                                    start_grid)
             else:
                 estimate = run_register(self.backend, self.geometry, vis_y, ir, t_capture, start,
                                         with_view=self.config.plausibility.must_agree)
+            if stage == "register":
+                self.register_runs += 1
             state = self.filter.update(estimate)
         except RunCancelled:  # stop() ended the run: nothing failed
             return self.filter.state
@@ -119,7 +138,7 @@ class RegistrationScheduler:
         finally:
             self.runs += 1
         if self._observe is not None:
-            self._observe("register", time.perf_counter() - started)
+            self._observe(stage, time.perf_counter() - started)
         return state
 
     def _loop(self) -> None:
@@ -145,5 +164,7 @@ class RegistrationScheduler:
         with self._cond:
             self._cond.notify_all()
         self.backend.cancel()
+        if self.track is not None:
+            self.track.cancel()
         if self._thread is not None:
             self._thread.join(timeout)
