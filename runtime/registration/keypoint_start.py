@@ -31,11 +31,12 @@ from busref.runtime.registration.geometry import Estimate, RegistrationGeometry,
 
 log = logging.getLogger(__name__)
 
-#: The scheduler searches keypoints on the first run and every this many runs after it. Why: a run
-#: with the search costs the search and a second graph call (with the register graph of 192x256,
-#: the NIR demo's register stage went from ~156 to ~306 ms p50 and its capture-to-publish p99 from
-#: 37 to 76 ms, the two cores shared with the fuse graph); a still rig needs it once, and a bumped
-#: one is searched again within this many runs (~12 s at the NIR rigs' 0.4 Hz; the filter still
+#: The scheduler searches keypoints on the first register-graph run and every this many register-graph
+#: runs after it (the track graph's runs between do not count). Why: a run with the search costs the
+#: search and a second graph call (with the register graph of 192x256, the NIR demo's register stage
+#: went from ~156 to ~306 ms p50 and its capture-to-publish p99 from 37 to 76 ms, the two cores shared
+#: with the fuse graph); a still rig needs it once, and a bumped one is searched again within this
+#: many register-graph runs (~30 s at the NIR rigs' 2 Hz with ``register_every`` 10; the filter still
 #: judges the answer against the registration in force, so a bump beyond its jump limit is taken
 #: by the re-lock rule of :mod:`.plausibility`, not at once).
 KEYPOINT_EVERY = 5
