@@ -153,7 +153,7 @@ LK_SCHEDULE_FINE: tuple[tuple[int, float], ...] = (((4, 1.0),) * 8 + ((2, 1.0),)
 #: unblurred iterations 10.3 / 18.5 / 27.5 ms, 2 + 2 22.3 ms.
 LK_TRACK: tuple[tuple[int, float], ...] = ((1, 0.0),) * 4
 #: The NIR weights' ``track_schedule``: 2 unblurred iterations at their 384x512 registration size
-#: (38 ms a call, one thread; 4 took 74 ms).
+#: (38-47 ms a call, one thread; 4 took 74 ms).
 LK_TRACK_FINE: tuple[tuple[int, float], ...] = ((1, 0.0),) * 2
 
 #: ``LucasKanadeConfig.window`` (cells) of both shipped stages, :data:`LK_SCHEDULE` and

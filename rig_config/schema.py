@@ -303,7 +303,8 @@ class RegistrationConfig(_Model):
     register_every: int = Field(
         10, ge=1, description="with a track graph (inference.track_model) and warm_start: every register_every-th "
         "run is the whole register graph, the runs between refine the registration in force with the track graph "
-        "(a few Lucas-Kanade iterations, no coarse search; ~8x faster); 1 = every run the register graph")
+        "(a few Lucas-Kanade iterations, no coarse search; 7x faster for the thermal graphs); 1 = every run the "
+        "register graph")
     plausibility: Plausibility = Plausibility()
 
     @model_validator(mode="before")
