@@ -47,6 +47,16 @@ def rotation_shift(angle_deg: float, shift: tuple[float, float]) -> torch.Tensor
                           [math.sin(a) * W / H, math.cos(a), 2 * shift[1] / (H - 1)]]])
 
 
+def misaligned_pair(affine: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """``(vis, ir, base, truth)``: a texture, its contrast-inverted copy sampled so that warping it by
+    ``truth`` (the grid of the normalised ``affine`` (1, 2, 3)) gives back the texture, and the identity grid."""
+    vis = texture(seed)
+    base = normalised_base(vis)
+    inverse = torch.linalg.inv(torch.cat((affine[0], torch.tensor([[0.0, 0, 1]]))))[None, :2]
+    ir = 1.0 - warp_normalised(vis, apply_affine(inverse, base), padding_mode="border")
+    return vis, ir, base, apply_affine(affine, base)
+
+
 def pixel_error(grid: torch.Tensor, truth: torch.Tensor, margin: int = 12) -> float:
     """Mean distance (pixels) between two normalised grids, away from the borders."""
     scale = torch.tensor([(W - 1) / 2, (H - 1) / 2])
@@ -95,12 +105,7 @@ def test_a_bad_schedule_names_the_field():
 def test_it_recovers_a_rotation_and_shift_across_inverted_contrast():
     """The IR shows the scene with inverted contrast (a hot road on a cool background), rotated by
     2 degrees and shifted by (3, -2) px; started from the identity, most of it is recovered."""
-    vis = texture()
-    start = normalised_base(vis)
-    truth = apply_affine(rotation_shift(2.0, (3.0, -2.0)), start)
-    # The moving image is sampled so that warping it by ``truth`` gives back the scene.
-    inverse = torch.linalg.inv(torch.cat((rotation_shift(2.0, (3.0, -2.0))[0], torch.tensor([[0.0, 0, 1]]))))[None, :2]
-    ir = 1.0 - warp_normalised(vis, apply_affine(inverse, start), padding_mode="border")
+    vis, ir, start, truth = misaligned_pair(rotation_shift(2.0, (3.0, -2.0)))
     before = pixel_error(start, truth)
     after = pixel_error(LucasKanade(LucasKanadeConfig(schedule=SCHEDULE))(vis, ir, start), truth)
     assert before > 3.0
@@ -110,12 +115,7 @@ def test_it_recovers_a_rotation_and_shift_across_inverted_contrast():
 def test_track_refines_the_given_start_with_its_own_schedule_alone():
     """The track graph's stage: ``track_schedule`` from the grid it is given (the registration in force),
     one start even where the register graph's stage runs two; the register schedule is not run."""
-    vis = texture(5)
-    base = normalised_base(vis)
-    theta = rotation_shift(0.0, (1.5, -1.0))
-    truth = apply_affine(theta, base)
-    inverse = torch.linalg.inv(torch.cat((theta[0], torch.tensor([[0.0, 0, 1]]))))[None, :2]
-    ir = 1.0 - warp_normalised(vis, apply_affine(inverse, base), padding_mode="border")
+    vis, ir, base, truth = misaligned_pair(rotation_shift(0.0, (1.5, -1.0)), seed=5)
     # Half-way there: what a register run left in force.
     start = 0.5 * (base + truth)
     stage = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE, both_starts=True, track_schedule=((1, 0.0),) * 4))
@@ -171,12 +171,7 @@ def test_with_both_starts_a_wrong_start_loses_to_the_identity_and_a_good_one_is_
     """``both_starts``: started 25 px off (the nets' answer on a scene they do not know), the stage
     alone stays off; refined from the identity too, the result that agrees best is kept. Started
     near the truth instead, that start's result is kept (the identity's is worse)."""
-    vis = texture(7)
-    start = normalised_base(vis)
-    affine = rotation_shift(2.0, (3.0, -2.0))
-    truth = apply_affine(affine, start)
-    inverse = torch.linalg.inv(torch.cat((affine[0], torch.tensor([[0.0, 0, 1]]))))[None, :2]
-    ir = 1.0 - warp_normalised(vis, apply_affine(inverse, start), padding_mode="border")
+    vis, ir, start, truth = misaligned_pair(rotation_shift(2.0, (3.0, -2.0)), seed=7)
     wrong = apply_affine(rotation_shift(0.0, (25.0, 0.0)), start)
     one = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE))
     both = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE, both_starts=True))

@@ -82,6 +82,17 @@ def write_slow_fuse(path: Path, nodes: int) -> Path:
     return _save(model, path, metadata("fuse"))
 
 
+def _zero_of_both_images(name: str) -> list[onnx.NodeProto]:
+    """Nodes computing ``name = 0 * mean(vis - ir)``: added to an output, it keeps both inputs in the
+    graph without changing the outputs."""
+    return [
+        helper.make_node("Sub", ["vis", "ir"], ["diff"]),
+        helper.make_node("ReduceMean", ["diff"], ["m"], keepdims=0),
+        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.float32(0.0), "zero")),
+        helper.make_node("Mul", ["m", "zero"], [name]),
+    ]
+
+
 def write_register(path: Path, theta: np.ndarray, hw: tuple[int, int], *, meta: str | None = None) -> Path:
     """Outputs the constant ``theta`` and its grid; ``vis`` feeds a no-op so both inputs are used."""
     h, w = hw
@@ -91,11 +102,7 @@ def write_register(path: Path, theta: np.ndarray, hw: tuple[int, int], *, meta: 
     nodes = [
         helper.make_node("Constant", [], ["theta_c"], value=numpy_helper.from_array(theta, "theta_c")),
         helper.make_node("Constant", [], ["grid_c"], value=numpy_helper.from_array(grid, "grid_c")),
-        # 0 * mean(vis - ir) keeps both inputs in the graph without changing the outputs.
-        helper.make_node("Sub", ["vis", "ir"], ["diff"]),
-        helper.make_node("ReduceMean", ["diff"], ["m"], keepdims=0),
-        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.float32(0.0), "zero")),
-        helper.make_node("Mul", ["m", "zero"], ["z"]),
+        *_zero_of_both_images("z"),
         helper.make_node("Add", ["theta_c", "z"], ["theta"]),
         helper.make_node("Add", ["grid_c", "z"], ["grid"]),
     ]
@@ -118,10 +125,7 @@ def write_track(path: Path, shift: tuple[float, float], hw: tuple[int, int], *, 
     offset = np.asarray(shift, dtype=np.float32).reshape(1, 1, 1, 2)
     nodes = [
         helper.make_node("Constant", [], ["shift"], value=numpy_helper.from_array(offset, "shift")),
-        helper.make_node("Sub", ["vis", "ir"], ["diff"]),
-        helper.make_node("ReduceMean", ["diff"], ["m"], keepdims=0),
-        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.float32(0.0), "zero")),
-        helper.make_node("Mul", ["m", "zero"], ["z"]),
+        *_zero_of_both_images("z"),
         helper.make_node("Add", ["start", "shift"], ["moved"]),
         helper.make_node("Add", ["moved", "z"], ["grid"]),
     ]
