@@ -31,7 +31,7 @@ from busref.export.onnx_export import (
     graph_feeds,
     trace_graph,
 )
-from busref.export.onnx_fp16 import convolutions_to_fp16
+from busref.export.onnx_fp16 import convolutions_to_fp16, in_fp32_scope
 from busref.export.samples import folder_pairs, graph_feed, synthetic_pairs
 from busref.models.checkpoint import load_model, save_checkpoint
 from busref.models.config import LucasKanadeConfig, ModelConfig, TrainConfig
@@ -226,6 +226,19 @@ def test_warp_region_of_the_real_register_graph(exported: tuple[Path, list]) -> 
     encoder = [n.name for n in model.graph.node  # compute nodes; the tracer shares constants across scopes
                if n.name.startswith(("/stem/", "/down1/", "/r1/")) and n.op_type != "Constant"]
     assert encoder and not keep & set(encoder), "the encoder may run in FP16"
+
+
+def test_the_track_graph_is_the_stage_alone_and_stays_fp32_in_the_mixed_precision_copy(
+        exported: tuple[Path, list]) -> None:
+    """Every compute node of the track graph lies in the stage's FP32 scope, so TensorRT FP16 engines
+    (per-layer FP32 in TensorRT 10, the FP16 copy in TensorRT 11) keep its descriptor arithmetic FP32."""
+    out, _ = exported
+    model = onnx.load(str(out / "track.onnx"))
+    compute = [n for n in model.graph.node if n.op_type not in ("Constant", "ConstantOfShape", "Shape")]
+    assert any(n.op_type == "Conv" for n in compute)  # the descriptors' blur and gradients
+    assert all(in_fp32_scope(n.name) for n in compute), [n.name for n in compute if not in_fp32_scope(n.name)][:5]
+    half = convolutions_to_fp16(model)
+    assert not any(n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.FLOAT16 for n in half.graph.node)
 
 
 def test_frame_graph_warp_region_is_the_sampler_alone(exported: tuple[Path, list]) -> None:

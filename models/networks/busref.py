@@ -14,7 +14,7 @@ from busref.models.networks.affine import AffineNet
 from busref.models.networks.deformable import DeformableNet
 from busref.models.networks.gaf import GAF
 from busref.models.networks.layers import Match, coordinates
-from busref.models.networks.lucas_kanade import LucasKanade
+from busref.models.networks.lucas_kanade import LucasKanade, TrackStage
 from busref.models.networks.reconstructor import Reconstructor
 
 
@@ -110,13 +110,6 @@ class BusReF(nn.Module):
         grid = self.lucas_kanade(full_v, full_i, grid)
         return Registration(theta, coarse, grid, tuple(displacements), tuple(level_matches))
 
-    def track(self, vis: torch.Tensor, ir: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """Refine the registration in force ``start`` (B, H, W, 2) on a new pair ``vis``, ``ir`` (B, 1, H, W)
-        in [0, 1] at the registration size (``ir`` not pre-warped): the Lucas-Kanade stage's
-        ``track_schedule`` alone, no nets (:meth:`LucasKanade.track`). Returns the grid (B, H, W, 2),
-        the convention of :meth:`register`'s."""
-        return self.lucas_kanade.track(vis, ir, start)
-
     def fuse(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
         return self.gaf(vis, ir)
 
@@ -134,14 +127,17 @@ class RegisterGraph(nn.Module):
 
 
 class TrackGraph(nn.Module):
-    """Export wrapper of the ``track`` graph: (vis, ir, start) -> grid (:meth:`BusReF.track`)."""
+    """Export wrapper of the ``track`` graph: (vis, ir, start) -> grid. The registration in force
+    ``start`` (1, H, W, 2) refined on a new pair ``vis``, ``ir`` (1, 1, H, W) in [0, 1] at the
+    registration size (``ir`` not pre-warped) by the Lucas-Kanade stage's ``track_schedule`` alone,
+    no nets (:meth:`LucasKanade.track`); the grid in :meth:`BusReF.register`'s convention."""
 
     def __init__(self, model: BusReF) -> None:
         super().__init__()
-        self.model = model
+        self.lucas_kanade = TrackStage(model.lucas_kanade)
 
     def forward(self, vis: torch.Tensor, ir: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        return self.model.track(vis, ir, start)
+        return self.lucas_kanade(vis, ir, start)
 
 
 class FuseGraph(nn.Module):

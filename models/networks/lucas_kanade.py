@@ -291,6 +291,23 @@ class LucasKanade(nn.Module):
         return torch.where(keep.view(batch, 1, 1, 1), grid[:batch], grid[batch:])
 
 
+class TrackStage(nn.Module):
+    """``forward(vis, ir, start)`` = ``stage.track(vis, ir, start)`` (:meth:`LucasKanade.track`).
+
+    A module of its own because the ONNX tracer scopes nodes by module calls, not method calls: held
+    as ``lucas_kanade`` by the export wrapper, the track graph's nodes carry the stage's
+    ``/lucas_kanade/`` scope, which keeps them FP32 in TensorRT FP16 engines
+    (``busref.export.onnx_fp16.FP32_SCOPES``; through ``stage.track`` directly they had no scope).
+    """
+
+    def __init__(self, stage: LucasKanade) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def forward(self, vis: Tensor, ir: Tensor, start: Tensor) -> Tensor:
+        return self.stage.track(vis, ir, start)
+
+
 def _full_size(grid: Tensor, h: int, w: int) -> Tensor:
     """``grid`` ``(B, h', w', 2)`` resampled (bilinear, align_corners=True) to ``(B, h, w, 2)``."""
     if grid.shape[1] == h and grid.shape[2] == w:
