@@ -12,7 +12,7 @@ import torch
 
 from busref.conventions import file_sha256
 from busref.export.onnx_check import check_graph_file
-from busref.models.baselines.registration import EccGradient, IdentityMethod, SiftRansacAffine
+from busref.models.baselines.registration import EccGradient, IdentityMethod, NgfMindElastic, SiftRansacAffine
 from busref.models.checkpoint import load_model
 from busref.models.cli.common import split_file
 from busref.models.config import (
@@ -177,15 +177,17 @@ def test_the_onnx_graphs_name_the_checkpoint_and_its_registration_size(shipped):
 def registration_means(model, descriptor, test_pairs, level: str) -> dict[str, dict[str, float]]:
     pairs, indices = test_pairs
     methods = {"busref": BusReFRegistration(model), "identity": IdentityMethod(), "ecc": EccGradient(),
+               "ngf-mind": NgfMindElastic(),
                "busref-refined": BusReFRegistration(model, refinement=RefinementConfig(), descriptor=descriptor[0])}
     return {name: r["summary"]["mean"] for name, r in
             evaluate_registration(methods, pairs, indices, level, progress=False).items()}
 
 
 @pytest.mark.slow
-def test_registers_better_than_identity_and_ecc_at_the_hard_level(shipped, descriptor, test_pairs):
+def test_registers_better_than_identity_ecc_and_ngf_mind_at_the_hard_level(shipped, descriptor, test_pairs):
     means = registration_means(shipped[0], descriptor, test_pairs, "hard")
-    for baseline in ("identity", "ecc"):
+    # The network alone: 10.9 px, MNCC 0.855; ngf-mind 16.6 px, 0.822; ECC 42.0 px, 0.395.
+    for baseline in ("identity", "ecc", "ngf-mind"):
         assert means["busref"]["MNCC"] > means[baseline]["MNCC"], means
         assert means["busref"]["EPE_mean"] < means[baseline]["EPE_mean"], means
 
@@ -193,8 +195,9 @@ def test_registers_better_than_identity_and_ecc_at_the_hard_level(shipped, descr
 @pytest.mark.slow
 def test_registers_better_than_identity_and_ecc_at_the_moderate_level(shipped, descriptor, test_pairs):
     means = registration_means(shipped[0], descriptor, test_pairs, "moderate")
-    # The network alone (its Lucas-Kanade stage included): 3.9 px against ECC's 8.3, MNCC 0.961
-    # against 0.838; the classical ngf-mind is still ahead on these three (3.2 px, 0.971).
+    # The network alone (its Lucas-Kanade stage included): 3.65 px against ECC's 8.27, MNCC 0.962
+    # against 0.841; the classical ngf-mind is still ahead on these three (3.25 px, 0.971), though not
+    # on the whole test split (4.63 px, 0.899 against the network's 3.77, 0.931).
     for baseline in ("identity", "ecc"):
         assert means["busref"]["MNCC"] > means[baseline]["MNCC"], means
         assert means["busref"]["EPE_mean"] < means[baseline]["EPE_mean"], means
