@@ -112,13 +112,16 @@ class LucasKanadeConfig(_Strict):
 
 
 #: The thermal weights' schedule (see :class:`LucasKanadeConfig`): 8 iterations at half size on
-#: descriptors blurred by 1 px, 14 at full size blurred by 1 px, 2 unblurred. It replaced the
-#: first schedule's 8 + 8 + 16 for speed: on the 8 held-out RoadScene train pairs (moderate / hard
-#: mean EPE) 8 + 8 + 16 gave 4.29 / 10.82 px, 8 + 16 + 4 4.32 / 10.70, 8 + 14 + 2 4.37 / 10.77,
-#: 8 + 12 + 4 4.37 / 10.81, 8 + 8 + 8 4.39 / 10.89, 12 + 8 + 8 4.61 / 10.72. A full-size iteration
-#: costs ~5 ms of the register graph (one thread); at ``rate_hz`` 6 the demo rig registered at 5.2
-#: Hz with 8 + 16 + 4 (a call 189 ms, median in the daemon) and 5.9 Hz with this one (162 ms).
-LK_SCHEDULE: tuple[tuple[int, float], ...] = ((2, 1.0),) * 8 + ((1, 1.0),) * 14 + ((1, 0.0),) * 2
+#: descriptors blurred by 1 px, 24 at full size blurred by 1 px, 16 unblurred. On the 8 held-out
+#: RoadScene train pairs (moderate / hard mean EPE): 8 + 24 + 16 4.20 / 10.47 px, 8 + 24 + 32 4.18 /
+#: 10.40, 8 + 16 + 24 4.18 / 10.59, 8 + 8 + 32 4.19 / 10.72, 8 + 16 + 16 4.22 / 10.63, 8 + 8 + 16
+#: 4.29 / 10.82, 8 + 16 + 4 4.32 / 10.70, 8 + 14 + 2 4.37 / 10.77, 8 + 12 + 4 4.37 / 10.81, 8 + 8 + 8
+#: 4.39 / 10.89, 12 + 8 + 8 4.61 / 10.72. A full-size iteration costs ~5 ms of the register graph
+#: (one thread). 8 + 14 + 2 was shipped while the daemon ran the register graph on every
+#: registration run (the demo rig at 5.9 Hz with it, 5.2 Hz with 8 + 16 + 4); with the track graph
+#: carrying 9 of 10 runs (``RegistrationConfig.register_every``) the longer schedule's call costs the
+#: daemon ~10 ms a run on average.
+LK_SCHEDULE: tuple[tuple[int, float], ...] = ((2, 1.0),) * 8 + ((1, 1.0),) * 24 + ((1, 0.0),) * 16
 
 #: With ``both_starts``, the thermal stage chooses its start after :data:`LK_SCHEDULE`'s 8 half-size
 #: iterations, so the full-size ones run once: with the 8 + 8 + 16 schedule the register graph took

@@ -4,7 +4,7 @@ Two parts of the register path have no weights, so turning them on or off change
 config only and every weight stays bit for bit:
 
 * ``--lucas-kanade``: the Lucas-Kanade stage at the end of the register graph
-  (busref.models.networks.lucas_kanade): ``standard`` = models.config.LK_SCHEDULE, 24 iterations
+  (busref.models.networks.lucas_kanade): ``standard`` = models.config.LK_SCHEDULE, 48 iterations
   at the nets' registration size (with ``--both-starts on``, the start is chosen after
   models.config.LK_SELECT_AFTER of them); ``fine`` = models.config.LK_SCHEDULE_FINE, 32 there
   and 48 more at twice that size (the model's ``net_pool`` 2: the nets keep their size, the registration
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="a trained registration checkpoint")
     parser.add_argument("--lucas-kanade", choices=sorted(STAGES),
-                        help="standard: models.config.LK_SCHEDULE (24 iterations); fine: LK_SCHEDULE_FINE (80, the "
+                        help="standard: models.config.LK_SCHEDULE (48 iterations); fine: LK_SCHEDULE_FINE (80, the "
                         "last 48 at twice the nets' size); off: no stage (default: as it is)")
     parser.add_argument("--both-starts", choices=sorted(SWITCH),
                         help="on: the Lucas-Kanade stage also refines from the graph's own start "

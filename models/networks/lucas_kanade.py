@@ -172,7 +172,8 @@ class LucasKanade(nn.Module):
         a still rig's registration needs no new coarse search, only a few more iterations on each
         new pair; from the shipped register graph's answer, 8 calls of 4 unblurred iterations took
         the 8 held-out RoadScene train pairs from 4.37 to 4.17 px (moderate; hard 10.77 -> 10.59),
-        at 19 ms a call against 147 ms for the register graph (ONNX Runtime, one thread, 192x256).
+        at 19-22 ms a call against 131-147 ms for the register graph of then (24 iterations; ONNX Runtime, one
+        thread, 192x256).
 
         Example::
 
