@@ -155,11 +155,12 @@ def check_cuda_buffers() -> Check:
 
 
 def _feeds(graph: str, meta: Any, hw: tuple[int, int] = TIMING_HW) -> dict[str, np.ndarray]:
-    """One synthetic input of ``graph`` at ``hw`` (the register graph at its own size; the frame
-    graph's IR at ``hw`` too)."""
+    """One synthetic input of ``graph`` at ``hw`` (the register and track graphs at their own size; the
+    frame graph's IR at ``hw`` too)."""
     from busref.export.samples import graph_feed, synthetic_pairs
+    from busref.runtime.artifact import REGISTRATION_GRAPHS
 
-    size = tuple(meta.registration_size) if graph in ("register", "track") else hw
+    size = tuple(meta.registration_size) if graph in REGISTRATION_GRAPHS else hw
     return graph_feed(graph, synthetic_pairs(1, hw)[0], size)
 
 

@@ -40,7 +40,7 @@ from busref.models.checkpoint import load_model
 from busref.models.geometry import warp_normalised
 from busref.models.networks import BusReF
 from busref.models.networks.busref import FuseGraph, RegisterGraph, TrackGraph
-from busref.runtime.artifact import ArtifactError, ArtifactMetadata, GraphKind, TensorSpec
+from busref.runtime.artifact import REGISTRATION_GRAPHS, ArtifactError, ArtifactMetadata, GraphKind, TensorSpec
 from busref.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class GraphReport:
 
 def tensor_specs(graph: GraphKind, registration_size: tuple[int, int]) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The contract's inputs and outputs of ``graph`` with their declared shapes."""
-    if graph in ("register", "track"):
+    if graph in REGISTRATION_GRAPHS:
         h, w = registration_size
         image = [1, 1, h, w]
         grid = TensorSpec(name="grid", shape=[1, h, w, 2],
@@ -154,7 +154,7 @@ def build_metadata(graph: GraphKind, payload: dict[str, Any], checkpoint_sha256:
         opset=opset,
         inputs=inputs,
         outputs=outputs,
-        registration_size=registration_size if graph in ("register", "track") else None,
+        registration_size=registration_size if graph in REGISTRATION_GRAPHS else None,
         modalities=list(modalities),
         keypoint_start=keypoint_start if graph == "register" else False,
         training_split=str(split.get("name", "")),
@@ -222,7 +222,7 @@ def graph_feeds(graph: GraphKind, pairs: list[SamplePair], registration_size: tu
     size, so its dynamic H/W is exercised; ``frame`` at the same two sizes, with the IR at the
     pair's own size (another size than the luminance at least once) and a non-trivial grid."""
     def sizes(p: SamplePair) -> tuple[tuple[int, int], ...]:
-        return (registration_size,) if graph in ("register", "track") else (p.cropped8().vis.shape, registration_size)
+        return (registration_size,) if graph in REGISTRATION_GRAPHS else (p.cropped8().vis.shape, registration_size)
 
     return [graph_feed(graph, p, hw) for p in pairs for hw in sizes(p)]
 
@@ -268,7 +268,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
     reports: list[GraphReport] = []
     staged: list[tuple[Path, Path]] = []
     try:
-        for graph in graphs_of(model):
+        graphs = graphs_of(model)
+        for graph in graphs:
             meta = build_metadata(graph, payload, sha, opset, reg_hw, modalities,
                                   keypoint_start=model.config.keypoint_start)
             final = out_dir / f"{graph}.onnx"
@@ -288,7 +289,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
         for tmp, final in staged:
             tmp.replace(final)
         stale = out_dir / "track.onnx"
-        if "track" not in graphs_of(model) and stale.is_file():
+        if "track" not in graphs and stale.is_file():
             # Another checkpoint's track graph beside these would be refused by the daemon anyway.
             stale.unlink()
             log.info("removed %s: %s has no track schedule", stale, checkpoint)

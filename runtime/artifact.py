@@ -22,6 +22,8 @@ METADATA_KEY = "busref"
 PROTOCOL = "irvis-reg-v1"
 
 GraphKind = Literal["register", "track", "fuse", "frame"]
+#: The graphs whose inputs are fixed at the registration size (their metadata's ``registration_size``).
+REGISTRATION_GRAPHS: tuple[GraphKind, ...] = ("register", "track")
 
 
 class TensorSpec(BaseModel):

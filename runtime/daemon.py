@@ -20,7 +20,7 @@ import numpy as np
 from busref.client.wire import StatusHeader
 from busref.rig_config.schema import RigConfig
 from busref.runtime import exit_codes
-from busref.runtime.artifact import ArtifactError, GraphKind, check_modality, registration_size_for
+from busref.runtime.artifact import REGISTRATION_GRAPHS, ArtifactError, GraphKind, check_modality, registration_size_for
 from busref.runtime.backends.base import BackendUnavailable, InferenceBackend, ModelMissing
 from busref.runtime.backends.select import open_backend
 from busref.runtime.capture import CaptureThread
@@ -66,7 +66,7 @@ def open_graph(config: RigConfig, graph: GraphKind) -> InferenceBackend:
         "frame": (inf.frame_model, inf.frame_engine),
     }[graph]
     threads = inf.threads
-    if graph in ("register", "track") and threads == 0:
+    if graph in REGISTRATION_GRAPHS and threads == 0:
         # Registration runs a few times a second beside the fuse graph: a second pool as wide
         # as the CPU would only fight the fuse pool for the same cores.
         threads = 1

@@ -51,7 +51,7 @@ from torch import nn
 from busref.conventions import affine_grid, file_sha256
 from busref.export.build_engine import parse_hw
 from busref.export.onnx_check import OPSET
-from busref.export.onnx_export import build_metadata, trace_graph, trace_module
+from busref.export.onnx_export import build_metadata, graphs_of, trace_graph, trace_module
 from busref.export.samples import SAMPLE_THETA, SamplePair, synthetic_pairs
 from busref.models.checkpoint import CheckpointError, git_commit, load_model
 from busref.models.networks import BusReF
@@ -179,7 +179,7 @@ def export_graphs(model: BusReF, payload: dict, checkpoint_sha256: str, size: HW
         return torch.rand(1, 1, *hw)
 
     paths: dict[str, Path] = {}
-    for graph in ("fuse", "register", *(("track",) if model.config.lucas_kanade.track_schedule else ())):
+    for graph in (g for g in graphs_of(model) if g != "frame"):  # the track graph where the model has one
         proto = trace_graph(model, graph, build_metadata(graph, payload, checkpoint_sha256, OPSET, reg))
         paths[graph] = out / f"{graph}.onnx"
         onnx.save_model(proto, str(paths[graph]))

@@ -103,18 +103,15 @@ class RegistrationScheduler:
             self._started_run()
         return self._run(vis_y, ir, t_capture)
 
-    def _tracks(self, held: RegistrationState | None) -> bool:
-        """Is this run a track-graph run (see the class)?"""
-        return (self.track is not None and self.config.warm_start and held is not None and held.source != "prior"
-                and self.runs % self.config.register_every != 0)
-
     def _run(self, vis_y: np.ndarray, ir: np.ndarray, t_capture: float) -> RegistrationState | None:
         started = time.perf_counter()
         stage = "register"
         try:
             held = self.filter.state
             start = held.theta if self.config.warm_start and held is not None else None
-            if self.track is not None and held is not None and self._tracks(held):
+            # A track-graph run (see the class): a registration is in force and this is not a register run.
+            if (self.track is not None and self.config.warm_start and held is not None and held.source != "prior"
+                    and self.runs % self.config.register_every != 0):
                 stage = "track"
                 estimate = run_track(self.track, self.geometry, vis_y, ir, t_capture, held.theta, held.grid,
                                      with_view=self.config.plausibility.must_agree)
