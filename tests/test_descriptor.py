@@ -118,8 +118,9 @@ def test_refine_grid_uses_the_descriptor_at_full_size_only():
     learned = refine_grid(reference, moving, start, config, _shared_towers())
     assert float((learned - plain).abs().max()) > 1e-3
     assert _epe(start, shift) > 2.5 and _epe(learned, shift) < 1.0, _epe(learned, shift)
-    # Weight 0, or no full-size scale: the same computation as without a descriptor.
-    for update in ({"descriptor_weight": 0.0}, {"scales": (2,), "iterations": (40,)}):
+    # Weight 0, or no full-size scale and no iterations on the descriptor (which run at full size):
+    # the same computation as without a descriptor.
+    for update in ({"descriptor_weight": 0.0}, {"scales": (2,), "iterations": (40,), "descriptor_iterations": 0}):
         changed = config.model_copy(update=update)
         assert torch.equal(refine_grid(reference, moving, start, changed, _shared_towers()),
                            refine_grid(reference, moving, start, changed))

@@ -9,7 +9,7 @@ import torch
 
 from busref.models.geometry import identity_grid, normalised_to_pixel, pixel_to_normalised
 from busref.models.local_structure import mind_descriptor
-from busref.models.refinement import RefinementConfig, ngf_similarity, refine_grid
+from busref.models.refinement import RefinementConfig, descriptor_iterations, ngf_similarity, refine_grid
 
 H, W = 64, 80
 FAST = RefinementConfig(scales=(2, 1), iterations=(60, 40))
@@ -99,8 +99,23 @@ def test_refinement_guards_its_inputs() -> None:
     ({"control": (1, 8)}, "at least 2x2"),
     ({"edge_noise": 0.0}, "greater than 0"),
     ({"mind_weight": -1.0}, "greater than or equal to 0"),
+    ({"descriptor_guard": 0.9}, "greater than or equal to 1"),
     ({"step": 1}, "Extra inputs are not permitted"),
 ])
 def test_config_errors_name_the_field(fields: dict, message: str) -> None:
     with pytest.raises(pydantic.ValidationError, match=message):
         RefinementConfig(**fields)
+
+
+def test_descriptor_iterations_recover_a_shift_and_the_guard_keeps_a_start_they_would_spoil() -> None:
+    shift = (2.0, -1.0)
+    vis, ir = _texture(), _texture(shift)
+    start = pixel_to_normalised(identity_grid(H, W), H, W)
+    config = RefinementConfig(descriptor_iterations=16)
+    # Features that agree where the images do (the images' own MIND) lead to the truth.
+    result = descriptor_iterations(vis, ir, start, (mind_descriptor(vis), mind_descriptor(ir)), config)
+    assert _epe(result, shift) < 0.5 < 2.0 < _epe(start, shift)
+    # Features that claim the opposite shift pull away from it; the MIND residual rises and the guard
+    # hands the start back unchanged.
+    wrong = (mind_descriptor(vis), mind_descriptor(_texture((-shift[0], -shift[1]))))
+    assert torch.equal(descriptor_iterations(vis, ir, start, wrong, config), start)

@@ -117,6 +117,54 @@ def affine_part(u: Tensor, weight: Tensor, basis: Tensor) -> Tensor:
     return (coefficients.transpose(1, 2) @ phi.flatten(2)).view_as(u)
 
 
+def gauss_newton_step(reference: Tensor, moving: Tensor, grid: Tensor, base: Tensor, content: Tensor,
+                      frame: Tensor, basis: Tensor | None, *, cells: int, sigma: float, window: float,
+                      field_window: float, rest_prior: float, damping: float, gain: float = 1.0
+                      ) -> tuple[Tensor, Tensor]:
+    """One iteration of the stage (steps 1-4 of :class:`LucasKanade`) on any per-pixel features.
+
+    ``reference`` ``(B, C, h, w)``: the visible image's features, already blurred by ``sigma``;
+    ``moving`` ``(B, C, h, w)``: the IR image's (unwarped); ``grid`` ``(B, h, w, 2)`` the current
+    grid; ``base`` ``(B, 2, h, w)`` the identity (:func:`coordinates`); ``content`` ``(B, 1, h, w)``
+    the IR's :func:`content_mask`; ``frame`` ``(1, 1, h / cells, w / cells)`` 1 on the cells away
+    from the visible frame's edge; ``basis`` the cells' :func:`affine_basis` (None: made here and
+    returned, so that a caller makes it once). ``gain`` scales the update (1: the Gauss-Newton step).
+    Returns the new grid and the basis.
+    """
+    warped = gaussian_blur(warp_features(moving, grid, padding_mode="border"), sigma)
+    gx, gy = image_gradients(warped)
+    residual = reference - warped
+    terms = torch.cat((_channel_sum(gx * gx), _channel_sum(gy * gy), _channel_sum(gx * gy),
+                       _channel_sum(gx * residual), _channel_sum(gy * residual)), dim=1)
+    # Cells whose features are valid in both images: the grid samples the IR's content, away from its
+    # frame, and the cell is away from the visible frame's edge (out of the IR, border padding repeats
+    # the mask's 0). Judged per cell at its centre: a second warp of the mask at every pixel cost ~60
+    # ms a call (NIR register graph 227 against 165 ms, one thread).
+    centres = F.avg_pool2d(grid.permute(0, 3, 1, 2), cells).permute(0, 2, 3, 1) if cells > 1 else grid
+    inside = (warp_features(content, centres, padding_mode="border") > 0.999).to(reference.dtype) * frame
+    if cells > 1:
+        terms = F.avg_pool2d(terms, cells)
+    terms = gaussian_blur(terms * inside, window)
+    # The absolute floor keeps a flat image (a lens cap, the daemon's start-up probe) solvable: there
+    # every term is 0 and the update must come out 0, not 0 / 0.
+    ridge = damping * (terms[:, :1] + terms[:, 1:2]).mean(dim=(2, 3), keepdim=True) + 1e-10
+    axx, ayy, axy = terms[:, :1] + ridge, terms[:, 1:2] + ridge, terms[:, 2:3]
+    bx, by = terms[:, 3:4], terms[:, 4:5]
+    det = axx * ayy - axy * axy
+    u = torch.cat((ayy * bx - axy * by, axx * by - axy * bx), dim=1) / det
+    weight = det / (axx + ayy)
+    if basis is None:
+        basis = affine_basis(u[:1])  # one for any batch: the cells are the same
+    affine = affine_part(u, weight, basis)
+    rest = gaussian_blur(weight * (u - affine), field_window) / \
+        (gaussian_blur(weight, field_window) + rest_prior * weight.mean(dim=(2, 3), keepdim=True) + 1e-12)
+    update = affine + rest if gain == 1.0 else gain * (affine + rest)
+    u = cells_to_normalised(F.interpolate(update, size=reference.shape[-2:], mode="bilinear", align_corners=True))
+    target = (base + u).permute(0, 2, 3, 1)
+    displacement = warp_features(grid.permute(0, 3, 1, 2) - base, target, padding_mode="border")
+    return displacement.permute(0, 2, 3, 1) + target, basis
+
+
 class LucasKanade(nn.Module):
     """``forward(vis, ir, grid)``: ``vis``, ``ir`` ``(B, 1, H, W)`` in [0, 1] at the registration
     size, ``grid`` ``(B, H, W, 2)`` the learned stages' estimate -> the refined grid, same shape.
@@ -234,38 +282,10 @@ class LucasKanade(nn.Module):
             if grid.shape[1] != reference.shape[-2]:
                 grid = F.interpolate(grid.permute(0, 3, 1, 2), size=size, mode="bilinear",
                                      align_corners=True).permute(0, 2, 3, 1)
-            warped = gaussian_blur(warp_features(moving, grid, padding_mode="border"), sigma)
-            gx, gy = image_gradients(warped)
-            residual = per_start(blurred[(factor, sigma)]) - warped
-            terms = torch.cat((_channel_sum(gx * gx), _channel_sum(gy * gy), _channel_sum(gx * gy),
-                               _channel_sum(gx * residual), _channel_sum(gy * residual)), dim=1)
-            # Cells whose descriptors are valid in both images: the grid samples the IR's content, away
-            # from its frame, and the cell is away from the visible frame's edge (out of the IR, border
-            # padding repeats the mask's 0). Judged per cell at its centre: a second warp of the mask
-            # at every pixel cost ~60 ms a call (NIR register graph 227 against 165 ms, one thread).
-            centres = F.avg_pool2d(grid.permute(0, 3, 1, 2), cells).permute(0, 2, 3, 1) if cells > 1 else grid
-            inside = (warp_features(content, centres, padding_mode="border") > 0.999).to(vis.dtype) * frame
-            if cells > 1:
-                terms = F.avg_pool2d(terms, cells)
-            terms = terms * inside
-            terms = gaussian_blur(terms, c.window)
-            # The absolute floor keeps a flat image (a lens cap, the daemon's start-up probe) solvable:
-            # there every term is 0 and the update must come out 0, not 0 / 0.
-            ridge = c.damping * (terms[:, :1] + terms[:, 1:2]).mean(dim=(2, 3), keepdim=True) + 1e-10
-            axx, ayy, axy = terms[:, :1] + ridge, terms[:, 1:2] + ridge, terms[:, 2:3]
-            bx, by = terms[:, 3:4], terms[:, 4:5]
-            det = axx * ayy - axy * axy
-            u = torch.cat((ayy * bx - axy * by, axx * by - axy * bx), dim=1) / det
-            weight = det / (axx + ayy)
-            if basis is None:
-                basis = affine_basis(u[:1])  # one for any batch: the cells are the same
-            affine = affine_part(u, weight, basis)
-            rest = gaussian_blur(weight * (u - affine), c.field_window) / \
-                (gaussian_blur(weight, c.field_window) + c.rest_prior * weight.mean(dim=(2, 3), keepdim=True) + 1e-12)
-            u = cells_to_normalised(F.interpolate(affine + rest, size=size, mode="bilinear", align_corners=True))
-            target = (base + u).permute(0, 2, 3, 1)
-            displacement = warp_features(grid.permute(0, 3, 1, 2) - base, target, padding_mode="border")
-            grid = displacement.permute(0, 2, 3, 1) + target
+            grid, basis = gauss_newton_step(
+                per_start(blurred[(factor, sigma)]), moving, grid, base, content, frame, basis, cells=cells,
+                sigma=sigma, window=c.window, field_window=c.field_window, rest_prior=c.rest_prior,
+                damping=c.damping)
         grid = _full_size(grid, h, w)
         if starts > 1:
             grid = self._choose(vis, ir, grid, features_at(1), batch)
@@ -366,6 +386,9 @@ def content_mask(ir: Tensor, margin: int = 6) -> Tensor:
 
 
 def _channel_sum(x: Tensor) -> Tensor:
-    """Sum over the 4 MIND channels as slices: ONNX Runtime's ReduceSum over the channel axis took
-    ~1.8 ms per call at 192x256, most of this stage's time."""
-    return x[:, 0:1] + x[:, 1:2] + x[:, 2:3] + x[:, 3:4]
+    """Sum over the channels as slices: ONNX Runtime's ReduceSum over the channel axis took ~1.8 ms
+    per call for the 4 MIND channels at 192x256, most of this stage's time."""
+    total = x[:, 0:1]
+    for channel in range(1, int(x.shape[1])):
+        total = total + x[:, channel:channel + 1]
+    return total
