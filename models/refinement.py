@@ -2,14 +2,14 @@
 local structure match the visible image's (normalised gradient fields + MIND, and at full size a
 learned cross-modal descriptor, :mod:`models.descriptor`).
 
-Why: the shipped networks leave ~6-7 px of error on the moderate level, mostly a
-smooth residual that their cross-modal cost volumes cannot resolve at 1/4 of the registration
-size. IR and visible intensities are unrelated, but the *orientation* of their edges largely
-agrees (up to sign), which NGF scores, and so does the pattern of local self-similarity, which
-MIND describes; starting from the network's grid, a few hundred Adam steps on a small smooth
-residual pull the two together. It is a per-pair optimisation (about 1.5 s on one CPU core), so
-it serves offline work (``busref eval``, ``busref register --refine``), not the real-time
-daemon, which runs the exported networks only.
+Why: the shipped register graph leaves 3.6 px of error on the moderate level (RoadScene test),
+mostly a smooth residual that its MIND-based Lucas-Kanade stage does not find. IR and visible
+intensities are unrelated, but the *orientation* of their edges largely agrees (up to sign),
+which NGF scores, and so does the pattern of local self-similarity, which MIND describes;
+starting from the network's grid, a few hundred Adam steps on a small smooth residual pull the
+two together, and Lucas-Kanade iterations on the learned descriptor finish it. It is a per-pair
+optimisation (about 3.5 s on one CPU core), so it serves offline work (``busref eval``,
+``busref register --refine``), not the real-time daemon, which runs the exported networks only.
 """
 
 from __future__ import annotations

@@ -124,9 +124,9 @@ def gauss_newton_step(reference: Tensor, moving: Tensor, grid: Tensor, base: Ten
     """One iteration of the stage (steps 1-4 of :class:`LucasKanade`) on any per-pixel features.
 
     ``reference`` ``(B, C, h, w)``: the visible image's features, already blurred by ``sigma``;
-    ``moving`` ``(B, C, h, w)``: the IR image's (unwarped); ``grid`` ``(B, h, w, 2)`` the current
-    grid; ``base`` ``(B, 2, h, w)`` the identity (:func:`coordinates`); ``content`` ``(B, 1, h, w)``
-    the IR's :func:`content_mask`; ``frame`` ``(1, 1, h / cells, w / cells)`` 1 on the cells away
+    ``moving`` ``(B, C, hm, wm)``: the IR image's (unwarped, of any size); ``grid`` ``(B, h, w, 2)``
+    the current grid; ``base`` ``(B, 2, h, w)`` the identity (:func:`coordinates`); ``content``
+    ``(B, 1, hm, wm)`` the IR's :func:`content_mask`; ``frame`` ``(1, 1, h / cells, w / cells)`` 1 on the cells away
     from the visible frame's edge; ``basis`` the cells' :func:`affine_basis` (None: made here and
     returned, so that a caller makes it once). ``gain`` scales the update (1: the Gauss-Newton step).
     Returns the new grid and the basis.
