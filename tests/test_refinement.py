@@ -9,7 +9,13 @@ import torch
 
 from busref.models.geometry import identity_grid, normalised_to_pixel, pixel_to_normalised
 from busref.models.local_structure import mind_descriptor
-from busref.models.refinement import RefinementConfig, descriptor_iterations, ngf_similarity, refine_grid
+from busref.models.refinement import (
+    RefinementConfig,
+    descriptor_iterations,
+    ngf_similarity,
+    refine_grid,
+    refinement_config,
+)
 
 H, W = 64, 80
 FAST = RefinementConfig(scales=(2, 1), iterations=(60, 40))
@@ -119,3 +125,9 @@ def test_descriptor_iterations_recover_a_shift_and_the_guard_keeps_a_start_they_
     # hands the start back unchanged.
     wrong = (mind_descriptor(vis), mind_descriptor(_texture((-shift[0], -shift[1]))))
     assert torch.equal(descriptor_iterations(vis, ir, start, wrong, config), start)
+
+
+def test_the_descriptor_iterations_run_for_thermal_rigs_only() -> None:
+    # The shipped descriptor learned thermal pairs; busref eval / register --refine pick by modality.
+    assert refinement_config("thermal") == RefinementConfig() and RefinementConfig().descriptor_iterations > 0
+    assert refinement_config("nir").descriptor_iterations == 0

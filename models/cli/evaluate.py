@@ -34,7 +34,7 @@ from busref.models.fusion_baselines import average, laplacian_pyramid_maxabs
 from busref.models.inference import BusReFRegistration, fuse_luminance
 from busref.models.metrics.registration import warp_numpy
 from busref.models.misalignment import LEVELS, protocol_pair
-from busref.models.refinement import RefinementConfig
+from busref.models.refinement import refinement_config
 from busref.models.train import select_device
 from busref.rig_config.resources import recorded_path
 from busref.visualise import contact_sheet, edge_overlay
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                 if name == "busref":
                     methods[name] = BusReFRegistration(model, device)
                 elif name == "busref-refined":
-                    methods[name] = BusReFRegistration(model, device, RefinementConfig(), descriptor)
+                    methods[name] = BusReFRegistration(model, device, refinement_config(args.modality), descriptor)
                 else:
                     methods[name] = make_method(name)
             results = evaluate_registration(methods, pairs, indices, args.level, progress=not args.no_progress)

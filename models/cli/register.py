@@ -25,7 +25,7 @@ from busref.models.descriptor import load_descriptor
 from busref.models.geometry import theta_to_pixel_affine
 from busref.models.inference import BusReFRegistration, fuse_luminance
 from busref.models.metrics.registration import warp_numpy
-from busref.models.refinement import RefinementConfig
+from busref.models.refinement import refinement_config
 from busref.models.train import select_device
 from busref.visualise import contact_sheet, edge_overlay
 
@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     except (DataError, CheckpointError) as exc:
         log.error("%s", exc)
         return 2
-    method = BusReFRegistration(model, device, RefinementConfig() if args.refine else None, descriptor)
+    method = BusReFRegistration(model, device, refinement_config(args.modality) if args.refine else None,
+                                descriptor)
     rows: list[list[np.ndarray]] = []
     labels: list[str] = []
 
