@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from busref.models.config import LK_WINDOW, LucasKanadeConfig
 from busref.models.descriptor import CrossModalDescriptor
-from busref.models.geometry import warp_features, warp_normalised
+from busref.models.geometry import warp_normalised
 from busref.models.local_structure import image_gradients, mind_descriptor
 from busref.models.networks.layers import coordinates
-from busref.models.networks.lucas_kanade import content_mask, descriptor_residual, gauss_newton_step
+from busref.models.networks.lucas_kanade import content_mask, gauss_newton_step, paired_residuals
 
 Tensor = torch.Tensor
 
@@ -218,8 +218,8 @@ def descriptor_iterations(vis: Tensor, ir: Tensor, grid: Tensor, learned: tuple[
     (:func:`busref.models.networks.lucas_kanade.gauss_newton_step`, its default windows) on the
     learned descriptors ``learned`` (``(1, D, H, W)`` of ``vis``, ``(1, D, Hm, Wm)`` of ``ir``) from
     ``grid`` ``(1, H, W, 2)`` (normalised, align_corners=True); ``grid`` itself where they raise the
-    MIND residual (:func:`descriptor_residual`, on the pixels both grids sample inside the IR's
-    content) by more than ``config.descriptor_guard`` times.
+    MIND residual (:func:`busref.models.networks.lucas_kanade.paired_residuals`) by more than
+    ``config.descriptor_guard`` times.
 
     Why: the descriptor's optimum is at the truth where NGF's and MIND's are not, and iterating on
     it converges where the Adam steps on its cosine stop short (see :class:`RefinementConfig`).
@@ -239,11 +239,5 @@ def descriptor_iterations(vis: Tensor, ir: Tensor, grid: Tensor, learned: tuple[
                                           rest_prior=stage.rest_prior, damping=stage.damping,
                                           gain=config.descriptor_gain)
 
-    def inside(g: Tensor) -> Tensor:
-        return (warp_features(content, g, padding_mode="border") > 0.999).to(vis.dtype)
-
-    common = inside(grid) * inside(result) * content_mask(torch.ones_like(vis))
-    mind_v, mind_r = mind_descriptor(vis), mind_descriptor(ir)
-    before = descriptor_residual(mind_v, mind_r, grid, common)
-    after = descriptor_residual(mind_v, mind_r, result, common)
+    before, after = paired_residuals(mind_descriptor(vis), mind_descriptor(ir), content, torch.cat((grid, result)))
     return result if bool(after <= config.descriptor_guard * before) else grid

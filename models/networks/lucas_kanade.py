@@ -158,6 +158,7 @@ def gauss_newton_step(reference: Tensor, moving: Tensor, grid: Tensor, base: Ten
     affine = affine_part(u, weight, basis)
     rest = gaussian_blur(weight * (u - affine), field_window) / \
         (gaussian_blur(weight, field_window) + rest_prior * weight.mean(dim=(2, 3), keepdim=True) + 1e-12)
+    # No multiply at gain 1: the register and track graphs stay the graphs they were exported as.
     update = affine + rest if gain == 1.0 else gain * (affine + rest)
     u = cells_to_normalised(F.interpolate(update, size=reference.shape[-2:], mode="bilinear", align_corners=True))
     target = (base + u).permute(0, 2, 3, 1)
@@ -303,12 +304,8 @@ class LucasKanade(nn.Module):
         110 px) and the second's residual was 1 % lower.
         """
         reference, moving, _, content, _ = full
-        inside = (warp_features(torch.cat((content, content), dim=0), grid, padding_mode="border") > 0.999
-                  ).to(vis.dtype)
-        common = inside[:batch] * inside[batch:] * content_mask(torch.ones_like(vis))
-        residual = descriptor_residual(*(torch.cat((x, x), dim=0) for x in (reference, moving)), grid,
-                                       torch.cat((common, common), dim=0))
-        keep = residual[batch:] >= SECOND_START_MARGIN * residual[:batch]
+        first, second = paired_residuals(reference, moving, content, grid)
+        keep = second >= SECOND_START_MARGIN * first
         return torch.where(keep.view(batch, 1, 1, 1), grid[:batch], grid[batch:])
 
 
@@ -361,6 +358,24 @@ def descriptor_residual(reference: Tensor, moving: Tensor, grid: Tensor, mask: T
     warped = warp_features(moving, grid, padding_mode="border")
     squared = _channel_sum((reference - warped) ** 2)
     return (squared * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(1.0)
+
+
+def paired_residuals(reference: Tensor, moving: Tensor, content: Tensor, grids: Tensor) -> tuple[Tensor, Tensor]:
+    """Two results' :func:`descriptor_residual`, judged on the same pixels.
+
+    ``grids`` ``(2B, H, W, 2)``: the first result of each of ``B`` pairs, then the second;
+    ``reference`` ``(B, C, H, W)`` and ``moving`` ``(B, C, hm, wm)`` the pairs' descriptors (``moving``
+    unwarped); ``content`` ``(B, 1, hm, wm)`` the IR's :func:`content_mask`. The pixels are those both
+    results sample inside the IR's content, away from the visible frame's edge band. Returns the
+    first results' and the second results' residuals, each ``(B,)``.
+    """
+    batch = reference.shape[0]
+    inside = (warp_features(torch.cat((content, content), dim=0), grids, padding_mode="border") > 0.999
+              ).to(reference.dtype)
+    common = inside[:batch] * inside[batch:] * content_mask(torch.ones_like(reference[:, :1]))
+    residual = descriptor_residual(*(torch.cat((x, x), dim=0) for x in (reference, moving)), grids,
+                                   torch.cat((common, common), dim=0))
+    return residual[:batch], residual[batch:]
 
 
 def content_mask(ir: Tensor, margin: int = 6) -> Tensor:
