@@ -78,6 +78,10 @@ class LucasKanadeConfig(_Strict):
     rest_prior: float = Field(1.0, ge=0, description="the non-affine update is shrunk towards zero where the "
                               "smoothed cell weights are below this multiple of their mean")
     damping: float = Field(0.01, gt=0, description="Tikhonov term, a fraction of the mean gradient energy")
+    mind_radius: int = Field(2, ge=1, le=3, description="the MIND descriptors compare each pixel's patch with "
+                             "those of its four axial neighbours at this distance (pixels of the iteration's size)")
+    mind_diagonal: int = Field(0, ge=0, le=3, description="0: the axial neighbours only (4 channels); d > 0: also "
+                               "the four diagonal ones at (+-d, +-d) (8 channels), at most mind_radius")
     both_starts: bool = Field(
         False, description="also refine from the graph's own start (the identity: in the daemon, the "
         "registration in force) and keep, per pair, whichever of the two results' MIND descriptors agree "
@@ -105,6 +109,8 @@ class LucasKanadeConfig(_Strict):
         factors = {f for f, _ in (*self.schedule, *self.track_schedule)}
         if any(self.pool % f for f in factors):
             raise ValueError(f"pool {self.pool} must be a multiple of every schedule factor ({sorted(factors)})")
+        if self.mind_diagonal > self.mind_radius:
+            raise ValueError(f"mind_diagonal {self.mind_diagonal} must be at most mind_radius {self.mind_radius}")
         if self.select_after is not None and (not self.both_starts or self.select_after > len(self.schedule)):
             raise ValueError(f"select_after {self.select_after} needs both_starts and at most the schedule's "
                              f"{len(self.schedule)} entries")
@@ -122,6 +128,27 @@ class LucasKanadeConfig(_Strict):
 #: carrying 9 of 10 runs (``RegistrationConfig.register_every``) the longer schedule's call costs the
 #: daemon ~10 ms a run on average.
 LK_SCHEDULE: tuple[tuple[int, float], ...] = ((2, 1.0),) * 8 + ((1, 1.0),) * 24 + ((1, 0.0),) * 16
+
+#: The MIND neighbourhood of the shipped stages (``LucasKanadeConfig.mind_radius`` and
+#: ``mind_diagonal``): the four axial neighbours and the four diagonal ones at (+-1, +-1), 8 channels;
+#: the axial ones at 1 px of the nets' size, i.e. radius 1 in the thermal stage (:data:`LK_SCHEDULE`, at
+#: the nets' 192x256) and :data:`LK_MIND_RADIUS_FINE` 2 in the NIR one (:data:`LK_SCHEDULE_FINE`, at twice
+#: that size). Before, both used the four axial neighbours at radius 2. On the 8 held-out RoadScene train
+#: pairs (thermal nets and schedule; mean EPE moderate / hard / wide): axial at radius 2 4.20 / 10.47 /
+#: 15.46 px (MNCC 0.907 / 0.794 / 0.708); radius 1 with diagonals 3.83 / 9.50 / 15.08 (0.919 / 0.805 /
+#: 0.714); radius 2 with diagonals at 1 3.76 / 10.09 / 15.60; at 2 3.79 / 11.02; radius 1 axial only
+#: 4.46 / 9.45; radius 3 with diagonals at 1 3.87 / 10.66; radius 1 with diagonals and 5x5 patches 4.39
+#: / 8.48 (the wider patches widen the capture range and blur the optimum; in the first 32 iterations
+#: only 4.30 / 8.51). With the diagonals, 8 + 16 + 16 iterations 3.79 / 10.30 (radius 2), 8 + 8 + 8 4.05
+#: / 10.60. Other features beside the axial MIND did less (moderate): the gradient's doubled-angle
+#: orientation (2 channels) 4.01-4.16 px, MIND of radius 1 and 2 together 4.22. On 20 held-out NIR train
+#: pairs (NIR nets and schedule, moderate): axial at radius 2 1.90 px (MNCC 0.966); radius 2 with
+#: diagonals 1.82 (0.967); radius 1 with diagonals 1.90 (0.968). Cost: 8 channels instead of 4 in
+#: every iteration (thermal register graph 189 -> 346 ms, track graph 14 -> 24 ms; NIR 2005 ms and 72
+#: ms; ONNX Runtime, one thread).
+LK_MIND_DIAGONAL = 1
+LK_MIND_RADIUS = 1
+LK_MIND_RADIUS_FINE = 2
 
 #: With ``both_starts``, the thermal stage chooses its start after :data:`LK_SCHEDULE`'s 8 half-size
 #: iterations, so the full-size ones run once: with the 8 + 8 + 16 schedule the register graph took

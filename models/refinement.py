@@ -64,6 +64,11 @@ class RefinementConfig(BaseModel):
     guard), by -0.9 to +77 %, +3.9 % and more on every pair it made worse by 0.2 px or more; with
     the guard 4.00 px (gain 2).
 
+    The MIND term's eight neighbours (``mind_radius`` 2, ``mind_diagonal`` 1), from the register graph
+    of the same neighbourhood, on the 8 validation pairs (moderate): 2.63 px with the four axial
+    neighbours, 2.20 with the eight (2.27 at radius 1); on 20 held-out NIR train pairs (NIR weights)
+    1.75 -> 1.73 px (docs/experiments.md).
+
     Starting one scale coarser (8, 4, 2, 1) was worse from the network: started *at the truth*
     it drifted 2.9 px away, against 1.7 px for the finest scale alone, so blurred NGF is biased
     and only pays where the start is far off (:class:`models.baselines.registration.NgfMindElastic`).
@@ -80,6 +85,10 @@ class RefinementConfig(BaseModel):
     smoothness: float = Field(0.1, ge=0, description="weight of the control points' squared differences")
     edge_noise: float = Field(0.03, gt=0, description="NGF epsilon: gradients below it count as noise")
     mind_weight: float = Field(1.0, ge=0, description="weight of the MIND descriptor distance (0: NGF only)")
+    mind_radius: int = Field(2, ge=1, le=3, description="that MIND's four axial neighbours at this distance (pixels "
+                             "of each scale)")
+    mind_diagonal: int = Field(1, ge=0, le=3, description="and, if > 0, its four diagonal ones at (+-d, +-d), at "
+                               "most mind_radius")
     descriptor_weight: float = Field(1.0, ge=0, description="weight of the learned descriptor's cosine distance, "
                                      "at pool factor 1 only (used when refine_grid is given a descriptor)")
     descriptor_iterations: int = Field(64, ge=0, description="Lucas-Kanade iterations on the learned descriptor "
@@ -98,6 +107,8 @@ class RefinementConfig(BaseModel):
             raise ValueError("scales must be >= 1 and iterations >= 0")
         if min(self.control) < 2:
             raise ValueError(f"control needs at least 2x2 points, got {self.control}")
+        if self.mind_diagonal > self.mind_radius:
+            raise ValueError(f"mind_diagonal {self.mind_diagonal} must be at most mind_radius {self.mind_radius}")
         return self
 
 
@@ -185,7 +196,8 @@ def refine_grid(vis: Tensor, ir: Tensor, grid: Tensor, config: RefinementConfig 
             composed = sampler((reference.shape[-2], reference.shape[-1]))
             inside = torch.ones_like(moving)
             if config.mind_weight > 0:
-                mind_reference, mind_moving = mind_descriptor(reference), mind_descriptor(moving)
+                mind_reference, mind_moving = (mind_descriptor(x, config.mind_radius, diagonal=config.mind_diagonal)
+                                               for x in (reference, moving))
             for _ in range(steps):
                 current = composed()
                 # Only pixels that sample the moving image's content count (the IR's zero padding

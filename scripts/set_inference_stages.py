@@ -9,7 +9,8 @@ config only and every weight stays bit for bit:
   models.config.LK_SELECT_AFTER of them); ``fine`` = models.config.LK_SCHEDULE_FINE, 32 there
   and 48 more at twice that size (the model's ``net_pool`` 2: the nets keep their size, the registration
   size doubles; needs ``--both-starts on``, the start is chosen before the 48); both with
-  models.config.LK_WINDOW; ``off``: none;
+  models.config.LK_WINDOW and MIND descriptors of eight neighbours, 1 px apart at the nets' size
+  (models.config.LK_MIND_RADIUS, LK_MIND_RADIUS_FINE, LK_MIND_DIAGONAL); ``off``: none;
 * ``--both-starts``: the Lucas-Kanade stage also refines from the graph's own start and keeps the
   better-agreeing result (``LucasKanadeConfig.both_starts``);
 * ``--keypoint-start``: the SIFT + RANSAC affine tried as a start of the register graph
@@ -42,6 +43,9 @@ from pydantic import ValidationError
 from busref.conventions import file_sha256
 from busref.models.checkpoint import CheckpointError, load_checkpoint, save_payload
 from busref.models.config import (
+    LK_MIND_DIAGONAL,
+    LK_MIND_RADIUS,
+    LK_MIND_RADIUS_FINE,
     LK_SCHEDULE,
     LK_SCHEDULE_FINE,
     LK_SELECT_AFTER,
@@ -60,10 +64,13 @@ log = logging.getLogger("set_inference_stages")
 #: against 2.59 on the held-out NIR pairs). Both stages sum their normal equations over
 #: models.config.LK_WINDOW cells; ``off`` puts back the field's default.
 STAGES: dict[str, tuple[dict[str, object], int]] = {
-    "off": ({"schedule": (), "pool": 4, "window": LucasKanadeConfig.model_fields["window"].default,
-             "select_after": None}, 1),
-    "standard": ({"schedule": LK_SCHEDULE, "pool": 4, "window": LK_WINDOW, "select_after": LK_SELECT_AFTER}, 1),
-    "fine": ({"schedule": LK_SCHEDULE_FINE, "pool": 8, "window": LK_WINDOW, "select_after": 32}, 2),
+    "off": ({"schedule": (), "pool": 4, "select_after": None,
+             **{name: LucasKanadeConfig.model_fields[name].default
+                for name in ("window", "mind_radius", "mind_diagonal")}}, 1),
+    "standard": ({"schedule": LK_SCHEDULE, "pool": 4, "window": LK_WINDOW, "select_after": LK_SELECT_AFTER,
+                  "mind_radius": LK_MIND_RADIUS, "mind_diagonal": LK_MIND_DIAGONAL}, 1),
+    "fine": ({"schedule": LK_SCHEDULE_FINE, "pool": 8, "window": LK_WINDOW, "select_after": 32,
+              "mind_radius": LK_MIND_RADIUS_FINE, "mind_diagonal": LK_MIND_DIAGONAL}, 2),
 }
 SWITCH = {"on": True, "off": False}
 TRACKS = {"standard": LK_TRACK, "fine": LK_TRACK_FINE, "off": ()}

@@ -100,14 +100,19 @@ def test_a_bad_schedule_names_the_field():
         LucasKanadeConfig(schedule=((1, -1.0),))
     with pytest.raises(ValueError, match="pool 6 must be a multiple of every schedule factor"):
         LucasKanadeConfig(schedule=((4, 1.0), (1, 0.0)), pool=6)
+    with pytest.raises(ValueError, match="mind_diagonal 2 must be at most mind_radius 1"):
+        LucasKanadeConfig(mind_radius=1, mind_diagonal=2)
 
 
-def test_it_recovers_a_rotation_and_shift_across_inverted_contrast():
+@pytest.mark.parametrize("radius, diagonal", [(2, 0), (1, 1)], ids=["axial", "axial+diagonal"])
+def test_it_recovers_a_rotation_and_shift_across_inverted_contrast(radius: int, diagonal: int):
     """The IR shows the scene with inverted contrast (a hot road on a cool background), rotated by
-    2 degrees and shifted by (3, -2) px; started from the identity, most of it is recovered."""
+    2 degrees and shifted by (3, -2) px; started from the identity, most of it is recovered, with the
+    four axial MIND neighbours and with the eight of the shipped stages."""
     vis, ir, start, truth = misaligned_pair(rotation_shift(2.0, (3.0, -2.0)))
     before = pixel_error(start, truth)
-    after = pixel_error(LucasKanade(LucasKanadeConfig(schedule=SCHEDULE))(vis, ir, start), truth)
+    stage = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE, mind_radius=radius, mind_diagonal=diagonal))
+    after = pixel_error(stage(vis, ir, start), truth)
     assert before > 3.0
     assert after < 0.25 * before, (before, after)
 

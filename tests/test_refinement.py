@@ -65,6 +65,19 @@ def test_mind_describes_structure_not_contrast() -> None:
         mind_descriptor(image.expand(1, 2, H, W))
 
 
+def test_mind_with_diagonal_neighbours_has_eight_channels_and_the_same_invariances() -> None:
+    image = _texture()
+    descriptor = mind_descriptor(image, 1, diagonal=1)
+    assert descriptor.shape == (1, 8, H, W)
+    assert torch.allclose(descriptor.amax(dim=1), torch.ones(1, H, W))
+    assert torch.allclose(mind_descriptor(1.0 - image, 1, diagonal=1), descriptor, atol=1e-4)
+    assert float((mind_descriptor(_texture((3.0, 0.0)), 1, diagonal=1) - descriptor).abs().mean()) > 0.05
+    with pytest.raises(ValueError, match=r"diagonal must be within 0\.\.radius"):
+        mind_descriptor(image, 1, diagonal=2)
+    with pytest.raises(ValueError, match="patch odd"):
+        mind_descriptor(image, 2, patch=2)
+
+
 def test_ngf_rejects_mismatched_shapes() -> None:
     image = _texture()
     with pytest.raises(ValueError, match="one shape"):

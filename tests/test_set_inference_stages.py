@@ -12,7 +12,16 @@ import torch
 
 from busref.conventions import file_sha256
 from busref.models.checkpoint import load_checkpoint
-from busref.models.config import LK_SCHEDULE, LK_SCHEDULE_FINE, LK_SELECT_AFTER, LK_TRACK_FINE, LK_WINDOW
+from busref.models.config import (
+    LK_MIND_DIAGONAL,
+    LK_MIND_RADIUS,
+    LK_MIND_RADIUS_FINE,
+    LK_SCHEDULE,
+    LK_SCHEDULE_FINE,
+    LK_SELECT_AFTER,
+    LK_TRACK_FINE,
+    LK_WINDOW,
+)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "set_inference_stages.py"
 _spec = importlib.util.spec_from_file_location("set_inference_stages", SCRIPT)
@@ -32,6 +41,7 @@ def test_fine_doubles_the_registration_size_around_the_same_nets_and_standard_un
     assert model.net_pool == 2 and model.registration_size == tuple(2 * s for s in nets_size)
     assert model.lucas_kanade.schedule == LK_SCHEDULE_FINE and model.lucas_kanade.pool == 8
     assert model.lucas_kanade.window == LK_WINDOW
+    assert (model.lucas_kanade.mind_radius, model.lucas_kanade.mind_diagonal) == (LK_MIND_RADIUS_FINE, LK_MIND_DIAGONAL)
     assert model.lucas_kanade.both_starts and model.lucas_kanade.select_after == 32 and model.keypoint_start
     assert model.lucas_kanade.track_schedule == LK_TRACK_FINE
     assert all(torch.equal(v, source["model"][k]) for k, v in payload["model"].items())
@@ -44,6 +54,7 @@ def test_fine_doubles_the_registration_size_around_the_same_nets_and_standard_un
     assert model.net_pool == 1 and model.registration_size == nets_size
     assert model.lucas_kanade.schedule == LK_SCHEDULE and model.lucas_kanade.pool == 4
     assert model.lucas_kanade.window == LK_WINDOW
+    assert (model.lucas_kanade.mind_radius, model.lucas_kanade.mind_diagonal) == (LK_MIND_RADIUS, LK_MIND_DIAGONAL)
     assert model.lucas_kanade.select_after == LK_SELECT_AFTER and model.keypoint_start
     assert back["derived_from"]["source_derived_from"] == payload["derived_from"]
 
@@ -56,6 +67,12 @@ def test_fine_doubles_the_registration_size_around_the_same_nets_and_standard_un
     no_track = tmp_path / "no_track.pt"
     assert stages.main(["--checkpoint", str(one_start), "--track", "off", "--out", str(no_track)]) == 0
     assert load_checkpoint(no_track)["config"].model.lucas_kanade.track_schedule == ()
+
+    off = tmp_path / "off.pt"
+    assert stages.main(["--checkpoint", str(fine), "--lucas-kanade", "off", "--both-starts", "off",
+                        "--out", str(off)]) == 0
+    stage = load_checkpoint(off)["config"].model.lucas_kanade
+    assert stage.schedule == () and (stage.mind_radius, stage.mind_diagonal) == (2, 0)
 
 
 def test_fine_without_both_starts_is_refused_and_nothing_written(trained_checkpoint: Path, tmp_path: Path,
