@@ -251,5 +251,5 @@ def descriptor_iterations(vis: Tensor, ir: Tensor, grid: Tensor, learned: tuple[
                                           rest_prior=stage.rest_prior, damping=stage.damping,
                                           gain=config.descriptor_gain)
 
-    before, after = paired_residuals(mind_descriptor(vis), mind_descriptor(ir), content, torch.cat((grid, result)))
+    before, after = paired_residuals(vis, ir, content, torch.cat((grid, result)))
     return result if bool(after <= config.descriptor_guard * before) else grid

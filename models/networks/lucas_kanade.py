@@ -304,14 +304,13 @@ class LucasKanade(nn.Module):
 
         The residual is judged per pixel, on the pixels both results see inside the IR. The second
         start has to win by a margin: on a wide-level NIR test pair both results were far off (40 and
-        110 px) and the second's residual was 1 % lower. It is the residual of the four axial MIND
-        neighbours at radius 2 (:func:`mind_descriptor`'s default), whatever descriptors the
-        iterations compare (``config.mind_radius``, ``mind_diagonal``): a judge that neither result
-        was optimised on. With the shipped stages' eight neighbours it chose better on 3 of 20 held-out
-        NIR train pairs (0.70 -> 0.31, 1.93 -> 1.60, 3.05 -> 2.01 px; mean 1.82 -> 1.73 px) and alike on
-        the 8 held-out RoadScene train pairs.
+        110 px) and the second's residual was 1 % lower. It is :func:`paired_residuals`' axial MIND,
+        whatever descriptors the iterations compare (``config.mind_radius``, ``mind_diagonal``): a
+        judge that neither result was optimised on. With the shipped stages' eight neighbours it chose
+        better on 3 of 20 held-out NIR train pairs (0.70 -> 0.31, 1.93 -> 1.60, 3.05 -> 2.01 px; mean
+        1.82 -> 1.73 px) and alike on the 8 held-out RoadScene train pairs.
         """
-        first, second = paired_residuals(mind_descriptor(vis), mind_descriptor(ir), content, grid)
+        first, second = paired_residuals(vis, ir, content, grid)
         keep = second >= SECOND_START_MARGIN * first
         return torch.where(keep.view(batch, 1, 1, 1), grid[:batch], grid[batch:])
 
@@ -367,19 +366,23 @@ def descriptor_residual(reference: Tensor, moving: Tensor, grid: Tensor, mask: T
     return (squared * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(1.0)
 
 
-def paired_residuals(reference: Tensor, moving: Tensor, content: Tensor, grids: Tensor) -> tuple[Tensor, Tensor]:
-    """Two results' :func:`descriptor_residual`, judged on the same pixels.
+def paired_residuals(vis: Tensor, ir: Tensor, content: Tensor, grids: Tensor) -> tuple[Tensor, Tensor]:
+    """Two results' :func:`descriptor_residual` on the four axial MIND neighbours at radius 2
+    (:func:`mind_descriptor`'s default), judged on the same pixels: the judge of the stage's two
+    starts (:meth:`LucasKanade._choose`) and of the refinement's descriptor iterations, whatever
+    descriptors produced the results.
 
-    ``grids`` ``(2B, H, W, 2)``: the first result of each of ``B`` pairs, then the second;
-    ``reference`` ``(B, C, H, W)`` and ``moving`` ``(B, C, hm, wm)`` the pairs' descriptors (``moving``
-    unwarped); ``content`` ``(B, 1, hm, wm)`` the IR's :func:`content_mask`. The pixels are those both
-    results sample inside the IR's content, away from the visible frame's edge band. Returns the
-    first results' and the second results' residuals, each ``(B,)``.
+    ``grids`` ``(2B, H, W, 2)``: the first result of each of ``B`` pairs, then the second; ``vis``
+    ``(B, 1, H, W)`` and ``ir`` ``(B, 1, hm, wm)`` the pairs' images (``ir`` unwarped); ``content``
+    ``(B, 1, hm, wm)`` the IR's :func:`content_mask`. The pixels are those both results sample inside
+    the IR's content, away from the visible frame's edge band. Returns the first results' and the
+    second results' residuals, each ``(B,)``.
     """
-    batch = reference.shape[0]
+    batch = vis.shape[0]
+    reference, moving = mind_descriptor(vis), mind_descriptor(ir)
     inside = (warp_features(torch.cat((content, content), dim=0), grids, padding_mode="border") > 0.999
               ).to(reference.dtype)
-    common = inside[:batch] * inside[batch:] * content_mask(torch.ones_like(reference[:, :1]))
+    common = inside[:batch] * inside[batch:] * content_mask(torch.ones_like(vis))
     residual = descriptor_residual(*(torch.cat((x, x), dim=0) for x in (reference, moving)), grids,
                                    torch.cat((common, common), dim=0))
     return residual[:batch], residual[batch:]
