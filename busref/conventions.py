@@ -131,3 +131,12 @@ def read_gray(path: str | Path) -> np.ndarray:
     if image.dtype != np.uint8:
         raise DataError(f"{path}: unsupported pixel type {image.dtype} (8- or 16-bit images only)")
     return image.astype(np.float32) / 255.0
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """``"512x640"`` (H x W) -> (512, 640)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size: write HEIGHTxWIDTH, e.g. 512x640") from None
+    return h, w

@@ -84,15 +84,6 @@ class BuildError(RuntimeError):
 # --------------------------------------------------------------------------- profiles
 
 
-def parse_hw(text: str) -> HW:
-    """``"512x640"`` (H x W) -> (512, 640)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"{text!r} is not a size: write HEIGHTxWIDTH, e.g. 512x640") from None
-    return h, w
-
-
 #: (min, opt, max) shape of one engine input.
 Shapes = tuple[list[int], list[int], list[int]]
 

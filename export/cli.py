@@ -120,13 +120,14 @@ def _targets(args: argparse.Namespace) -> tuple[list[tuple[Path, Path]], object 
 
 
 def run_engine(args: argparse.Namespace) -> int:
+    from busref.conventions import parse_hw
     from busref.export import build_engine as be
     from busref.export.samples import sample_pairs
     from busref.runtime.artifact import ArtifactError
 
     try:
         targets, rig = _targets(args)
-        sizes = {k: be.parse_hw(v) if v else None for k, v in
+        sizes = {k: parse_hw(v) if v else None for k, v in
                  (("min_hw", args.min_hw), ("opt_hw", args.opt_hw), ("max_hw", args.max_hw))}
         for onnx_path, engine_path in targets:
             request = be.BuildRequest(onnx_path, engine_path, precision=args.precision, rig=rig,

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from busref.keypoints import keypoint_affine
-from busref.models.descriptor import CrossModalDescriptor
 from busref.models.geometry import (
     affine_to_grid,
     apply_affine,
@@ -22,6 +21,7 @@ from busref.models.geometry import (
     pixel_to_normalised,
 )
 from busref.models.networks import BusReF
+from busref.models.networks.matcher import CrossModalDescriptor
 from busref.models.refinement import RefinementConfig, refine_grid
 from busref.orientation import agreement_with, orientation_field
 

@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from busref.models.config import LK_WINDOW, LucasKanadeConfig
-from busref.models.descriptor import CrossModalDescriptor
 from busref.models.geometry import warp_normalised
 from busref.models.local_structure import image_gradients, mind_descriptor
-from busref.models.networks.layers import coordinates
-from busref.models.networks.lucas_kanade import content_mask, gauss_newton_step, paired_residuals
+from busref.models.networks.lucas_kanade import descriptor_phase
+from busref.models.networks.matcher import CrossModalDescriptor
 
 Tensor = torch.Tensor
 
@@ -239,17 +238,7 @@ def descriptor_iterations(vis: Tensor, ir: Tensor, grid: Tensor, learned: tuple[
     modality-independent MIND residual shows it.
     """
     stage = LucasKanadeConfig()
-    cells = config.descriptor_cells
-    content = content_mask(ir)
-    frame = content_mask(torch.ones_like(vis))
-    frame = (F.avg_pool2d(frame, cells) > 0.999).to(vis.dtype) if cells > 1 else frame
-    base = coordinates(vis)
-    result, basis = grid, None
-    for _ in range(config.descriptor_iterations):
-        result, basis = gauss_newton_step(learned[0], learned[1], result, base, content, frame, basis, cells=cells,
-                                          sigma=0.0, window=LK_WINDOW, field_window=stage.field_window,
-                                          rest_prior=stage.rest_prior, damping=stage.damping,
-                                          gain=config.descriptor_gain)
-
-    before, after = paired_residuals(vis, ir, content, torch.cat((grid, result)))
-    return result if bool(after <= config.descriptor_guard * before) else grid
+    return descriptor_phase(vis, ir, grid, learned, iterations=config.descriptor_iterations,
+                            cells=config.descriptor_cells, gain=config.descriptor_gain, guard=config.descriptor_guard,
+                            window=LK_WINDOW, field_window=stage.field_window, rest_prior=stage.rest_prior,
+                            damping=stage.damping)

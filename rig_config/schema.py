@@ -285,8 +285,8 @@ class RegistrationConfig(_Model):
     """
 
     size: NetSize | None = Field(None, description="(H, W) the register network runs at; unset: the register "
-                                 "graph's own (its metadata's registration_size: 192x256 for the shipped "
-                                 "thermal graph, 384x512 for the NIR one)")
+                                 "graph's own (its metadata's registration_size: 384x512 for both shipped "
+                                 "graphs)")
     every_n_pairs: int | None = Field(None, ge=1, description="register every N-th pair")
     rate_hz: float | None = Field(None, gt=0, le=1000, description="register at this rate")
     smoothing: float = Field(0.5, gt=0, le=1,

@@ -48,8 +48,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from busref.conventions import affine_grid, file_sha256
-from busref.export.build_engine import parse_hw
+from busref.conventions import affine_grid, file_sha256, parse_hw
 from busref.export.onnx_check import OPSET
 from busref.export.onnx_export import build_metadata, graphs_of, trace_graph, trace_module
 from busref.export.samples import SAMPLE_THETA, SamplePair, synthetic_pairs

@@ -29,6 +29,8 @@ usage: python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade sta
        python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade fine --both-starts on \
            --keypoint-start on --track fine --out OUT          # the NIR weights' stages
        python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade off --out OUT
+       python scripts/set_inference_stages.py --checkpoint IN --descriptor runs/desc/descriptor.pt \
+           --descriptor-iterations 16 --descriptor-track-iterations 4 --out OUT
 """
 
 from __future__ import annotations
@@ -43,18 +45,25 @@ from pydantic import ValidationError
 from busref.conventions import file_sha256
 from busref.models.checkpoint import CheckpointError, load_checkpoint, save_payload
 from busref.models.config import (
+    LK_DESCRIPTOR_FACTOR,
+    LK_DESCRIPTOR_GUARD,
+    LK_DESCRIPTOR_POOL,
     LK_MIND_DIAGONAL,
     LK_MIND_RADIUS,
     LK_MIND_RADIUS_FINE,
     LK_SCHEDULE,
+    LK_SCHEDULE_2X,
     LK_SCHEDULE_FINE,
     LK_SELECT_AFTER,
     LK_TRACK,
+    LK_TRACK_2X,
     LK_TRACK_FINE,
     LK_WINDOW,
+    DescriptorConfig,
     LucasKanadeConfig,
     ModelConfig,
 )
+from busref.models.descriptor import load_descriptor
 
 log = logging.getLogger("set_inference_stages")
 
@@ -66,14 +75,26 @@ log = logging.getLogger("set_inference_stages")
 STAGES: dict[str, tuple[dict[str, object], int]] = {
     "off": ({"schedule": (), "pool": 4, "select_after": None,
              **{name: LucasKanadeConfig.model_fields[name].default
-                for name in ("window", "mind_radius", "mind_diagonal")}}, 1),
+                for name in ("window", "mind_radius", "mind_diagonal", "select_factor", "descriptor_factor")}}, 1),
     "standard": ({"schedule": LK_SCHEDULE, "pool": 4, "window": LK_WINDOW, "select_after": LK_SELECT_AFTER,
-                  "mind_radius": LK_MIND_RADIUS, "mind_diagonal": LK_MIND_DIAGONAL}, 1),
+                  "mind_radius": LK_MIND_RADIUS, "mind_diagonal": LK_MIND_DIAGONAL, "select_factor": 1,
+                  "descriptor_factor": 1}, 1),
     "fine": ({"schedule": LK_SCHEDULE_FINE, "pool": 8, "window": LK_WINDOW, "select_after": 32,
-              "mind_radius": LK_MIND_RADIUS_FINE, "mind_diagonal": LK_MIND_DIAGONAL}, 2),
+              "mind_radius": LK_MIND_RADIUS_FINE, "mind_diagonal": LK_MIND_DIAGONAL, "select_factor": 1,
+              "descriptor_factor": 1}, 2),
+    "standard-2x": ({"schedule": LK_SCHEDULE_2X, "pool": 8, "window": LK_WINDOW, "select_after": LK_SELECT_AFTER,
+                     "mind_radius": LK_MIND_RADIUS, "mind_diagonal": LK_MIND_DIAGONAL,
+                     "select_factor": 2, "descriptor_factor": LK_DESCRIPTOR_FACTOR,
+                     "descriptor_pool": LK_DESCRIPTOR_POOL,
+                     "descriptor_guard": LK_DESCRIPTOR_GUARD}, 2),
 }
 SWITCH = {"on": True, "off": False}
-TRACKS = {"standard": LK_TRACK, "fine": LK_TRACK_FINE, "off": ()}
+#: The arguments that change the copy, as they are recorded in its ``derived_from``.
+CHANGES = ("lucas_kanade", "both_starts", "keypoint_start", "track", "descriptor", "descriptor_iterations",
+           "descriptor_track_iterations")
+#: Where the stage's towers sit in the model's state dict.
+MATCHER = "lucas_kanade.matcher."
+TRACKS = {"standard": LK_TRACK, "fine": LK_TRACK_FINE, "standard-2x": LK_TRACK_2X, "off": ()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,11 +111,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--track", choices=sorted(TRACKS),
                         help="the track graph's iterations: standard: models.config.LK_TRACK; fine: LK_TRACK_FINE; "
                         "off: no track graph (default: as it is)")
+    parser.add_argument("--descriptor", type=Path,
+                        help="a descriptor file whose towers the learned-descriptor iterations use")
+    parser.add_argument("--descriptor-iterations", type=int,
+                        help="the register graph's learned-descriptor iterations (0: none; default: as it is)")
+    parser.add_argument("--descriptor-track-iterations", type=int,
+                        help="the track graph's learned-descriptor iterations (0: none; default: as it is)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the copy (not the source)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if all(getattr(args, name) is None for name in ("lucas_kanade", "both_starts", "keypoint_start", "track")):
-        log.error("nothing to change: give --lucas-kanade, --both-starts, --keypoint-start and/or --track")
+    if all(getattr(args, name) is None for name in CHANGES):
+        log.error("nothing to change: give --lucas-kanade, --both-starts, --keypoint-start, --track and/or "
+                  "--descriptor-iterations / --descriptor-track-iterations")
         return 2
     if args.out.resolve() == args.checkpoint.resolve():
         log.error("--out must differ from --checkpoint: the source is kept as it is")
@@ -106,12 +134,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = payload["config"]
     try:
-        model = changed_model(config.model, args)
-    except ValidationError as exc:
+        towers, towers_config = _towers(args, config.model)
+        model = changed_model(config.model, args, towers_config)
+    except ValidationError as exc:  # a ValueError too: first
         log.error("%s: the stages asked for do not fit together: %s", args.checkpoint, exc)
         return 2
-    changes = [f"{name} {value}" for name in ("lucas_kanade", "both_starts", "keypoint_start", "track")
-               if (value := getattr(args, name)) is not None]
+    except (CheckpointError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    learned = model.lucas_kanade.descriptor_iterations or model.lucas_kanade.descriptor_track_iterations
+    if towers is not None or not learned:  # new towers, or none needed: the source's go
+        payload["model"] = {k: v for k, v in payload["model"].items() if not k.startswith(MATCHER)}
+    if towers is not None and learned:
+        payload["model"].update({MATCHER + k: v for k, v in towers.items()})
+    changes = [f"{name} {value}" for name in CHANGES if (value := getattr(args, name)) is not None]
     payload["config"] = config.model_copy(update={"model": model}).model_dump(mode="json")
     derived = {"sha256": file_sha256(args.checkpoint), "change": ", ".join(changes)}
     if "derived_from" in payload:  # the source was itself such a copy: keep the chain back to training
@@ -124,8 +160,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def changed_model(model: ModelConfig, args: argparse.Namespace) -> ModelConfig:
-    """``model`` with the stages the arguments name; ValidationError where they do not fit together."""
+def _towers(args: argparse.Namespace, model: ModelConfig) -> tuple[dict[str, object] | None, DescriptorConfig | None]:
+    """The towers' weights and config to put in the copy: those of ``--descriptor``, else the
+    source's own (None, None where it has none); ValueError where iterations are asked for without
+    towers, CheckpointError for an unreadable descriptor file."""
+    wants = any((getattr(args, name) or 0) > 0 for name in ("descriptor_iterations", "descriptor_track_iterations"))
+    if args.descriptor is not None:
+        towers, meta = load_descriptor(args.descriptor)
+        return towers.state_dict(), DescriptorConfig.model_validate(meta["config"])
+    stage = model.lucas_kanade
+    if stage.descriptor_iterations or stage.descriptor_track_iterations:
+        return None, None  # the source's towers stay
+    if wants:
+        raise ValueError("learned-descriptor iterations need towers: give --descriptor FILE")
+    return None, None
+
+
+def changed_model(model: ModelConfig, args: argparse.Namespace,
+                  towers: DescriptorConfig | None = None) -> ModelConfig:
+    """``model`` with the stages the arguments name (``towers``: the config of the towers that
+    ``--descriptor`` brings); ValidationError where they do not fit together."""
     stage = model.lucas_kanade.model_dump()
     update: dict[str, object] = {}
     if args.lucas_kanade is not None:
@@ -135,12 +189,17 @@ def changed_model(model: ModelConfig, args: argparse.Namespace) -> ModelConfig:
         update.update(net_pool=net_pool, registration_size=tuple(s * net_pool for s in nets_size))
     if args.both_starts is not None:
         stage["both_starts"] = SWITCH[args.both_starts]
-    if args.lucas_kanade == "standard" and not stage["both_starts"]:
+    if args.lucas_kanade in ("standard", "standard-2x") and not stage["both_starts"]:
         stage["select_after"] = None  # the point where one of two starts is chosen: none with one start
     if args.keypoint_start is not None:
         update["keypoint_start"] = SWITCH[args.keypoint_start]
     if args.track is not None:
         stage["track_schedule"] = TRACKS[args.track]
+    for name in ("descriptor_iterations", "descriptor_track_iterations"):
+        if getattr(args, name) is not None:
+            stage[name] = getattr(args, name)
+    if towers is not None:
+        stage["descriptor"] = towers.model_dump()
     update["lucas_kanade"] = stage
     return ModelConfig.model_validate({**model.model_dump(), **update})
 

@@ -12,6 +12,7 @@ import yaml
 from tiny_graphs import metadata, write_fuse
 
 from busref.cli import main as busref_main
+from busref.conventions import parse_hw
 from busref.export import build_engine as be
 from busref.export.onnx_check import check_graph_file, set_metadata
 from busref.rig_config import load_rig
@@ -38,10 +39,10 @@ def rig_file(tmp_path: Path, **changes: object) -> Path:
 
 
 def test_parse_hw() -> None:
-    assert be.parse_hw("512x640") == (512, 640)
-    assert be.parse_hw("1080X1920") == (1080, 1920)
+    assert parse_hw("512x640") == (512, 640)
+    assert parse_hw("1080X1920") == (1080, 1920)
     with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
-        be.parse_hw("640")
+        parse_hw("640")
 
 
 def test_fixed_register_graph_gets_exactly_its_size() -> None:

@@ -165,7 +165,7 @@ cameras:
     height: 256
     fps: 30
   rgb: {{source: {{kind: synthetic, seed: 0, objects: 5}}, width: 320, height: 256, fps: 30}}
-registration: {{size: [192, 256], rate_hz: 6}}
+registration: {{size: [384, 512], rate_hz: 6}}
 inference: {{threads: 1}}
 """
 

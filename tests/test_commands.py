@@ -156,6 +156,12 @@ def test_descriptor_errors_are_clear(trained_checkpoint, three_pairs, tmp_path, 
     folders = ["--vis", str(root / "crop_LR_visible"), "--ir", str(root / "cropinfrared")]
     assert main(["train", "descriptor", *folders, "--init", str(trained_checkpoint), "--out", str(tmp_path)]) == 2
     assert "--init does not apply to the descriptor stage" in caplog.text
+    assert main(["train", "registration", *folders, "--size", "192x256", "--out", str(tmp_path)]) == 2
+    assert "--size applies to the descriptor stage only" in caplog.text
+    bad = tmp_path / "towers.yaml"
+    bad.write_text("max_log_resize: 3\n")
+    assert main(["train", "descriptor", *folders, "--config", str(bad), "--out", str(tmp_path)]) == 2
+    assert "towers.yaml: invalid descriptor config" in caplog.text and "max_log_resize" in caplog.text
     assert main(["register", *folders, "--out", str(tmp_path / "reg"), "--checkpoint", str(trained_checkpoint),
                  "--refine", "--descriptor", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt: no such descriptor file" in caplog.text

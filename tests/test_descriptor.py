@@ -12,17 +12,17 @@ import torch
 from test_refinement import FAST, H, W, _epe, _texture
 
 from busref.models.checkpoint import CheckpointError
+from busref.models.config import DescriptorConfig
 from busref.models.data import LoadedPair
 from busref.models.descriptor import (
     FORMAT,
-    CrossModalDescriptor,
-    DescriptorConfig,
     load_descriptor,
     save_descriptor,
     train_descriptor,
     window_log_likelihood,
 )
 from busref.models.geometry import identity_grid, pixel_to_normalised
+from busref.models.networks.matcher import CrossModalDescriptor
 from busref.models.refinement import RefinementConfig, refine_grid
 
 TINY = DescriptorConfig(channels=4, dims=4, crop=32, batch=4, radius=3, learning_rate=1e-2, steps=300)
@@ -73,6 +73,24 @@ def test_pairs_that_cannot_be_cropped_are_named(tmp_path):
     uneven = LoadedPair(name="odd_one", vis=np.zeros((48, 56), np.float32), ir=np.zeros((24, 28), np.float32))
     with pytest.raises(ValueError, match="these differ: odd_one"):
         train_descriptor([uneven], tmp_path / "d.pt", config=TINY)
+    # With a training size the pairs are checked as given, then resized: a mismatch is still named,
+    # and a size below the crop is refused as the pair it makes.
+    with pytest.raises(ValueError, match="these differ: odd_one"):
+        train_descriptor([uneven], tmp_path / "d.pt", config=TINY.model_copy(update={"size": (40, 48)}))
+    with pytest.raises(ValueError, match="not larger than the 32-pixel crop: p0"):
+        train_descriptor(_pairs(1), tmp_path / "d.pt", config=TINY.model_copy(update={"size": (24, 40)}))
+
+
+def test_a_training_size_and_the_towers_started_from_are_recorded_in_the_file(tmp_path):
+    config = TINY.model_copy(update={"size": (40, 48), "steps": 2})
+    first = train_descriptor(_pairs(), tmp_path / "d.pt", config=config)
+    _, meta = load_descriptor(first)
+    assert DescriptorConfig.model_validate(meta["config"]).size == (40, 48) and "finetune" not in meta
+    _, meta = load_descriptor(train_descriptor(_pairs(), tmp_path / "e.pt", config=TINY.model_copy(update={"steps": 1}),
+                                               finetune=first))
+    assert meta["finetune"]["file"] == "d.pt" and meta["finetune"]["step"] == 2
+    with pytest.raises(ValueError, match=r"d\.pt: towers of 4 channels and 4 dims, not the 8 and 4 asked for"):
+        train_descriptor(_pairs(), tmp_path / "f.pt", config=TINY.model_copy(update={"channels": 8}), finetune=first)
 
 
 def test_flat_crops_train_without_nan(tmp_path):

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from busref.export.onnx_fp16 import convolutions_to_fp16, in_fp32_scope
-from busref.models.config import LK_SCHEDULE, LucasKanadeConfig, ModelConfig
+from busref.models.config import LK_SCHEDULE, DescriptorConfig, LucasKanadeConfig, ModelConfig
 from busref.models.geometry import apply_affine, warp_normalised
+from busref.models.local_structure import mind_descriptor
 from busref.models.networks.busref import normalised_base
 from busref.models.networks.layers import coordinates
 from busref.models.networks.lucas_kanade import (
@@ -23,6 +24,7 @@ from busref.models.networks.lucas_kanade import (
     affine_basis,
     affine_part,
     content_mask,
+    descriptor_phase,
     gaussian_blur,
     solve_symmetric3,
 )
@@ -104,6 +106,15 @@ def test_a_bad_schedule_names_the_field():
         LucasKanadeConfig(mind_radius=1, mind_diagonal=2)
 
 
+def test_towers_trained_at_another_size_than_the_registration_size_are_refused():
+    stage = LucasKanadeConfig(schedule=SCHEDULE, descriptor_iterations=4,
+                              descriptor=DescriptorConfig(size=(384, 512)))
+    with pytest.raises(ValueError, match=r"towers were trained at \(384, 512\), not at the registration_size "
+                                         r"\(192, 256\)"):
+        ModelConfig(lucas_kanade=stage)
+    assert ModelConfig(lucas_kanade=stage, registration_size=(384, 512)).lucas_kanade.descriptor_iterations == 4
+
+
 @pytest.mark.parametrize("radius, diagonal", [(2, 0), (1, 1)], ids=["axial", "axial+diagonal"])
 def test_it_recovers_a_rotation_and_shift_across_inverted_contrast(radius: int, diagonal: int):
     """The IR shows the scene with inverted contrast (a hot road on a cool background), rotated by
@@ -130,6 +141,42 @@ def test_track_refines_the_given_start_with_its_own_schedule_alone():
                                                                             pixel_error(tracked, truth))
     # Without a track schedule the start comes back as it is, whatever the register stage's schedule.
     assert torch.equal(LucasKanade(LucasKanadeConfig(schedule=SCHEDULE)).track(vis, ir, start), start)
+
+
+PHASE = dict(cells=4, gain=1.5, window=4.0, field_window=4.0, rest_prior=1.0, damping=0.01)
+
+
+def test_the_descriptor_phase_converges_on_informative_features_and_its_guard_refuses_misleading_ones():
+    """Features that describe the pair (here the eight-neighbour MIND of both images, which agree
+    at the truth across the inverted contrast) take a half-way start most of the way; features of
+    the IR shifted by 3 px pull the grid off, the axial MIND residual rises and the start is kept
+    bit for bit."""
+    vis, ir, base, truth = misaligned_pair(rotation_shift(1.0, (2.0, -1.5)), seed=3)
+    start = 0.5 * (base + truth)
+    informative = (mind_descriptor(vis, 1, diagonal=1), mind_descriptor(ir, 1, diagonal=1))
+    phased = descriptor_phase(vis, ir, start, informative, iterations=8, guard=1.03, **PHASE)
+    assert pixel_error(phased, truth) < 0.4 * pixel_error(start, truth)
+
+    misleading = (informative[0], torch.roll(informative[1], shifts=(3, 3), dims=(-2, -1)))
+    unguarded = descriptor_phase(vis, ir, start, misleading, iterations=8, guard=100.0, **PHASE)
+    assert pixel_error(unguarded, truth) > pixel_error(start, truth)
+    assert torch.equal(descriptor_phase(vis, ir, start, misleading, iterations=8, guard=1.03, **PHASE), start)
+
+
+def test_the_stage_with_towers_runs_them_after_its_mind_iterations_in_both_graphs():
+    """A stage with learned-descriptor iterations holds the towers (frozen: they stay in eval mode when
+    the model trains) and runs them in forward and in track; without them it has none."""
+    assert LucasKanade(LucasKanadeConfig(schedule=SCHEDULE)).matcher is None
+    stage = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE, track_schedule=((1, 0.0),), descriptor_iterations=2,
+                                          descriptor_track_iterations=1, descriptor_guard=100.0))
+    assert stage.matcher is not None and not stage.train().matcher.training
+    stage.eval()
+    vis, ir, base, _ = misaligned_pair(rotation_shift(0.0, (1.0, 0.5)), seed=2)
+    without = LucasKanade(stage.config.model_copy(update={"descriptor_iterations": 0,
+                                                          "descriptor_track_iterations": 0}))
+    with torch.no_grad():
+        assert not torch.equal(stage(vis, ir, base), without(vis, ir, base))
+        assert not torch.equal(stage.track(vis, ir, base), without.track(vis, ir, base))
 
 
 def test_flat_images_leave_the_grid_where_it_was():

@@ -42,9 +42,12 @@ def test_shipped_recipe_renders_every_step(tmp_path: Path) -> None:
             if arg.startswith(("configs/", "scripts/")):
                 assert (ROOT / arg).is_file(), (step.name, arg)
                 if arg.startswith("configs/"):
-                    from busref.models.config import load_train_config
+                    from busref.models.config import DescriptorConfig, load_train_config, load_yaml_model
 
-                    load_train_config(ROOT / arg)
+                    if arg.startswith("configs/descriptor/"):  # a descriptor stage's config
+                        load_yaml_model(ROOT / arg, DescriptorConfig, "descriptor config")
+                    else:
+                        load_train_config(ROOT / arg)
         # Every training step is capped, so the recipe's wall time is bounded by its caps.
         if argv[2:4] == ["busref", "train"]:
             assert "--max-minutes" in argv, step.name

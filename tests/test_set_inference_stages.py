@@ -19,6 +19,7 @@ from busref.models.config import (
     LK_SCHEDULE,
     LK_SCHEDULE_FINE,
     LK_SELECT_AFTER,
+    LK_TRACK_2X,
     LK_TRACK_FINE,
     LK_WINDOW,
 )
@@ -75,6 +76,22 @@ def test_fine_doubles_the_registration_size_around_the_same_nets_and_standard_un
     assert stage.schedule == () and (stage.mind_radius, stage.mind_diagonal) == (2, 0)
 
 
+def test_standard_2x_runs_the_standard_iterations_at_the_nets_size_of_a_doubled_registration_size(
+        trained_checkpoint: Path, tmp_path: Path) -> None:
+    nets_size = load_checkpoint(trained_checkpoint)["config"].model.registration_size
+    out = tmp_path / "2x.pt"
+    assert stages.main(["--checkpoint", str(trained_checkpoint), "--lucas-kanade", "standard-2x", "--both-starts",
+                        "on", "--track", "standard-2x", "--out", str(out)]) == 0
+    model = load_checkpoint(out)["config"].model
+    stage = model.lucas_kanade
+    assert model.net_pool == 2 and model.registration_size == tuple(2 * s for s in nets_size)
+    assert [f for f, _ in stage.schedule] == [2 * f for f, _ in LK_SCHEDULE]
+    assert [s for _, s in stage.schedule] == [s for _, s in LK_SCHEDULE]
+    assert stage.pool == 8 and stage.select_after == LK_SELECT_AFTER and stage.select_factor == 2
+    assert stage.descriptor_factor == 2
+    assert stage.track_schedule == LK_TRACK_2X
+
+
 def test_fine_without_both_starts_is_refused_and_nothing_written(trained_checkpoint: Path, tmp_path: Path,
                                                                  caplog) -> None:
     out = tmp_path / "fine.pt"
@@ -82,4 +99,48 @@ def test_fine_without_both_starts_is_refused_and_nothing_written(trained_checkpo
         assert stages.main(["--checkpoint", str(trained_checkpoint), "--lucas-kanade", "fine", "--both-starts",
                             "off", "--out", str(out)]) == 2
     assert "do not fit together" in caplog.text and "select_after 32 needs both_starts" in caplog.text
+    assert not out.exists()
+
+
+def test_descriptor_iterations_copy_the_towers_and_zero_takes_them_out(trained_checkpoint: Path, tmp_path: Path
+                                                                      ) -> None:
+    from busref.models.checkpoint import load_model
+    from busref.models.config import DescriptorConfig
+    from busref.models.descriptor import save_descriptor
+    from busref.models.networks.matcher import CrossModalDescriptor
+
+    towers = CrossModalDescriptor(DescriptorConfig(channels=4, dims=4))
+    descriptor = tmp_path / "descriptor.pt"
+    save_descriptor(descriptor, towers, step=1, split_name="train", split_sha256="", metrics={})
+    learned, back = tmp_path / "learned.pt", tmp_path / "back.pt"
+    assert stages.main(["--checkpoint", str(trained_checkpoint), "--lucas-kanade", "standard", "--descriptor",
+                        str(descriptor), "--descriptor-iterations", "2", "--descriptor-track-iterations", "1",
+                        "--out", str(learned)]) == 0
+    model, _ = load_model(learned)  # refuses weights that do not fit the config
+    stage = model.lucas_kanade.config
+    assert (stage.descriptor_iterations, stage.descriptor_track_iterations) == (2, 1)
+    assert stage.descriptor.channels == 4
+    assert all(torch.equal(v, model.lucas_kanade.matcher.state_dict()[k]) for k, v in towers.state_dict().items())
+    source = load_checkpoint(trained_checkpoint)["model"]
+    assert all(torch.equal(v, source[k]) for k, v in load_checkpoint(learned)["model"].items()
+               if not k.startswith(stages.MATCHER))
+
+    # Another change keeps the towers; zero iterations take them out.
+    again = tmp_path / "again.pt"
+    assert stages.main(["--checkpoint", str(learned), "--track", "off", "--out", str(again)]) == 0
+    assert load_model(again)[0].lucas_kanade.matcher is not None
+    assert stages.main(["--checkpoint", str(learned), "--descriptor-iterations", "0", "--descriptor-track-iterations",
+                        "0", "--out", str(back)]) == 0
+    model, _ = load_model(back)
+    assert model.lucas_kanade.matcher is None
+    assert not any(k.startswith(stages.MATCHER) for k in load_checkpoint(back)["model"])
+
+
+def test_descriptor_iterations_without_towers_are_refused_and_nothing_written(
+        trained_checkpoint: Path, tmp_path: Path, caplog) -> None:
+    out = tmp_path / "learned.pt"
+    with caplog.at_level(logging.ERROR):
+        assert stages.main(["--checkpoint", str(trained_checkpoint), "--descriptor-iterations", "4",
+                            "--out", str(out)]) == 2
+    assert "need towers: give --descriptor FILE" in caplog.text
     assert not out.exists()

@@ -6,12 +6,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from busref.conventions import DataError
+from busref.conventions import DataError, parse_hw
 from busref.models.checkpoint import STAGES, CheckpointError
 from busref.models.cli.common import add_data_arguments, select_pairs
-from busref.models.config import load_train_config
+from busref.models.config import DescriptorConfig, load_train_config, load_yaml_model
 from busref.models.data import category_pairs, load_pairs, split_sha256
-from busref.models.descriptor import DescriptorConfig, train_descriptor
+from busref.models.descriptor import train_descriptor
 from busref.models.train import select_device, train_stage
 
 log = logging.getLogger(__name__)
@@ -24,13 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "registration (Affine + Deformable nets; bus and GAF frozen). Each stage writes\n"
         "OUT/STAGE.pt (and OUT/STAGE_last.pt periodically); pass it to the next with --init.\n"
         "'descriptor' trains, on its own, the cross-modal descriptor that `--refine` and the\n"
-        "busref-refined evaluation use (OUT/descriptor.pt; --config, --init, --resume and --finetune\n"
-        "do not apply).\n\n"
+        "busref-refined evaluation use (OUT/descriptor.pt; --config is a descriptor config YAML,\n"
+        "--init and --resume do not apply, --finetune starts from another descriptor file's towers),\n"
+        "and the towers of the register graph's Lucas-Kanade stage (configs/descriptor/towers.yaml,\n"
+        "then scripts/set_inference_stages.py --descriptor).\n\n"
         "example:\n"
         "  busref train bus --data ../shared/data/roadscene --out runs/demo\n"
         "  busref train fusion --data ../shared/data/roadscene --init runs/demo/bus.pt --out runs/demo\n"
         "  busref train registration --data ../shared/data/roadscene --init runs/demo/fusion.pt --out runs/demo\n"
-        "  busref train descriptor --data ../shared/data/roadscene --out runs/demo --steps 8000"
+        "  busref train descriptor --data ../shared/data/roadscene --out runs/demo --steps 8000\n"
+        "  busref train descriptor --data ../shared/data/roadscene --config configs/descriptor/towers.yaml \\\n"
+        "      --finetune weights/descriptor.pt --out runs/towers"
     )
     parser.add_argument("stage", choices=(*STAGES, "descriptor"), help="which stage to train")
     add_data_arguments(parser, default_split="train")
@@ -41,26 +45,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "never to the validation ones (e.g. ../shared/data/nirscene)")
     parser.add_argument("--extra-categories",
                         help="comma list: of --extra-data, only the pairs named CATEGORY_* (e.g. field,indoor)")
-    parser.add_argument("--config", type=Path, help="training config YAML (default: built-in defaults)")
+    parser.add_argument("--config", type=Path, help="training config YAML (default: built-in defaults); for the "
+                        "descriptor stage a descriptor config (models.config.DescriptorConfig's fields)")
     parser.add_argument("--out", type=Path, default=Path("runs/default"), help="output folder (default: runs/default)")
     parser.add_argument("--init", type=Path, help="checkpoint of the previous stage")
     parser.add_argument("--resume", type=Path, help="checkpoint of this stage to continue")
     parser.add_argument("--finetune", type=Path,
                         help="start from every weight of this checkpoint (this stage or a later one, same model "
-                             "config) with a fresh optimizer and the config's schedule and losses")
+                             "config) with a fresh optimizer and the config's schedule and losses; for the "
+                             "descriptor stage, a descriptor file whose towers to start from")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--steps", type=int, help="override the stage's number of steps")
     parser.add_argument("--max-minutes", type=float, help="stop (and save) after this many minutes")
+    parser.add_argument("--size", type=parse_hw,
+                        help="descriptor stage only: resize every pair (area) to HxW first, e.g. 192x256 (the thermal "
+                             "register graph's size; recorded in the file)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         if args.stage == "descriptor":
-            ignored = [f"--{name}" for name in ("config", "init", "resume", "finetune") if getattr(args, name)]
+            ignored = [f"--{name}" for name in ("init", "resume") if getattr(args, name)]
             if ignored:
                 verb = "does" if len(ignored) == 1 else "do"
                 raise ValueError(f"{', '.join(ignored)} {verb} not apply to the descriptor stage (it trains alone)")
-        config = load_train_config(args.config)
+            descriptor_config = DescriptorConfig() if args.config is None else \
+                load_yaml_model(args.config, DescriptorConfig, "descriptor config")
+            descriptor_config = descriptor_config.model_copy(
+                update={**({"steps": args.steps} if args.steps else {}), **({"size": args.size} if args.size else {})})
+        elif args.size:
+            raise ValueError("--size applies to the descriptor stage only")
+        config = load_train_config(args.config if args.stage != "descriptor" else None)
         if args.steps and args.stage != "descriptor":
             stage_cfg = getattr(config, args.stage).model_copy(update={"steps": args.steps})
             config = config.model_copy(update={args.stage: stage_cfg})
@@ -80,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--extra-categories needs --extra-data")
         split_name = args.split if args.data is not None else "all"
         if args.stage == "descriptor":
-            descriptor_config = DescriptorConfig(**({"steps": args.steps} if args.steps else {}))
             train_descriptor(load_pairs(train), args.out / "descriptor.pt", config=descriptor_config,
-                             max_minutes=args.max_minutes, split_name=split_name, split_sha256=split_sha256(train))
+                             max_minutes=args.max_minutes, split_name=split_name, split_sha256=split_sha256(train),
+                             finetune=args.finetune)
             return 0
         train_stage(args.stage, train_pairs=train, val_pairs=val, val_indices=val_indices,
                     split_name=split_name, config=config, out_dir=args.out,

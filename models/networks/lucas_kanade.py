@@ -1,4 +1,5 @@
-"""The register graph's fine stage: iterative Lucas-Kanade on MIND descriptors (no weights).
+"""The register graph's fine stage: iterative Lucas-Kanade on MIND descriptors, then (optionally)
+on the descriptors of small learned towers.
 
 Why: the learned stages leave a smooth residual (the Deformable Net recovers ~3 % of the
 protocol's elastic warp) that no one-shot read-out of their cost volumes resolves. Lucas-Kanade
@@ -8,6 +9,11 @@ inversion), linearises the difference around the current grid and takes a damped
 step. Blurring the descriptors in the first iterations widens the capture range; an affine fit of
 the update plus its smoothed non-affine rest keeps the field plausible where the images are
 flat. Everything is fixed arithmetic that exports to ONNX (opset 17) and runs in the daemon.
+
+The MIND objective's optimum lies a few pixels from the truth on thermal pairs (IR and visible
+edges do not coincide: halos, blur), so the thermal stage ends with iterations of the same solver on
+the descriptors of a cross-modal matcher (:mod:`busref.models.networks.matcher`, trained on aligned
+pairs: :mod:`busref.models.descriptor`), guarded by the MIND residual (:func:`descriptor_phase`).
 
 Convention: grids are normalised sampling grids of the reference (visible) frame into the moving
 (IR) image, ``(B, H, W, 2)``, x first, ``align_corners=True`` (:mod:`busref.models.geometry`); the
@@ -30,6 +36,7 @@ from busref.models.config import LucasKanadeConfig
 from busref.models.geometry import warp_features
 from busref.models.local_structure import image_gradients, mind_descriptor
 from busref.models.networks.layers import cells_to_normalised, coordinates
+from busref.models.networks.matcher import CrossModalDescriptor
 
 Tensor = torch.Tensor
 
@@ -190,6 +197,12 @@ class LucasKanade(nn.Module):
        stage's size.
     4. ``G <- G(p + u(p))``.
 
+    With ``config.descriptor_iterations`` (``descriptor_track_iterations`` in :meth:`track`) the
+    stage holds the towers (``matcher``, its only weights) and ends with that many iterations of
+    the same solver on their descriptors (:func:`descriptor_phase`, at the registration size /
+    ``config.descriptor_factor``: the towers see the registration-size images and their
+    descriptors are pooled to the iterations' size).
+
     With ``config.both_starts`` the iterations also run from the identity (the graph's own start:
     in the daemon, the registration in force, since the IR arrives pre-warped by it) as a second
     half of the batch, and each pair keeps the second start's result only where its
@@ -210,10 +223,20 @@ class LucasKanade(nn.Module):
     def __init__(self, config: LucasKanadeConfig) -> None:
         super().__init__()
         self.config = config
+        learned = config.descriptor_iterations or config.descriptor_track_iterations
+        self.matcher = CrossModalDescriptor(config.descriptor) if learned else None
+
+    def train(self, mode: bool = True) -> LucasKanade:
+        # The towers are trained on their own (models.descriptor) and frozen here: their batch norms
+        # keep the running statistics even when a training stage puts the whole model in train mode.
+        super().train(mode)
+        if self.matcher is not None:
+            self.matcher.eval()
+        return self
 
     def forward(self, vis: Tensor, ir: Tensor, grid: Tensor) -> Tensor:
         c = self.config
-        return self._iterate(vis, ir, grid, c.schedule, c.both_starts, c.select_after)
+        return self._iterate(vis, ir, grid, c.schedule, c.both_starts, c.select_after, c.descriptor_iterations)
 
     def track(self, vis: Tensor, ir: Tensor, grid: Tensor) -> Tensor:
         """The ``track`` graph: ``config.track_schedule``'s iterations from ``grid`` alone (one start).
@@ -233,10 +256,11 @@ class LucasKanade(nn.Module):
             >>> stage.track(vis, vis, coordinates(vis).permute(0, 2, 3, 1)).shape
             torch.Size([1, 64, 64, 2])
         """
-        return self._iterate(vis, ir, grid, self.config.track_schedule, False, None)
+        c = self.config
+        return self._iterate(vis, ir, grid, c.track_schedule, False, None, c.descriptor_track_iterations)
 
     def _iterate(self, vis: Tensor, ir: Tensor, grid: Tensor, schedule: tuple[tuple[int, float], ...],
-                 both_starts: bool, select_after: int | None) -> Tensor:
+                 both_starts: bool, select_after: int | None, learned_iterations: int) -> Tensor:
         c = self.config
         if not schedule:
             return grid
@@ -275,9 +299,15 @@ class LucasKanade(nn.Module):
                                     content_mask(small_r), frame)
             return features[factor]
 
+        def choose(grid: Tensor) -> Tensor:
+            """:meth:`_choose` at the registration size / ``config.select_factor``."""
+            f = c.select_factor
+            small_v, small_r = (F.avg_pool2d(vis, f), F.avg_pool2d(ir, f)) if f > 1 else (vis, ir)
+            return self._choose(small_v, small_r, _full_size(grid, *small_v.shape[-2:]), features_at(f)[3], batch)
+
         for step, (factor, sigma) in enumerate(schedule):
             if starts > 1 and step == select_after:
-                grid, starts = self._choose(vis, ir, _full_size(grid, h, w), features_at(1)[3], batch), 1
+                grid, starts = choose(grid), 1
             cells = c.pool // factor
             reference, moving, base, content, frame = (per_start(x) for x in features_at(factor))
             if (factor, sigma) not in blurred:
@@ -290,10 +320,27 @@ class LucasKanade(nn.Module):
                 per_start(blurred[(factor, sigma)]), moving, grid, base, content, frame, basis, cells=cells,
                 sigma=sigma, window=c.window, field_window=c.field_window, rest_prior=c.rest_prior,
                 damping=c.damping)
-        grid = _full_size(grid, h, w)
         if starts > 1:
-            grid = self._choose(vis, ir, grid, features_at(1)[3], batch)
-        return grid
+            grid = choose(grid)
+        if self.matcher is not None and learned_iterations:
+            grid = self._learned(vis, ir, grid, learned_iterations)
+        return _full_size(grid, h, w)
+
+    def _learned(self, vis: Tensor, ir: Tensor, grid: Tensor, iterations: int) -> Tensor:
+        """:func:`descriptor_phase` at the registration size / ``config.descriptor_factor``: the towers
+        see ``vis`` and ``ir`` at the registration size and their descriptors are average-pooled to
+        the iterations' size (and made unit length again). Returns the grid at that size."""
+        c, factor = self.config, self.config.descriptor_factor
+        assert self.matcher is not None
+        learned = (self.matcher.vis(vis), self.matcher.ir(ir))
+        if factor > 1:
+            vis, ir = F.avg_pool2d(vis, factor), F.avg_pool2d(ir, factor)
+            learned = (F.normalize(F.avg_pool2d(learned[0], factor), dim=1),
+                       F.normalize(F.avg_pool2d(learned[1], factor), dim=1))
+        grid = _full_size(grid, *vis.shape[-2:])
+        return descriptor_phase(vis, ir, grid, learned, iterations=iterations, cells=c.descriptor_pool,
+                                gain=c.descriptor_gain, guard=c.descriptor_guard, window=c.window,
+                                field_window=c.field_window, rest_prior=c.rest_prior, damping=c.damping)
 
     @staticmethod
     def _choose(vis: Tensor, ir: Tensor, grid: Tensor, content: Tensor, batch: int) -> Tensor:
@@ -338,6 +385,37 @@ def _full_size(grid: Tensor, h: int, w: int) -> Tensor:
         return grid
     return F.interpolate(grid.permute(0, 3, 1, 2), size=(h, w), mode="bilinear",
                          align_corners=True).permute(0, 2, 3, 1)
+
+
+def descriptor_phase(vis: Tensor, ir: Tensor, grid: Tensor, learned: tuple[Tensor, Tensor], *, iterations: int,
+                     cells: int, gain: float, guard: float, window: float, field_window: float, rest_prior: float,
+                     damping: float) -> Tensor:
+    """``iterations`` unblurred :func:`gauss_newton_step` iterations on learned descriptors, guarded.
+
+    ``vis`` ``(B, 1, H, W)`` and ``ir`` ``(B, 1, Hm, Wm)`` the pair (``ir`` unwarped), ``grid``
+    ``(B, H, W, 2)`` the start (normalised, ``align_corners=True``), ``learned`` the descriptors of
+    ``vis`` ``(B, D, H, W)`` and of ``ir`` ``(B, D, Hm, Wm)`` (:class:`CrossModalDescriptor`); the
+    steps solve on cells of ``cells`` pixels, each update times ``gain``. Per pair, the start is
+    kept where the result raises the axial MIND residual (:func:`paired_residuals`) by more than
+    ``guard`` times. Returns ``(B, H, W, 2)``.
+
+    Why: the MIND objective's optimum lies a few pixels from the truth on thermal pairs (IR and
+    visible edges do not coincide), the learned descriptor's at it. The guard: on a modality or
+    scene the towers never learned they can pull the wrong way, and the modality-independent MIND
+    residual shows it. The register and track graphs (:class:`LucasKanade`) and the offline
+    refinement (:func:`busref.models.refinement.descriptor_iterations`) run it.
+    """
+    content = content_mask(ir)
+    frame = content_mask(torch.ones_like(vis))
+    frame = (F.avg_pool2d(frame, cells) > 0.999).to(vis.dtype) if cells > 1 else frame
+    base = coordinates(vis)
+    result, basis = grid, None
+    for _ in range(iterations):
+        result, basis = gauss_newton_step(learned[0], learned[1], result, base, content, frame, basis, cells=cells,
+                                          sigma=0.0, window=window, field_window=field_window,
+                                          rest_prior=rest_prior, damping=damping, gain=gain)
+    before, after = paired_residuals(vis, ir, content, torch.cat((grid, result)))
+    return torch.where((after <= guard * before).view(-1, 1, 1, 1), result, grid)
 
 
 #: The second start's result replaces the first's only below this fraction of its residual.
