@@ -21,6 +21,7 @@ inside the protocol's reconstructible mask. Prints a table, writes --json. Selec
 usage: python scripts/eval_still_rig.py [--graph weights/register.onnx] [--track weights/track.onnx]
                                         [--data ../shared/data/roadscene]
                                         [--split train --last 8] [--level moderate] [--runs 12]
+                                        [--size HxW]
                                         [--json results/still_rig.json]
 """
 
@@ -34,12 +35,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from busref.conventions import parse_hw
 from busref.models.cli.common import split_file
 from busref.models.data import load_pairs, roadscene_pairs
 from busref.models.misalignment import LEVELS, protocol_pair
 from busref.rig_config import default_model_path
 from busref.rig_config.resources import recorded_path
 from busref.rig_config.schema import Plausibility, RegistrationConfig
+from busref.runtime.artifact import registration_size_for
 from busref.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from busref.runtime.registration.geometry import RegistrationGeometry, ir_pixels
 from busref.runtime.registration.scheduler import RegistrationScheduler
@@ -66,14 +69,15 @@ def main() -> int:
     parser.add_argument("--last", type=int, default=8, help="the last N pairs of the split (0: all)")
     parser.add_argument("--level", choices=sorted(LEVELS), default="moderate")
     parser.add_argument("--runs", type=int, default=12, help="registration runs per pair")
-    parser.add_argument("--size", default="192x256", help="registration size HxW (the daemon's)")
+    parser.add_argument("--size", type=parse_hw, default=None,
+                        help="registration size HxW (the daemon's; default: the register graph's own)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    reg_hw = tuple(int(v) for v in args.size.lower().split("x"))
     listed = roadscene_pairs(args.data, args.split, split_file(args.split_file))
     pairs = load_pairs(listed[-args.last:] if args.last else listed)
     backend = OnnxRuntimeBackend(args.graph, graph="register", threads=1)
+    reg_hw = registration_size_for(args.size, backend.metadata.registration_size, source=str(args.graph))
     track = OnnxRuntimeBackend(args.track, graph="track", threads=1)
     errors = {name: np.zeros((len(pairs), args.runs)) for name in VARIANTS}
     identity = []
