@@ -62,7 +62,8 @@ class DescriptorConfig(BaseModel):
 
 class LucasKanadeConfig(_Strict):
     """The register graph's last stage (models.networks.lucas_kanade): iterative Lucas-Kanade on
-    MIND descriptors. It has no weights; an empty ``schedule`` (the default, and what checkpoints
+    MIND descriptors. Its only weights are the towers of the learned-descriptor iterations
+    (``descriptor_iterations``, off by default); an empty ``schedule`` (the default, and what checkpoints
     made before it was added read as) leaves it out of the graph.
 
     The first schedule, 8 iterations at half size on descriptors blurred by 1 px, 8 at full size
@@ -126,7 +127,8 @@ class LucasKanadeConfig(_Strict):
         "track graph")
     descriptor_iterations: int = Field(
         0, ge=0, description="after the MIND iterations, this many Gauss-Newton iterations on the learned "
-        "descriptor of the stage's towers (its matcher), at the registration size; 0 = none, and no towers")
+        "descriptor of the stage's towers (its matcher), at the registration size / descriptor_factor; 0 = none, "
+        "and no towers")
     descriptor_track_iterations: int = Field(
         0, ge=0, description="the same in the track graph, after its MIND iterations")
     descriptor_factor: int = Field(
