@@ -153,7 +153,6 @@ def train_descriptor(pairs: list[LoadedPair], out: Path, *, config: DescriptorCo
             raise ValueError(f"{finetune}: towers of {source.config.channels} channels and {source.config.dims} "
                              f"dims, not the {config.channels} and {config.dims} asked for")
         model.load_state_dict(source.state_dict())
-        model.train()
         origin = {"finetune": {"file": finetune.name, "step": meta["step"], "config": meta["config"]}}
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     crops = _Crops(pairs, config)

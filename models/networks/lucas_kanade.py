@@ -27,6 +27,7 @@ IR's zero padding, a band along either frame's edge) do not enter the normal equ
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -280,30 +281,43 @@ class LucasKanade(nn.Module):
             """The images' features, computed once, for each start's share of the batch."""
             return torch.cat((x,) * starts, dim=0) if starts > 1 else x
 
-        # Per factor, the images' features, computed once: MIND of both images, the base grid, the
-        # IR's content mask and the frame mask per cell.
+        # Per factor, computed once per call: the pooled images and the IR's content mask; for the
+        # iterations MIND of both images, the base grid and the frame mask per cell; the judge's axial
+        # MIND, which the start choice and the towers' guard share where they work at one factor (the
+        # shipped thermal graph: both at 192x256; the ONNX export already merged the two, PyTorch did not).
+        pooled: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         features: dict[int, tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = {}
+        judges: dict[int, Judge] = {}
         blurred: dict[tuple[int, float], Tensor] = {}
         basis: Tensor | None = None  # the cells are pool pixels of the registration size at every factor
+
+        def pooled_at(factor: int) -> tuple[Tensor, Tensor, Tensor]:
+            if factor not in pooled:
+                small_r = F.avg_pool2d(ir, factor) if factor > 1 else ir
+                pooled[factor] = (F.avg_pool2d(vis, factor) if factor > 1 else vis, small_r, content_mask(small_r))
+            return pooled[factor]
 
         def features_at(factor: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
             if factor not in features:
                 cells = c.pool // factor
-                small_v = F.avg_pool2d(vis, factor) if factor > 1 else vis
-                small_r = F.avg_pool2d(ir, factor) if factor > 1 else ir
+                small_v, small_r, content = pooled_at(factor)
                 frame = content_mask(torch.ones_like(small_v))
                 frame = (F.avg_pool2d(frame, cells) > 0.999).to(vis.dtype) if cells > 1 else frame
                 radius, diagonal = c.mind_radius, c.mind_diagonal
                 features[factor] = (mind_descriptor(small_v, radius, diagonal=diagonal),
                                     mind_descriptor(small_r, radius, diagonal=diagonal), coordinates(small_v),
-                                    content_mask(small_r), frame)
+                                    content, frame)
             return features[factor]
+
+        def judge_at(factor: int) -> Judge:
+            if factor not in judges:
+                judges[factor] = judge_features(*pooled_at(factor))
+            return judges[factor]
 
         def choose(grid: Tensor) -> Tensor:
             """:meth:`_choose` at the registration size / ``config.select_factor``."""
             f = c.select_factor
-            small_v, small_r = (F.avg_pool2d(vis, f), F.avg_pool2d(ir, f)) if f > 1 else (vis, ir)
-            return self._choose(small_v, small_r, _full_size(grid, *small_v.shape[-2:]), features_at(f)[3], batch)
+            return self._choose(judge_at(f), _full_size(grid, *pooled_at(f)[0].shape[-2:]), batch)
 
         for step, (factor, sigma) in enumerate(schedule):
             if starts > 1 and step == select_after:
@@ -323,31 +337,32 @@ class LucasKanade(nn.Module):
         if starts > 1:
             grid = choose(grid)
         if self.matcher is not None and learned_iterations:
-            grid = self._learned(vis, ir, grid, learned_iterations)
+            factor = c.descriptor_factor
+            grid = self._learned(vis, ir, pooled_at(factor)[:2], judge_at(factor), grid, learned_iterations)
         return _full_size(grid, h, w)
 
-    def _learned(self, vis: Tensor, ir: Tensor, grid: Tensor, iterations: int) -> Tensor:
+    def _learned(self, vis: Tensor, ir: Tensor, small: tuple[Tensor, Tensor], judge: Judge, grid: Tensor,
+                 iterations: int) -> Tensor:
         """:func:`descriptor_phase` at the registration size / ``config.descriptor_factor``: the towers
         see ``vis`` and ``ir`` at the registration size and their descriptors are average-pooled to
-        the iterations' size (and made unit length again). Returns the grid at that size."""
+        the iterations' size (and made unit length again). ``small`` the two images at that size,
+        ``judge`` their :func:`judge_features`. Returns the grid at that size."""
         c, factor = self.config, self.config.descriptor_factor
         assert self.matcher is not None
         learned = (self.matcher.vis(vis), self.matcher.ir(ir))
         if factor > 1:
-            vis, ir = F.avg_pool2d(vis, factor), F.avg_pool2d(ir, factor)
             learned = (F.normalize(F.avg_pool2d(learned[0], factor), dim=1),
                        F.normalize(F.avg_pool2d(learned[1], factor), dim=1))
-        grid = _full_size(grid, *vis.shape[-2:])
-        return descriptor_phase(vis, ir, grid, learned, iterations=iterations, cells=c.descriptor_pool,
+        grid = _full_size(grid, *small[0].shape[-2:])
+        return descriptor_phase(*small, grid, learned, iterations=iterations, cells=c.descriptor_pool,
                                 gain=c.descriptor_gain, guard=c.descriptor_guard, window=c.window,
-                                field_window=c.field_window, rest_prior=c.rest_prior, damping=c.damping)
+                                field_window=c.field_window, rest_prior=c.rest_prior, damping=c.damping, judge=judge)
 
     @staticmethod
-    def _choose(vis: Tensor, ir: Tensor, grid: Tensor, content: Tensor, batch: int) -> Tensor:
-        """``grid`` ``(2B, H, W, 2)`` (the two starts' results, at the registration size) -> ``(B, H, W,
+    def _choose(judge: Judge, grid: Tensor, batch: int) -> Tensor:
+        """``grid`` ``(2B, H, W, 2)`` (the two starts' results, at the judge's size) -> ``(B, H, W,
         2)``: per pair, the second start's result only where its :func:`descriptor_residual` is
-        below :data:`SECOND_START_MARGIN` times the first's. ``vis``, ``ir`` ``(B, 1, H, W)``;
-        ``content`` the IR's :func:`content_mask`.
+        below :data:`SECOND_START_MARGIN` times the first's; ``judge`` the pairs' :func:`judge_features`.
 
         The residual is judged per pixel, on the pixels both results see inside the IR. The second
         start has to win by a margin: on a wide-level NIR test pair both results were far off (40 and
@@ -357,7 +372,7 @@ class LucasKanade(nn.Module):
         better on 3 of 20 held-out NIR train pairs (0.70 -> 0.31, 1.93 -> 1.60, 3.05 -> 2.01 px; mean
         1.82 -> 1.73 px) and alike on the 8 held-out RoadScene train pairs.
         """
-        first, second = paired_residuals(vis, ir, content, grid)
+        first, second = paired_residuals(judge, grid)
         keep = second >= SECOND_START_MARGIN * first
         return torch.where(keep.view(batch, 1, 1, 1), grid[:batch], grid[batch:])
 
@@ -389,7 +404,7 @@ def _full_size(grid: Tensor, h: int, w: int) -> Tensor:
 
 def descriptor_phase(vis: Tensor, ir: Tensor, grid: Tensor, learned: tuple[Tensor, Tensor], *, iterations: int,
                      cells: int, gain: float, guard: float, window: float, field_window: float, rest_prior: float,
-                     damping: float) -> Tensor:
+                     damping: float, judge: Judge | None = None) -> Tensor:
     """``iterations`` unblurred :func:`gauss_newton_step` iterations on learned descriptors, guarded.
 
     ``vis`` ``(B, 1, H, W)`` and ``ir`` ``(B, 1, Hm, Wm)`` the pair (``ir`` unwarped), ``grid``
@@ -397,7 +412,8 @@ def descriptor_phase(vis: Tensor, ir: Tensor, grid: Tensor, learned: tuple[Tenso
     ``vis`` ``(B, D, H, W)`` and of ``ir`` ``(B, D, Hm, Wm)`` (:class:`CrossModalDescriptor`); the
     steps solve on cells of ``cells`` pixels, each update times ``gain``. Per pair, the start is
     kept where the result raises the axial MIND residual (:func:`paired_residuals`) by more than
-    ``guard`` times. Returns ``(B, H, W, 2)``.
+    ``guard`` times; ``judge`` the pair's :func:`judge_features` where the caller has them (None:
+    computed here). Returns ``(B, H, W, 2)``.
 
     Why: the MIND objective's optimum lies a few pixels from the truth on thermal pairs (IR and
     visible edges do not coincide), the learned descriptor's at it. The guard: on a modality or
@@ -405,16 +421,15 @@ def descriptor_phase(vis: Tensor, ir: Tensor, grid: Tensor, learned: tuple[Tenso
     residual shows it. The register and track graphs (:class:`LucasKanade`) and the offline
     refinement (:func:`busref.models.refinement.descriptor_iterations`) run it.
     """
-    content = content_mask(ir)
-    frame = content_mask(torch.ones_like(vis))
-    frame = (F.avg_pool2d(frame, cells) > 0.999).to(vis.dtype) if cells > 1 else frame
+    judge = judge_features(vis, ir, content_mask(ir)) if judge is None else judge
+    frame = (F.avg_pool2d(judge.frame, cells) > 0.999).to(vis.dtype) if cells > 1 else judge.frame
     base = coordinates(vis)
     result, basis = grid, None
     for _ in range(iterations):
-        result, basis = gauss_newton_step(learned[0], learned[1], result, base, content, frame, basis, cells=cells,
-                                          sigma=0.0, window=window, field_window=field_window,
+        result, basis = gauss_newton_step(learned[0], learned[1], result, base, judge.content, frame, basis,
+                                          cells=cells, sigma=0.0, window=window, field_window=field_window,
                                           rest_prior=rest_prior, damping=damping, gain=gain)
-    before, after = paired_residuals(vis, ir, content, torch.cat((grid, result)))
+    before, after = paired_residuals(judge, torch.cat((grid, result)))
     return torch.where((after <= guard * before).view(-1, 1, 1, 1), result, grid)
 
 
@@ -444,24 +459,52 @@ def descriptor_residual(reference: Tensor, moving: Tensor, grid: Tensor, mask: T
     return (squared * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(1.0)
 
 
-def paired_residuals(vis: Tensor, ir: Tensor, content: Tensor, grids: Tensor) -> tuple[Tensor, Tensor]:
-    """Two results' :func:`descriptor_residual` on the four axial MIND neighbours at radius 2
-    (:func:`mind_descriptor`'s default), judged on the same pixels: the judge of the stage's two
-    starts (:meth:`LucasKanade._choose`) and of the refinement's descriptor iterations, whatever
-    descriptors produced the results.
+class Judge(NamedTuple):
+    """What :func:`paired_residuals` compares two results on, for ``B`` pairs at one size: the axial
+    MIND descriptors (four neighbours at radius 2, :func:`mind_descriptor`'s default) of the visible
+    images ``reference`` ``(B, 4, H, W)`` and of the unwarped IR images ``moving`` ``(B, 4, hm, wm)``,
+    the IR's :func:`content_mask` ``content`` ``(B, 1, hm, wm)`` and the visible frame's ``frame``
+    ``(B, 1, H, W)`` (:func:`content_mask` of an all-ones image: its edge band)."""
 
-    ``grids`` ``(2B, H, W, 2)``: the first result of each of ``B`` pairs, then the second; ``vis``
-    ``(B, 1, H, W)`` and ``ir`` ``(B, 1, hm, wm)`` the pairs' images (``ir`` unwarped); ``content``
-    ``(B, 1, hm, wm)`` the IR's :func:`content_mask`. The pixels are those both results sample inside
-    the IR's content, away from the visible frame's edge band. Returns the first results' and the
-    second results' residuals, each ``(B,)``.
+    reference: Tensor
+    moving: Tensor
+    content: Tensor
+    frame: Tensor
+
+
+def judge_features(vis: Tensor, ir: Tensor, content: Tensor) -> Judge:
+    """The :class:`Judge` of the pairs ``vis`` ``(B, 1, H, W)`` and ``ir`` ``(B, 1, hm, wm)`` (``ir``
+    unwarped), with ``content`` its :func:`content_mask` (the caller usually has it already)."""
+    return Judge(mind_descriptor(vis), mind_descriptor(ir), content, content_mask(torch.ones_like(vis)))
+
+
+def paired_residuals(judge: Judge, grids: Tensor) -> tuple[Tensor, Tensor]:
+    """Two results' :func:`descriptor_residual` on the judge's axial MIND, judged on the same
+    pixels: the judge of the stage's two starts (:meth:`LucasKanade._choose`) and of the
+    learned-descriptor iterations (:func:`descriptor_phase`), whatever descriptors produced the
+    results.
+
+    ``judge`` the :func:`judge_features` of ``B`` pairs; ``grids`` ``(2B, H, W, 2)``: the first
+    result of each pair, then the second. The pixels are those both results sample inside the IR's
+    content, away from the visible frame's edge band. Returns the first results' and the second
+    results' residuals, each ``(B,)``.
+
+    Example (of a pair shifted by 2 px, the grid that undoes the shift is the better result)::
+
+        >>> vis = torch.rand(1, 1, 32, 32)
+        >>> ir = torch.roll(vis, 2, dims=-1)
+        >>> identity = coordinates(vis).permute(0, 2, 3, 1)
+        >>> shifted = identity + torch.tensor([4 / 31, 0.0])
+        >>> first, second = paired_residuals(judge_features(vis, ir, content_mask(ir)), torch.cat((identity, shifted)))
+        >>> bool(second < first)
+        True
     """
-    batch = vis.shape[0]
-    reference, moving = mind_descriptor(vis), mind_descriptor(ir)
+    batch = judge.reference.shape[0]
+    content = judge.content
     inside = (warp_features(torch.cat((content, content), dim=0), grids, padding_mode="border") > 0.999
-              ).to(reference.dtype)
-    common = inside[:batch] * inside[batch:] * content_mask(torch.ones_like(vis))
-    residual = descriptor_residual(*(torch.cat((x, x), dim=0) for x in (reference, moving)), grids,
+              ).to(judge.reference.dtype)
+    common = inside[:batch] * inside[batch:] * judge.frame
+    residual = descriptor_residual(*(torch.cat((x, x), dim=0) for x in (judge.reference, judge.moving)), grids,
                                    torch.cat((common, common), dim=0))
     return residual[:batch], residual[batch:]
 
