@@ -143,6 +143,12 @@ class LucasKanadeConfig(_Strict):
     descriptor: DescriptorConfig = Field(
         DescriptorConfig(), description="the towers' architecture and how they were trained (models.descriptor)")
 
+    @property
+    def uses_towers(self) -> bool:
+        """Whether the register or the track graph runs learned-descriptor iterations, so that the
+        stage holds the towers."""
+        return bool(self.descriptor_iterations or self.descriptor_track_iterations)
+
     @field_validator("schedule", "track_schedule")
     @classmethod
     def _valid_steps(cls, v: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], ...]:
@@ -303,8 +309,7 @@ class ModelConfig(_Strict):
                              f"{self.registration_size} multiples of 8")
         stage = self.lucas_kanade
         towers_size = stage.descriptor.size
-        if (stage.descriptor_iterations or stage.descriptor_track_iterations) and towers_size is not None \
-                and tuple(towers_size) != tuple(self.registration_size):
+        if stage.uses_towers and towers_size is not None and tuple(towers_size) != tuple(self.registration_size):
             # The towers' matches hold at the scale they were trained at (docs/experiments.md: the
             # native-size descriptor at 192x256 made the held-out pairs worse, 3.83 -> 4.10 px).
             raise ValueError(f"the Lucas-Kanade stage's towers were trained at {tuple(towers_size)}, not at the "

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    learned = model.lucas_kanade.descriptor_iterations or model.lucas_kanade.descriptor_track_iterations
+    learned = model.lucas_kanade.uses_towers
     if towers is not None or not learned:  # new towers, or none needed: the source's go
         payload["model"] = {k: v for k, v in payload["model"].items() if not k.startswith(MATCHER)}
     if towers is not None and learned:
@@ -168,10 +168,7 @@ def _towers(args: argparse.Namespace, model: ModelConfig) -> tuple[dict[str, obj
     if args.descriptor is not None:
         towers, meta = load_descriptor(args.descriptor)
         return towers.state_dict(), DescriptorConfig.model_validate(meta["config"])
-    stage = model.lucas_kanade
-    if stage.descriptor_iterations or stage.descriptor_track_iterations:
-        return None, None  # the source's towers stay
-    if wants:
+    if wants and not model.lucas_kanade.uses_towers:  # where the source has towers, they stay
         raise ValueError("learned-descriptor iterations need towers: give --descriptor FILE")
     return None, None
 

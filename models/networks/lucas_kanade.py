@@ -224,8 +224,7 @@ class LucasKanade(nn.Module):
     def __init__(self, config: LucasKanadeConfig) -> None:
         super().__init__()
         self.config = config
-        learned = config.descriptor_iterations or config.descriptor_track_iterations
-        self.matcher = CrossModalDescriptor(config.descriptor) if learned else None
+        self.matcher = CrossModalDescriptor(config.descriptor) if config.uses_towers else None
 
     def train(self, mode: bool = True) -> LucasKanade:
         # The towers are trained on their own (models.descriptor) and frozen here: their batch norms
