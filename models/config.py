@@ -55,6 +55,12 @@ class DescriptorConfig(BaseModel):
     learning_rate: float = Field(2e-3, gt=0)
     steps: int = Field(8000, ge=1, description="the shipped recipe's length (the loss only starts to fall after ~1500)")
     seed: int = 0
+    objective: Literal["window", "iterations"] = Field(
+        "window", description="window: the cross-entropy of a local-window softmax at the true offset; iterations: "
+        "the end-point error of every iterate of the Lucas-Kanade stage's learned-descriptor iterations, run from "
+        "starts up to start_error pixels off the truth (a fine-tune of towers that already match)")
+    start_error: float = Field(6.0, gt=0, description="iterations objective: the largest start error, pixels of "
+                               "the towers' input (the registration size)")
     size: tuple[int, int] | None = Field(
         None, description="(H, W): every pair resized (area) to it before cropping, the registration size of the "
         "graphs whose Lucas-Kanade stage runs the towers; None: the pairs' own size (the offline refinement's)")

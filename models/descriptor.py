@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from busref.models.checkpoint import CheckpointError, read_payload, save_payload
-from busref.models.config import DescriptorConfig
+from busref.models.config import DescriptorConfig, LucasKanadeConfig
 from busref.models.data import LoadedPair
 from busref.models.geometry import invert_affine
-from busref.models.networks.layers import correlation
+from busref.models.networks.layers import coordinates, correlation
+from busref.models.networks.lucas_kanade import content_mask, gauss_newton_step
 from busref.models.networks.matcher import CrossModalDescriptor
 
 log = logging.getLogger(__name__)
@@ -132,9 +133,73 @@ def descriptor_loss(model: CrossModalDescriptor, vis: Tensor, ir: Tensor,
     return loss, hit
 
 
+#: The iterations objective weighs iterate ``i`` of ``n`` by ``ITERATE_DECAY ** (n - 1 - i)``: the last
+#: counts most, the earlier ones keep every step heading for the truth (RAFT's sequence loss, 0.8 there).
+ITERATE_DECAY = 0.85
+
+
+def iterations_loss(model: CrossModalDescriptor, stage: LucasKanadeConfig, vis: Tensor, ir: Tensor,
+                    generator: torch.Generator) -> tuple[Tensor, float, float]:
+    """One batch of aligned crops ``(B, 1, S, S)`` in [0, 1] -> (loss, mean start error, mean last
+    error), errors in pixels of the iterations' size (the crops' over ``stage.descriptor_factor``).
+
+    What the register graph does with the towers, made differentiable: ``stage.descriptor_iterations``
+    :func:`gauss_newton_step` iterations on their descriptors average-pooled by
+    ``stage.descriptor_factor`` (cells of ``descriptor_pool``, the stage's gain, windows, prior and
+    damping; no guard), as :func:`busref.models.networks.lucas_kanade.descriptor_phase` runs them.
+    The IR crop is warped by a random rotation-scale (``config.max_rotation``, ``max_log_scale``),
+    reflected at its edges and masked out there as the graph masks an IR frame's padding; the
+    iterations start from the true grid plus a global shift of uniform length up to
+    ``config.start_error`` and a smooth field (a random 3x3 lattice, bicubic, a quarter of that per
+    component). The loss: each iterate's mean end-point error over the pixels whose true match lies
+    in the IR's content, weighted by :data:`ITERATE_DECAY`.
+
+    Why: the window softmax trains a peak at the true offset, not the slope around it that the
+    iterations follow; from the thermal stage's MIND result (a few pixels off the truth) the shipped
+    towers' iterations converged from 1-3 px and diverged from 5.6 px (docs/experiments.md).
+    """
+    config, batch, size = model.config, vis.shape[0], vis.shape[-1]
+    factor, cells = stage.descriptor_factor, stage.descriptor_pool
+    matrix = _random_affine(batch, config, generator)
+    sampling = F.affine_grid(matrix, list(ir.shape), align_corners=True)
+    moving = F.grid_sample(ir, sampling, align_corners=True, padding_mode="reflection")
+    inside = F.grid_sample(torch.ones_like(ir), sampling, align_corners=True) > 0.999
+    small = size // factor
+    truth = F.affine_grid(invert_affine(matrix), [batch, 1, small, small], align_corners=True)
+    angle = torch.rand(batch, generator=generator) * 2 * math.pi
+    length = torch.rand(batch, generator=generator) * config.start_error / factor
+    shift = torch.stack((length * torch.cos(angle), length * torch.sin(angle)), 1)[:, None, None, :]
+    lattice = torch.randn(batch, 2, 3, 3, generator=generator) * (config.start_error / factor / 4)
+    field = F.interpolate(lattice, size=(small, small), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+    pixel = 2 / (small - 1)
+    grid = truth + (shift + field) * pixel
+    reference, target = model.vis(vis), model.ir(moving)
+    if factor > 1:
+        reference = F.normalize(F.avg_pool2d(reference, factor), dim=1)
+        target = F.normalize(F.avg_pool2d(target, factor), dim=1)
+        inside = F.avg_pool2d(inside.to(vis.dtype), factor) > 0.999
+    content = content_mask(inside.to(vis.dtype))
+    band = content_mask(torch.ones_like(content))
+    frame = (F.avg_pool2d(band, cells) > 0.999).to(vis.dtype) if cells > 1 else band
+    scored = (F.grid_sample(content, truth, align_corners=True) > 0.999).to(vis.dtype)[:, 0] * band[:, 0]
+    count = scored.sum().clamp_min(1.0)
+    base, basis = coordinates(reference), None
+    loss = torch.zeros(())
+    start = float(((shift + field).norm(dim=-1) * scored).sum() / count)
+    n = stage.descriptor_iterations
+    for i in range(n):
+        grid, basis = gauss_newton_step(reference, target, grid, base, content, frame, basis, cells=cells,
+                                        sigma=0.0, window=stage.window, field_window=stage.field_window,
+                                        rest_prior=stage.rest_prior, damping=stage.damping,
+                                        gain=stage.descriptor_gain)
+        error = (((grid - truth) / pixel).norm(dim=-1) * scored).sum() / count
+        loss = loss + ITERATE_DECAY ** (n - 1 - i) * error
+    return loss, start, float(error.detach())
+
+
 def train_descriptor(pairs: list[LoadedPair], out: Path, *, config: DescriptorConfig = DescriptorConfig(),
                      max_minutes: float | None = None, split_name: str = "train", split_sha256: str = "",
-                     finetune: Path | None = None) -> Path:
+                     finetune: Path | None = None, stage: LucasKanadeConfig | None = None) -> Path:
     """Train on aligned ``pairs`` (CPU, one process) for ``config.steps`` or ``max_minutes``,
     whichever ends first, and save to ``out`` with its metadata. Returns ``out``.
 
@@ -142,7 +207,16 @@ def train_descriptor(pairs: list[LoadedPair], out: Path, *, config: DescriptorCo
     instead of random weights; the file's name and step are recorded. Why: from scratch the loss
     stays near the uniform guess for thousands of steps (the native-size recipe ~1500-2500, at
     192x256 still 4 % exact-offset hits at step 3000), while the native-size towers already match.
+
+    ``config.objective`` ``"iterations"`` (:func:`iterations_loss`) needs ``finetune`` and ``stage``,
+    the Lucas-Kanade stage whose learned-descriptor iterations the towers serve (its settings are
+    recorded); its BatchNorm layers keep the statistics the towers came with (the graphs run them
+    on whole frames, the fine-tune sees crops) and each step's gradient is clipped to norm 1.
     """
+    iterating = config.objective == "iterations"
+    if iterating and (finetune is None or stage is None or not stage.descriptor_iterations):
+        raise ValueError("the iterations objective fine-tunes towers that already match (--finetune) on the "
+                         "learned-descriptor iterations of a Lucas-Kanade stage that runs them (--stage-of)")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = CrossModalDescriptor(config)
@@ -154,39 +228,64 @@ def train_descriptor(pairs: list[LoadedPair], out: Path, *, config: DescriptorCo
                              f"dims, not the {config.channels} and {config.dims} asked for")
         model.load_state_dict(source.state_dict())
         origin = {"finetune": {"file": finetune.name, "step": meta["step"], "config": meta["config"]}}
+    if iterating:
+        assert stage is not None
+        model.eval()
+        origin["stage"] = stage.model_dump(mode="json", include=ITERATION_FIELDS)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     crops = _Crops(pairs, config)
     start, recent = time.monotonic(), []
     bar = tqdm(total=config.steps, desc="descriptor", unit="step", leave=False)
     step = 0
     while step < config.steps and (max_minutes is None or time.monotonic() - start < max_minutes * 60):
-        loss, hit = descriptor_loss(model, *crops(), generator)
+        if iterating:
+            assert stage is not None
+            loss, *measured = iterations_loss(model, stage, *crops(), generator)
+        else:
+            loss, hit = descriptor_loss(model, *crops(), generator)
+            measured = [loss.item(), hit]
         optimiser.zero_grad()
         loss.backward()
+        if iterating:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
         step += 1
-        recent = [*recent[-99:], (loss.item(), hit)]
+        recent = [*recent[-99:], measured]
         bar.update()
         if step % 500 == 0:
-            mean_loss, mean_hit = np.mean(recent, axis=0)
-            log.info("descriptor step %d: loss %.3f, exact-offset hits %.1f %%", step, mean_loss, 100 * mean_hit)
+            log.info("descriptor step %d: %s", step, _progress(iterating, *np.mean(recent, axis=0)))
     bar.close()
-    mean_loss, mean_hit = np.mean(recent, axis=0) if recent else (float("nan"), float("nan"))
+    first, second = np.mean(recent, axis=0) if recent else (float("nan"), float("nan"))
+    metrics = ({"start_error": float(first), "last_error": float(second)} if iterating
+               else {"loss": float(first), "hits": float(second)})
     save_descriptor(out, model, step=step, split_name=split_name, split_sha256=split_sha256,
-                    metrics={"loss": float(mean_loss), "hits": float(mean_hit),
-                             "minutes": (time.monotonic() - start) / 60}, **origin)
-    log.info("saved %s after %d steps (loss %.3f, hits %.1f %%)", out, step, mean_loss, 100 * mean_hit)
+                    metrics={**metrics, "minutes": (time.monotonic() - start) / 60}, **origin)
+    log.info("saved %s after %d steps (%s)", out, step, _progress(iterating, first, second))
     return out
 
 
+#: The stage's settings that :func:`iterations_loss` runs, recorded in a descriptor file it trained.
+ITERATION_FIELDS = {"descriptor_iterations", "descriptor_factor", "descriptor_pool", "descriptor_gain", "window",
+                    "field_window", "rest_prior", "damping"}
+
+
+def _progress(iterating: bool, first: float, second: float) -> str:
+    if iterating:
+        return f"start error {first:.2f} px, last iterate {second:.2f} px"
+    return f"loss {first:.3f}, exact-offset hits {100 * second:.1f} %"
+
+
 def save_descriptor(path: Path, model: CrossModalDescriptor, *, step: int, split_name: str,
-                    split_sha256: str, metrics: dict[str, float], finetune: dict[str, Any] | None = None) -> None:
+                    split_sha256: str, metrics: dict[str, float], finetune: dict[str, Any] | None = None,
+                    stage: dict[str, Any] | None = None) -> None:
     """Write the towers with their config, step, split and metrics (and ``finetune``: the file they
-    started from, where they did)."""
+    started from, where they did; ``stage``: the Lucas-Kanade settings of the iterations objective)."""
     payload = {"format": FORMAT, "config": model.config.model_dump(mode="json"), "model": model.state_dict(),
                "step": step, "split": {"name": split_name, "sha256": split_sha256}, "metrics": metrics}
     if finetune is not None:
         payload["finetune"] = finetune
+    if stage is not None:
+        payload["stage"] = stage
     save_payload(path, payload)
 
 

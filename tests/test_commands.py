@@ -162,6 +162,16 @@ def test_descriptor_errors_are_clear(trained_checkpoint, three_pairs, tmp_path, 
     bad.write_text("max_log_resize: 3\n")
     assert main(["train", "descriptor", *folders, "--config", str(bad), "--out", str(tmp_path)]) == 2
     assert "towers.yaml: invalid descriptor config" in caplog.text and "max_log_resize" in caplog.text
+    assert main(["train", "registration", *folders, "--stage-of", str(trained_checkpoint), "--out", str(tmp_path)]) == 2
+    assert "--stage-of applies to the descriptor stage only" in caplog.text
+    iterating = tmp_path / "iterations.yaml"
+    iterating.write_text("objective: iterations\n")
+    assert main(["train", "descriptor", *folders, "--config", str(iterating), "--val-pairs", "1",
+                 "--out", str(tmp_path)]) == 2
+    assert "already match (--finetune)" in caplog.text and "(--stage-of)" in caplog.text
+    assert main(["train", "descriptor", *folders, "--config", str(iterating), "--stage-of", str(tmp_path / "no.pt"),
+                 "--out", str(tmp_path)]) == 2
+    assert "no.pt" in caplog.text
     assert main(["register", *folders, "--out", str(tmp_path / "reg"), "--checkpoint", str(trained_checkpoint),
                  "--refine", "--descriptor", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt: no such descriptor file" in caplog.text

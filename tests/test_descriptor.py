@@ -12,10 +12,11 @@ import torch
 from test_refinement import FAST, H, W, _epe, _texture
 
 from busref.models.checkpoint import CheckpointError
-from busref.models.config import DescriptorConfig
+from busref.models.config import DescriptorConfig, LucasKanadeConfig
 from busref.models.data import LoadedPair
 from busref.models.descriptor import (
     FORMAT,
+    iterations_loss,
     load_descriptor,
     save_descriptor,
     train_descriptor,
@@ -99,6 +100,44 @@ def test_flat_crops_train_without_nan(tmp_path):
                                                    config=TINY.model_copy(update={"steps": 5})))
     assert np.isfinite(meta["metrics"]["loss"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+#: A stage whose learned-descriptor iterations fit TINY's crops (the shipped one runs at half size).
+STAGE = LucasKanadeConfig(descriptor_iterations=4, descriptor_factor=1, descriptor_pool=2, window=2.0)
+ITERATING = TINY.model_copy(update={"objective": "iterations", "start_error": 3.0, "crop": 40, "steps": 2,
+                                    "max_rotation": 5.0, "max_log_scale": 0.05})
+
+
+def test_training_on_the_iterations_lowers_their_error():
+    torch.manual_seed(0)
+    model = _shared_towers()
+    vis = torch.nn.functional.avg_pool2d(torch.rand(4, 1, 44, 44), 5, stride=1)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    measured = []
+    for _ in range(15):  # the same batch and starts each time: what it measures must fall
+        loss, start, last = iterations_loss(model, STAGE, vis, 1 - vis, torch.Generator().manual_seed(1))
+        measured.append((start, last))
+        optimiser.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None for p in (*model.vis.parameters(), *model.ir.parameters()))
+        optimiser.step()
+    start = measured[0][0]
+    assert 0 < start < ITERATING.start_error * 1.5 and all(s == start for s, _ in measured)
+    assert measured[-1][1] < measured[0][1], measured
+
+
+def test_the_iterations_objective_needs_matching_towers_and_a_stage(tmp_path):
+    with pytest.raises(ValueError, match=r"--finetune.*--stage-of"):
+        train_descriptor(_pairs(), tmp_path / "d.pt", config=ITERATING, stage=STAGE)
+    first = train_descriptor(_pairs(), tmp_path / "d.pt", config=TINY.model_copy(update={"steps": 1}))
+    with pytest.raises(ValueError, match="--stage-of"):
+        train_descriptor(_pairs(), tmp_path / "e.pt", config=ITERATING, finetune=first,
+                         stage=STAGE.model_copy(update={"descriptor_iterations": 0}))
+    _, meta = load_descriptor(train_descriptor(_pairs(), tmp_path / "e.pt", config=ITERATING, finetune=first,
+                                               stage=STAGE))
+    assert meta["stage"]["descriptor_iterations"] == 4 and meta["stage"]["descriptor_factor"] == 1
+    assert set(meta["metrics"]) == {"start_error", "last_error", "minutes"} and meta["metrics"]["start_error"] > 0
+    assert DescriptorConfig.model_validate(meta["config"]).objective == "iterations"
 
 
 def test_bad_descriptor_files_are_refused_with_their_name(tmp_path):

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from busref.conventions import DataError, parse_hw
-from busref.models.checkpoint import STAGES, CheckpointError
+from busref.models.checkpoint import STAGES, CheckpointError, load_checkpoint
 from busref.models.cli.common import add_data_arguments, select_pairs
 from busref.models.config import DescriptorConfig, load_train_config, load_yaml_model
 from busref.models.data import category_pairs, load_pairs, split_sha256
@@ -27,14 +27,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "busref-refined evaluation use (OUT/descriptor.pt; --config is a descriptor config YAML,\n"
         "--init and --resume do not apply, --finetune starts from another descriptor file's towers),\n"
         "and the towers of the register graph's Lucas-Kanade stage (configs/descriptor/towers.yaml,\n"
-        "then scripts/set_inference_stages.py --descriptor).\n\n"
+        "then scripts/set_inference_stages.py --descriptor), which configs/descriptor/towers_iterations.yaml\n"
+        "fine-tunes on the iterations of the stage that --stage-of's checkpoint runs.\n\n"
         "example:\n"
         "  busref train bus --data ../shared/data/roadscene --out runs/demo\n"
         "  busref train fusion --data ../shared/data/roadscene --init runs/demo/bus.pt --out runs/demo\n"
         "  busref train registration --data ../shared/data/roadscene --init runs/demo/fusion.pt --out runs/demo\n"
         "  busref train descriptor --data ../shared/data/roadscene --out runs/demo --steps 8000\n"
         "  busref train descriptor --data ../shared/data/roadscene --config configs/descriptor/towers.yaml \\\n"
-        "      --finetune weights/descriptor.pt --out runs/towers"
+        "      --finetune weights/descriptor.pt --out runs/towers\n"
+        "  busref train descriptor --data ../shared/data/roadscene \\\n"
+        "      --config configs/descriptor/towers_iterations.yaml --finetune runs/towers/descriptor.pt \\\n"
+        "      --stage-of weights/busref.pt --out runs/towers_iterations"
     )
     parser.add_argument("stage", choices=(*STAGES, "descriptor"), help="which stage to train")
     add_data_arguments(parser, default_split="train")
@@ -57,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--steps", type=int, help="override the stage's number of steps")
     parser.add_argument("--max-minutes", type=float, help="stop (and save) after this many minutes")
+    parser.add_argument("--stage-of", type=Path,
+                        help="descriptor stage, iterations objective: the checkpoint whose Lucas-Kanade stage runs "
+                             "the towers' iterations (their settings are its)")
     parser.add_argument("--size", type=parse_hw,
                         help="descriptor stage only: resize every pair (area) to HxW first, e.g. 192x256 (the thermal "
                              "register graph's size; recorded in the file)")
@@ -73,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
                 load_yaml_model(args.config, DescriptorConfig, "descriptor config")
             descriptor_config = descriptor_config.model_copy(
                 update={**({"steps": args.steps} if args.steps else {}), **({"size": args.size} if args.size else {})})
-        elif args.size:
-            raise ValueError("--size applies to the descriptor stage only")
+            stage = None if args.stage_of is None else load_checkpoint(args.stage_of)["config"].model.lucas_kanade
+        elif args.size or args.stage_of:
+            raise ValueError(f"{'--size' if args.size else '--stage-of'} applies to the descriptor stage only")
         config = load_train_config(args.config if args.stage != "descriptor" else None)
         if args.steps and args.stage != "descriptor":
             stage_cfg = getattr(config, args.stage).model_copy(update={"steps": args.steps})
@@ -97,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         if args.stage == "descriptor":
             train_descriptor(load_pairs(train), args.out / "descriptor.pt", config=descriptor_config,
                              max_minutes=args.max_minutes, split_name=split_name, split_sha256=split_sha256(train),
-                             finetune=args.finetune)
+                             finetune=args.finetune, stage=stage)
             return 0
         train_stage(args.stage, train_pairs=train, val_pairs=val, val_indices=val_indices,
                     split_name=split_name, config=config, out_dir=args.out,
