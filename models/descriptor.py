@@ -137,6 +137,10 @@ def descriptor_loss(model: CrossModalDescriptor, vis: Tensor, ir: Tensor,
 #: counts most, the earlier ones keep every step heading for the truth (RAFT's sequence loss, 0.8 there).
 ITERATE_DECAY = 0.85
 
+#: The stage's settings that :func:`iterations_loss` runs, recorded in a descriptor file it trained.
+ITERATION_FIELDS = {"descriptor_iterations", "descriptor_factor", "descriptor_pool", "descriptor_gain", "window",
+                    "field_window", "rest_prior", "damping"}
+
 
 def iterations_loss(model: CrossModalDescriptor, stage: LucasKanadeConfig, vis: Tensor, ir: Tensor,
                     generator: torch.Generator) -> tuple[Tensor, float, float]:
@@ -155,8 +159,9 @@ def iterations_loss(model: CrossModalDescriptor, stage: LucasKanadeConfig, vis: 
     in the IR's content, weighted by :data:`ITERATE_DECAY`.
 
     Why: the window softmax trains a peak at the true offset, not the slope around it that the
-    iterations follow; from the thermal stage's MIND result (a few pixels off the truth) the shipped
-    towers' iterations converged from 1-3 px and diverged from 5.6 px (docs/experiments.md).
+    iterations follow; the towers it trained, started 1.1 / 3.4 / 5.6 px off the truth, ended 0.52 /
+    0.55 / 7.98 px from it, while the thermal stage's MIND result lies a few pixels off. Fine-tuned
+    with this loss they took 8 held-out train pairs from 2.83 to 2.66 px (docs/experiments.md).
     """
     config, batch, size = model.config, vis.shape[0], vis.shape[-1]
     factor, cells = stage.descriptor_factor, stage.descriptor_pool
@@ -211,7 +216,9 @@ def train_descriptor(pairs: list[LoadedPair], out: Path, *, config: DescriptorCo
     ``config.objective`` ``"iterations"`` (:func:`iterations_loss`) needs ``finetune`` and ``stage``,
     the Lucas-Kanade stage whose learned-descriptor iterations the towers serve (its settings are
     recorded); its BatchNorm layers keep the statistics the towers came with (the graphs run them
-    on whole frames, the fine-tune sees crops) and each step's gradient is clipped to norm 1.
+    on whole frames, the fine-tune sees crops) and each step's gradient is clipped to norm 1, as in
+    the run that was measured (docs/experiments.md, "Towers fine-tuned on their iterations": a run
+    with batch statistics, among other differences, moved the towers away, 2.83 -> 3.99 px).
     """
     iterating = config.objective == "iterations"
     if iterating and (finetune is None or stage is None or not stage.descriptor_iterations):
@@ -263,10 +270,6 @@ def train_descriptor(pairs: list[LoadedPair], out: Path, *, config: DescriptorCo
     log.info("saved %s after %d steps (%s)", out, step, _progress(iterating, first, second))
     return out
 
-
-#: The stage's settings that :func:`iterations_loss` runs, recorded in a descriptor file it trained.
-ITERATION_FIELDS = {"descriptor_iterations", "descriptor_factor", "descriptor_pool", "descriptor_gain", "window",
-                    "field_window", "rest_prior", "damping"}
 
 
 def _progress(iterating: bool, first: float, second: float) -> str:
