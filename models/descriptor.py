@@ -27,8 +27,8 @@ from busref.models.checkpoint import CheckpointError, read_payload, save_payload
 from busref.models.config import DescriptorConfig, LucasKanadeConfig
 from busref.models.data import LoadedPair
 from busref.models.geometry import invert_affine
-from busref.models.networks.layers import coordinates, correlation
-from busref.models.networks.lucas_kanade import content_mask, gauss_newton_step
+from busref.models.networks.layers import correlation
+from busref.models.networks.lucas_kanade import content_mask, descriptor_iterates, pool_descriptors
 from busref.models.networks.matcher import CrossModalDescriptor
 
 log = logging.getLogger(__name__)
@@ -148,9 +148,9 @@ def iterations_loss(model: CrossModalDescriptor, stage: LucasKanadeConfig, vis: 
     error), errors in pixels of the iterations' size (the crops' over ``stage.descriptor_factor``).
 
     What the register graph does with the towers, made differentiable: ``stage.descriptor_iterations``
-    :func:`gauss_newton_step` iterations on their descriptors average-pooled by
-    ``stage.descriptor_factor`` (cells of ``descriptor_pool``, the stage's gain, windows, prior and
-    damping; no guard), as :func:`busref.models.networks.lucas_kanade.descriptor_phase` runs them.
+    iterations on their descriptors average-pooled by ``stage.descriptor_factor`` (cells of
+    ``descriptor_pool``, the stage's gain, windows, prior and damping; no guard): the graph's own
+    :func:`busref.models.networks.lucas_kanade.descriptor_iterates` and ``pool_descriptors``.
     The IR crop is warped by a random rotation-scale (``config.max_rotation``, ``max_log_scale``),
     reflected at its edges and masked out there as the graph masks an IR frame's padding; the
     iterations start from the true grid plus a global shift of uniform length up to
@@ -177,26 +177,21 @@ def iterations_loss(model: CrossModalDescriptor, stage: LucasKanadeConfig, vis: 
     lattice = torch.randn(batch, 2, 3, 3, generator=generator) * (config.start_error / factor / 4)
     field = F.interpolate(lattice, size=(small, small), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
     pixel = 2 / (small - 1)
-    grid = truth + (shift + field) * pixel
-    reference, target = model.vis(vis), model.ir(moving)
+    start_grid = truth + (shift + field) * pixel
+    learned = pool_descriptors((model.vis(vis), model.ir(moving)), factor)
     if factor > 1:
-        reference = F.normalize(F.avg_pool2d(reference, factor), dim=1)
-        target = F.normalize(F.avg_pool2d(target, factor), dim=1)
         inside = F.avg_pool2d(inside.to(vis.dtype), factor) > 0.999
     content = content_mask(inside.to(vis.dtype))
     band = content_mask(torch.ones_like(content))
-    frame = (F.avg_pool2d(band, cells) > 0.999).to(vis.dtype) if cells > 1 else band
     scored = (F.grid_sample(content, truth, align_corners=True) > 0.999).to(vis.dtype)[:, 0] * band[:, 0]
     count = scored.sum().clamp_min(1.0)
-    base, basis = coordinates(reference), None
     loss = torch.zeros(())
     start = float(((shift + field).norm(dim=-1) * scored).sum() / count)
     n = stage.descriptor_iterations
-    for i in range(n):
-        grid, basis = gauss_newton_step(reference, target, grid, base, content, frame, basis, cells=cells,
-                                        sigma=0.0, window=stage.window, field_window=stage.field_window,
-                                        rest_prior=stage.rest_prior, damping=stage.damping,
-                                        gain=stage.descriptor_gain)
+    for i, grid in enumerate(descriptor_iterates(learned, start_grid, content, band, iterations=n, cells=cells,
+                                                 gain=stage.descriptor_gain, window=stage.window,
+                                                 field_window=stage.field_window, rest_prior=stage.rest_prior,
+                                                 damping=stage.damping)):
         error = (((grid - truth) / pixel).norm(dim=-1) * scored).sum() / count
         loss = loss + ITERATE_DECAY ** (n - 1 - i) * error
     return loss, start, float(error.detach())

@@ -27,6 +27,7 @@ IR's zero padding, a band along either frame's edge) do not enter the normal equ
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -300,8 +301,7 @@ class LucasKanade(nn.Module):
             if factor not in features:
                 cells = c.pool // factor
                 small_v, small_r, content = pooled_at(factor)
-                frame = content_mask(torch.ones_like(small_v))
-                frame = (F.avg_pool2d(frame, cells) > 0.999).to(vis.dtype) if cells > 1 else frame
+                frame = frame_cells(content_mask(torch.ones_like(small_v)), cells)
                 radius, diagonal = c.mind_radius, c.mind_diagonal
                 features[factor] = (mind_descriptor(small_v, radius, diagonal=diagonal),
                                     mind_descriptor(small_r, radius, diagonal=diagonal), coordinates(small_v),
@@ -348,10 +348,7 @@ class LucasKanade(nn.Module):
         ``judge`` their :func:`judge_features`. Returns the grid at that size."""
         c, factor = self.config, self.config.descriptor_factor
         assert self.matcher is not None
-        learned = (self.matcher.vis(vis), self.matcher.ir(ir))
-        if factor > 1:
-            learned = (F.normalize(F.avg_pool2d(learned[0], factor), dim=1),
-                       F.normalize(F.avg_pool2d(learned[1], factor), dim=1))
+        learned = pool_descriptors((self.matcher.vis(vis), self.matcher.ir(ir)), factor)
         grid = _full_size(grid, *small[0].shape[-2:])
         return descriptor_phase(*small, grid, learned, iterations=iterations, cells=c.descriptor_pool,
                                 gain=c.descriptor_gain, guard=c.descriptor_guard, window=c.window,
@@ -421,15 +418,47 @@ def descriptor_phase(vis: Tensor, ir: Tensor, grid: Tensor, learned: tuple[Tenso
     refinement (:func:`busref.models.refinement.descriptor_iterations`) run it.
     """
     judge = judge_features(vis, ir, content_mask(ir)) if judge is None else judge
-    frame = (F.avg_pool2d(judge.frame, cells) > 0.999).to(vis.dtype) if cells > 1 else judge.frame
-    base = coordinates(vis)
-    result, basis = grid, None
-    for _ in range(iterations):
-        result, basis = gauss_newton_step(learned[0], learned[1], result, base, judge.content, frame, basis,
-                                          cells=cells, sigma=0.0, window=window, field_window=field_window,
-                                          rest_prior=rest_prior, damping=damping, gain=gain)
+    result = grid
+    for iterate in descriptor_iterates(learned, grid, judge.content, judge.frame, iterations=iterations,
+                                       cells=cells, gain=gain, window=window, field_window=field_window,
+                                       rest_prior=rest_prior, damping=damping):
+        result = iterate
     before, after = paired_residuals(judge, torch.cat((grid, result)))
     return torch.where((after <= guard * before).view(-1, 1, 1, 1), result, grid)
+
+
+def descriptor_iterates(learned: tuple[Tensor, Tensor], grid: Tensor, content: Tensor, frame: Tensor, *,
+                        iterations: int, cells: int, gain: float, window: float, field_window: float,
+                        rest_prior: float, damping: float) -> Iterator[Tensor]:
+    """Each of ``iterations`` unblurred :func:`gauss_newton_step` iterates ``(B, H, W, 2)`` on the
+    learned descriptors ``learned`` (of the visible image ``(B, D, H, W)``, of the unwarped IR
+    ``(B, D, Hm, Wm)``) from ``grid`` ``(B, H, W, 2)``; ``content`` ``(B, 1, Hm, Wm)`` the IR's
+    :func:`content_mask`, ``frame`` ``(B, 1, H, W)`` the visible frame's edge band (:func:`content_mask`
+    of an all-ones image), taken per cell of ``cells`` pixels here.
+
+    The iterations of :func:`descriptor_phase` (unguarded), and what
+    :func:`busref.models.descriptor.iterations_loss` trains the towers on, so the two cannot drift.
+    """
+    frame, base, basis = frame_cells(frame, cells), coordinates(learned[0]), None
+    for _ in range(iterations):
+        grid, basis = gauss_newton_step(learned[0], learned[1], grid, base, content, frame, basis, cells=cells,
+                                        sigma=0.0, window=window, field_window=field_window,
+                                        rest_prior=rest_prior, damping=damping, gain=gain)
+        yield grid
+
+
+def pool_descriptors(learned: tuple[Tensor, Tensor], factor: int) -> tuple[Tensor, Tensor]:
+    """The towers' descriptors ``(B, D, H, W)`` (of the registration-size images) at the learned
+    iterations' size: average-pooled by ``factor`` and made unit length again (1: as they are)."""
+    if factor == 1:
+        return learned
+    return F.normalize(F.avg_pool2d(learned[0], factor), dim=1), F.normalize(F.avg_pool2d(learned[1], factor), dim=1)
+
+
+def frame_cells(frame: Tensor, cells: int) -> Tensor:
+    """``frame`` ``(B, 1, H, W)`` (1 away from the frame's edge band) per cell of ``cells`` pixels: 1
+    where the whole cell is, ``(B, 1, H / cells, W / cells)`` (``cells`` 1: as it is)."""
+    return (F.avg_pool2d(frame, cells) > 0.999).to(frame.dtype) if cells > 1 else frame
 
 
 #: The second start's result replaces the first's only below this fraction of its residual.
