@@ -148,8 +148,9 @@ def iterations_loss(model: CrossModalDescriptor, stage: LucasKanadeConfig, vis: 
     error), errors in pixels of the iterations' size (the crops' over ``stage.descriptor_factor``).
 
     What the register graph does with the towers, made differentiable: ``stage.descriptor_iterations``
-    iterations on their descriptors average-pooled by ``stage.descriptor_factor`` (cells of
-    ``descriptor_pool``, the stage's gain, windows, prior and damping; no guard): the graph's own
+    iterations (the first ``config.unrolled`` where that is set) on their descriptors average-pooled
+    by ``stage.descriptor_factor`` (cells of ``descriptor_pool``, the stage's gain, windows, prior
+    and damping; no guard): the graph's own
     :func:`busref.models.networks.lucas_kanade.descriptor_iterates` and ``pool_descriptors``.
     The IR crop is warped by a random rotation-scale (``config.max_rotation``, ``max_log_scale``),
     reflected at its edges and masked out there as the graph masks an IR frame's padding; the
@@ -187,7 +188,7 @@ def iterations_loss(model: CrossModalDescriptor, stage: LucasKanadeConfig, vis: 
     count = scored.sum().clamp_min(1.0)
     loss = torch.zeros(())
     start = float(((shift + field).norm(dim=-1) * scored).sum() / count)
-    n = stage.descriptor_iterations
+    n = config.unrolled or stage.descriptor_iterations
     for i, grid in enumerate(descriptor_iterates(learned, start_grid, content, band, iterations=n, cells=cells,
                                                  gain=stage.descriptor_gain, window=stage.window,
                                                  field_window=stage.field_window, rest_prior=stage.rest_prior,
@@ -219,6 +220,9 @@ def train_descriptor(pairs: list[LoadedPair], out: Path, *, config: DescriptorCo
     if iterating and (finetune is None or stage is None or not stage.descriptor_iterations):
         raise ValueError("the iterations objective fine-tunes towers that already match (--finetune) on the "
                          "learned-descriptor iterations of a Lucas-Kanade stage that runs them (--stage-of)")
+    if iterating and stage is not None and config.unrolled > stage.descriptor_iterations:
+        raise ValueError(f"unrolled {config.unrolled}: the stage runs only {stage.descriptor_iterations} "
+                         "learned-descriptor iterations")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = CrossModalDescriptor(config)

@@ -151,6 +151,26 @@ def test_train_descriptor_writes_a_file_that_refine_loads(trained_checkpoint, th
     assert sorted(p.stem for p in (tmp_path / "reg" / "grid").glob("*.npy")) == sorted(names)
 
 
+
+def test_train_descriptor_on_the_refinement_s_iterations_records_that_stage(three_pairs, tmp_path):
+    from busref.models.descriptor import load_descriptor
+    from busref.models.refinement import RefinementConfig
+
+    root, _ = three_pairs
+    folders = ["--vis", str(root / "crop_LR_visible"), "--ir", str(root / "cropinfrared"), "--val-pairs", "1"]
+    assert main(["train", "descriptor", *folders, "--steps", "1", "--out", str(tmp_path / "first")]) == 0
+    config = tmp_path / "iterations.yaml"
+    config.write_text("objective: iterations\nunrolled: 2\ncrop: 48\nbatch: 2\n")
+    assert main(["train", "descriptor", *folders, "--config", str(config), "--steps", "1", "--finetune",
+                 str(tmp_path / "first" / "descriptor.pt"), "--stage-of", "refinement", "--out", str(tmp_path)]) == 0
+    _, meta = load_descriptor(tmp_path / "descriptor.pt")
+    refinement = RefinementConfig()
+    assert meta["stage"]["descriptor_iterations"] == refinement.descriptor_iterations
+    assert (meta["stage"]["descriptor_pool"], meta["stage"]["descriptor_gain"]) == \
+        (refinement.descriptor_cells, refinement.descriptor_gain)
+    assert meta["config"]["unrolled"] == 2 and meta["metrics"]["last_error"] >= 0
+
+
 def test_descriptor_errors_are_clear(trained_checkpoint, three_pairs, tmp_path, caplog):
     root, _ = three_pairs
     folders = ["--vis", str(root / "crop_LR_visible"), "--ir", str(root / "cropinfrared")]

@@ -138,6 +138,9 @@ def test_the_iterations_objective_needs_matching_towers_and_a_stage(tmp_path):
     assert meta["stage"]["descriptor_iterations"] == 4 and meta["stage"]["descriptor_factor"] == 1
     assert set(meta["metrics"]) == {"start_error", "last_error", "minutes"} and meta["metrics"]["start_error"] > 0
     assert DescriptorConfig.model_validate(meta["config"]).objective == "iterations"
+    with pytest.raises(ValueError, match="unrolled 5: the stage runs only 4"):
+        train_descriptor(_pairs(), tmp_path / "f.pt", config=ITERATING.model_copy(update={"unrolled": 5}),
+                         finetune=first, stage=STAGE)
 
 
 def test_bad_descriptor_files_are_refused_with_their_name(tmp_path):
@@ -186,3 +189,19 @@ def test_refine_grid_uses_the_descriptor_at_full_size_only():
 def test_the_refinement_config_refuses_a_negative_descriptor_weight():
     with pytest.raises(ValueError, match="descriptor_weight"):
         RefinementConfig(descriptor_weight=-1)
+
+
+def test_unrolled_runs_the_first_iterations_of_a_longer_stage():
+    towers = _shared_towers().state_dict()
+    vis = torch.nn.functional.avg_pool2d(torch.rand(2, 1, 44, 44), 5, stride=1)
+
+    def loss(config: DescriptorConfig, stage: LucasKanadeConfig) -> tuple[torch.Tensor, float, float]:
+        model = CrossModalDescriptor(config)
+        model.load_state_dict(towers)
+        return iterations_loss(model.eval(), stage, vis, 1 - vis, torch.Generator().manual_seed(3))
+
+    short = loss(ITERATING, STAGE.model_copy(update={"descriptor_iterations": 2}))
+    unrolled = loss(ITERATING.model_copy(update={"unrolled": 2}), STAGE)
+    full = loss(ITERATING, STAGE)
+    assert unrolled[0].item() == pytest.approx(short[0].item()) and unrolled[2] == pytest.approx(short[2])
+    assert full[0].item() != pytest.approx(unrolled[0].item())

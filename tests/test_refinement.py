@@ -140,7 +140,10 @@ def test_descriptor_iterations_recover_a_shift_and_the_guard_keeps_a_start_they_
     assert torch.equal(descriptor_iterations(vis, ir, start, wrong, config), start)
 
 
-def test_the_descriptor_iterations_run_for_thermal_rigs_only() -> None:
+def test_the_learned_descriptor_serves_thermal_rigs_only() -> None:
     # The shipped descriptor learned thermal pairs; busref eval / register --refine pick by modality.
-    assert refinement_config("thermal") == RefinementConfig() and RefinementConfig().descriptor_iterations > 0
-    assert refinement_config("nir").descriptor_iterations == 0
+    thermal = RefinementConfig()
+    assert refinement_config("thermal") == thermal and thermal.descriptor_iterations > 0
+    assert thermal.descriptor_weight > 0
+    nir = refinement_config("nir")
+    assert (nir.descriptor_iterations, nir.descriptor_weight) == (0, 0)

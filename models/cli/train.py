@@ -12,6 +12,7 @@ from busref.models.cli.common import add_data_arguments, select_pairs
 from busref.models.config import DescriptorConfig, load_train_config, load_yaml_model
 from busref.models.data import category_pairs, load_pairs, split_sha256
 from busref.models.descriptor import train_descriptor
+from busref.models.refinement import refinement_config, refinement_stage
 from busref.models.train import select_device, train_stage
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init and --resume do not apply, --finetune starts from another descriptor file's towers),\n"
         "and the towers of the register graph's Lucas-Kanade stage (configs/descriptor/towers.yaml,\n"
         "then scripts/set_inference_stages.py --descriptor), which configs/descriptor/towers_iterations.yaml\n"
-        "fine-tunes on the iterations of the stage that --stage-of's checkpoint runs.\n\n"
+        "fine-tunes on the iterations of the stage that --stage-of's checkpoint runs; with --stage-of\n"
+        "refinement, configs/descriptor/refinement_iterations.yaml fine-tunes the refinement's descriptor\n"
+        "on the refinement's own iterations.\n\n"
         "example:\n"
         "  busref train bus --data ../shared/data/roadscene --out runs/demo\n"
         "  busref train fusion --data ../shared/data/roadscene --init runs/demo/bus.pt --out runs/demo\n"
@@ -38,7 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "      --finetune weights/descriptor.pt --out runs/towers\n"
         "  busref train descriptor --data ../shared/data/roadscene \\\n"
         "      --config configs/descriptor/towers_iterations.yaml --finetune runs/towers/descriptor.pt \\\n"
-        "      --stage-of weights/busref.pt --out runs/towers_iterations"
+        "      --stage-of weights/busref.pt --out runs/towers_iterations\n"
+        "  busref train descriptor --data ../shared/data/roadscene \\\n"
+        "      --config configs/descriptor/refinement_iterations.yaml --finetune runs/demo/descriptor.pt \\\n"
+        "      --stage-of refinement --out runs/refinement_iterations"
     )
     parser.add_argument("stage", choices=(*STAGES, "descriptor"), help="which stage to train")
     add_data_arguments(parser, default_split="train")
@@ -61,9 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--steps", type=int, help="override the stage's number of steps")
     parser.add_argument("--max-minutes", type=float, help="stop (and save) after this many minutes")
-    parser.add_argument("--stage-of", type=Path,
+    parser.add_argument("--stage-of", metavar="CHECKPOINT|refinement",
                         help="descriptor stage, iterations objective: the checkpoint whose Lucas-Kanade stage runs "
-                             "the towers' iterations (their settings are its)")
+                             "the towers' iterations (their settings are its), or 'refinement': the offline "
+                             "refinement's iterations on its descriptor (models.refinement.refinement_stage)")
     parser.add_argument("--size", type=parse_hw,
                         help="descriptor stage only: resize every pair (area) to HxW first, e.g. 192x256 (the thermal "
                              "register graph's size; recorded in the file)")
@@ -80,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
                 load_yaml_model(args.config, DescriptorConfig, "descriptor config")
             descriptor_config = descriptor_config.model_copy(
                 update={**({"steps": args.steps} if args.steps else {}), **({"size": args.size} if args.size else {})})
-            stage = None if args.stage_of is None else load_checkpoint(args.stage_of)["config"].model.lucas_kanade
+            stage = None if args.stage_of is None else refinement_stage(refinement_config("thermal")) \
+                if args.stage_of == "refinement" else load_checkpoint(Path(args.stage_of))["config"].model.lucas_kanade
         elif args.size or args.stage_of:
             raise ValueError(f"{'--size' if args.size else '--stage-of'} applies to the descriptor stage only")
         config = load_train_config(args.config if args.stage != "descriptor" else None)
