@@ -60,7 +60,7 @@ class DescriptorConfig(BaseModel):
         "the end-point error of every iterate of the Lucas-Kanade stage's learned-descriptor iterations, run from "
         "starts up to start_error pixels off the truth (a fine-tune of towers that already match)")
     start_error: float = Field(6.0, gt=0, description="iterations objective: the largest start error, pixels of "
-                               "the towers' input (the registration size)")
+                               "the towers' input (the registration size; the refinement's: the pairs' own)")
     unrolled: int = Field(0, ge=0, description="iterations objective: the loss runs this many of the stage's "
                           "iterations (0: all of them; the offline refinement's 64 cost four times 16's time a step)")
     size: tuple[int, int] | None = Field(

@@ -147,10 +147,10 @@ def iterations_loss(model: CrossModalDescriptor, stage: LucasKanadeConfig, vis: 
     """One batch of aligned crops ``(B, 1, S, S)`` in [0, 1] -> (loss, mean start error, mean last
     error), errors in pixels of the iterations' size (the crops' over ``stage.descriptor_factor``).
 
-    What the register graph does with the towers, made differentiable: ``stage.descriptor_iterations``
-    iterations (the first ``config.unrolled`` where that is set) on their descriptors average-pooled
-    by ``stage.descriptor_factor`` (cells of ``descriptor_pool``, the stage's gain, windows, prior
-    and damping; no guard): the graph's own
+    What the register graph (or the offline refinement) does with the towers, made differentiable:
+    ``stage.descriptor_iterations`` iterations (the first ``config.unrolled`` where that is set) on
+    their descriptors average-pooled by ``stage.descriptor_factor`` (cells of ``descriptor_pool``,
+    the stage's gain, windows, prior and damping; no guard): the graph's own
     :func:`busref.models.networks.lucas_kanade.descriptor_iterates` and ``pool_descriptors``.
     The IR crop is warped by a random rotation-scale (``config.max_rotation``, ``max_log_scale``),
     reflected at its edges and masked out there as the graph masks an IR frame's padding; the

@@ -151,7 +151,6 @@ def test_train_descriptor_writes_a_file_that_refine_loads(trained_checkpoint, th
     assert sorted(p.stem for p in (tmp_path / "reg" / "grid").glob("*.npy")) == sorted(names)
 
 
-
 def test_train_descriptor_on_the_refinement_s_iterations_records_that_stage(three_pairs, tmp_path):
     from busref.models.descriptor import load_descriptor
     from busref.models.refinement import RefinementConfig

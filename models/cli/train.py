@@ -87,8 +87,11 @@ def run(args: argparse.Namespace) -> int:
                 load_yaml_model(args.config, DescriptorConfig, "descriptor config")
             descriptor_config = descriptor_config.model_copy(
                 update={**({"steps": args.steps} if args.steps else {}), **({"size": args.size} if args.size else {})})
-            stage = None if args.stage_of is None else refinement_stage(refinement_config("thermal")) \
-                if args.stage_of == "refinement" else load_checkpoint(Path(args.stage_of))["config"].model.lucas_kanade
+            stage = None
+            if args.stage_of == "refinement":  # the refinement that runs the descriptor's iterations: thermal's
+                stage = refinement_stage(refinement_config("thermal"))
+            elif args.stage_of is not None:
+                stage = load_checkpoint(Path(args.stage_of))["config"].model.lucas_kanade
         elif args.size or args.stage_of:
             raise ValueError(f"{'--size' if args.size else '--stage-of'} applies to the descriptor stage only")
         config = load_train_config(args.config if args.stage != "descriptor" else None)
