@@ -98,6 +98,12 @@ class RefinementConfig(BaseModel):
     descriptor_guard: float = Field(1.03, ge=1, description="keep the optimisation's grid where those iterations "
                                     "raise the MIND residual by more than this factor")
 
+    @property
+    def uses_descriptor(self) -> bool:
+        """Whether :func:`refine_grid` reads a learned descriptor: its cosine term and the iterations
+        on it both need ``descriptor_weight`` > 0."""
+        return self.descriptor_weight > 0
+
     @model_validator(mode="after")
     def _check(self) -> RefinementConfig:
         if not self.scales or len(self.scales) != len(self.iterations):

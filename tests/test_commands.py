@@ -194,3 +194,6 @@ def test_descriptor_errors_are_clear(trained_checkpoint, three_pairs, tmp_path, 
     assert main(["register", *folders, "--out", str(tmp_path / "reg"), "--checkpoint", str(trained_checkpoint),
                  "--refine", "--descriptor", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt: no such descriptor file" in caplog.text
+    # The NIR refinement uses no learned descriptor (it learned thermal pairs), so none is read.
+    assert main(["register", *folders, "--out", str(tmp_path / "nir"), "--checkpoint", str(trained_checkpoint),
+                 "--modality", "nir", "--refine", "--descriptor", str(tmp_path / "nope.pt")]) == 0

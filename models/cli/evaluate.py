@@ -73,19 +73,21 @@ def run(args: argparse.Namespace) -> int:
         paths, indices = select_pairs(args)
         pairs = load_pairs(paths)
         device = select_device(args.device)
+        descriptor = None  # the refinement's, where busref-refined uses one (recorded in the report)
         if args.task == "registration":
             names = (args.methods or "busref,busref-refined,identity,sift,ecc,mi,ngf-mind").split(",")
             learned = ("busref", "busref-refined")  # one network; the second also refines its grid
             if any(name in learned for name in names):
                 model, _ = load_model(checkpoint_path(args), map_location=device, expect_stage="registration")
-            if "busref-refined" in names:
-                descriptor = load_descriptor(args.descriptor)[0]
+            refinement = refinement_config(args.modality)
+            descriptor = load_descriptor(args.descriptor)[0] \
+                if "busref-refined" in names and refinement.uses_descriptor else None
             methods = {}
             for name in names:
                 if name == "busref":
                     methods[name] = BusReFRegistration(model, device)
                 elif name == "busref-refined":
-                    methods[name] = BusReFRegistration(model, device, refinement_config(args.modality), descriptor)
+                    methods[name] = BusReFRegistration(model, device, refinement, descriptor)
                 else:
                     methods[name] = make_method(name)
             results = evaluate_registration(methods, pairs, indices, args.level, progress=not args.no_progress)
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {"task": args.task, "level": args.level if args.task == "registration" else None,
             "split": args.split if args.data else "all", "split_sha256": split_sha256(paths), "n_pairs": len(pairs),
             "checkpoint": recorded_path(checkpoint_path(args)),
-            "descriptor": recorded_path(args.descriptor) if "busref-refined" in methods else None}
+            "descriptor": recorded_path(args.descriptor) if descriptor is not None else None}
     write_report(report, results, table, meta)
     print(table)
     log.info("wrote %s.json and %s.md", report, report)

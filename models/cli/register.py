@@ -62,12 +62,12 @@ def run(args: argparse.Namespace) -> int:
         pairs = pairs_from_args(args)
         device = select_device(args.device)
         model, _ = load_model(checkpoint_path(args), map_location=device, expect_stage="registration")
-        descriptor = load_descriptor(args.descriptor)[0] if args.refine else None
+        refinement = refinement_config(args.modality) if args.refine else None
+        descriptor = load_descriptor(args.descriptor)[0] if refinement and refinement.uses_descriptor else None
     except (DataError, CheckpointError) as exc:
         log.error("%s", exc)
         return 2
-    method = BusReFRegistration(model, device, refinement_config(args.modality) if args.refine else None,
-                                descriptor)
+    method = BusReFRegistration(model, device, refinement, descriptor)
     rows: list[list[np.ndarray]] = []
     labels: list[str] = []
 
