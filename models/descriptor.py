@@ -270,7 +270,6 @@ def train_descriptor(pairs: list[LoadedPair], out: Path, *, config: DescriptorCo
     return out
 
 
-
 def _progress(iterating: bool, first: float, second: float) -> str:
     if iterating:
         return f"start error {first:.2f} px, last iterate {second:.2f} px"

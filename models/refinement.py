@@ -177,7 +177,7 @@ def refine_grid(vis: Tensor, ir: Tensor, grid: Tensor, config: RefinementConfig 
     linear = torch.zeros(1, 2, 3, device=vis.device, requires_grad=True)
     control = torch.zeros(1, 2, *config.control, device=vis.device, requires_grad=True)
     learned = None
-    if descriptor is not None and config.descriptor_weight > 0:
+    if descriptor is not None and config.uses_descriptor:
         with torch.no_grad():
             learned = descriptor.vis(vis), descriptor.ir(ir)
 
