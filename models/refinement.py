@@ -61,7 +61,11 @@ class RefinementConfig(BaseModel):
     pairs the iterations changed the MIND residual by +0.0 to +2.1 %; on 20 NIR train pairs, where
     the thermal descriptor pulled 11 pairs 0.1-0.7 px the wrong way (4.02 -> 4.14 px without the
     guard), by -0.9 to +77 %, +3.9 % and more on every pair it made worse by 0.2 px or more; with
-    the guard 4.00 px (gain 2).
+    the guard 4.00 px (gain 2). With the descriptor fine-tuned on these iterations
+    (``configs/descriptor/refinement_iterations.yaml``), from the shipped register graph's grids on
+    the 8 validation pairs: 64 / 128 / 192 iterations moderate 2.311 / 2.262 / 2.237 px, hard 7.776 /
+    7.751 px (64 / 128), wide 13.96 px for all three; 128, because each 64 more add ~3 s a pair
+    (6.4 / 9.3 / 12.6 s for the whole refinement in that run) for less each time.
 
     The MIND term's eight neighbours (``mind_radius`` 2, ``mind_diagonal`` 1), from the register graph
     of the same neighbourhood, on the 8 validation pairs (moderate): 2.63 px with the four axial
@@ -90,7 +94,7 @@ class RefinementConfig(BaseModel):
                                "most mind_radius")
     descriptor_weight: float = Field(1.0, ge=0, description="weight of the learned descriptor's cosine distance, "
                                      "at pool factor 1 only (used when refine_grid is given a descriptor)")
-    descriptor_iterations: int = Field(64, ge=0, description="Lucas-Kanade iterations on the learned descriptor "
+    descriptor_iterations: int = Field(128, ge=0, description="Lucas-Kanade iterations on the learned descriptor "
                                        "after the optimisation (with a descriptor; 0: none)")
     descriptor_cells: int = Field(4, ge=1, le=16, description="those iterations solve on cells of this many pixels")
     descriptor_gain: float = Field(1.5, gt=0, lt=2, description="each of those updates times this (their "
