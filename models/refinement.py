@@ -8,7 +8,7 @@ intensities are unrelated, but the *orientation* of their edges largely agrees (
 which NGF scores, and so does the pattern of local self-similarity, which MIND describes;
 starting from the network's grid, a few hundred Adam steps on a small smooth residual pull the
 two together, and Lucas-Kanade iterations on the learned descriptor finish it. It is a per-pair
-optimisation (about 3.5 s on one CPU core), so it serves offline work (``busref eval``,
+optimisation (about 8 s on one CPU core), so it serves offline work (``busref eval``,
 ``busref register --refine``), not the real-time daemon, which runs the exported networks only.
 """
 
