@@ -208,13 +208,17 @@ def test_one_calibration_of_a_10_degree_rig_lands_within_a_pixel_and_a_second_co
 
 
 def bench_epe(rig: Path) -> float:
-    """Mean registration end-point error (IR pixels) of the daemon on ``rig`` over a short bench."""
+    """Mean registration end-point error (IR pixels) of the daemon on ``rig`` over a short bench.
+    6 s: with 3 s, on the 2-core machine with three other jobs running, no registration was in force
+    before the bench ended (the report then has no mean)."""
     out = rig.with_suffix(".bench.json")
-    done = subprocess.run([sys.executable, "-m", "busref", "bench", "--rig", str(rig), "--seconds", "3",
+    done = subprocess.run([sys.executable, "-m", "busref", "bench", "--rig", str(rig), "--seconds", "6",
                            "--warmup", "1", "--json", str(out)], capture_output=True, text=True, timeout=300,
                           cwd=rig.parent)
     assert done.returncode == 0, done.stderr
-    return float(json.loads(out.read_text())["registration_epe_px"]["mean"])
+    epe = json.loads(out.read_text())["registration_epe_px"]
+    assert "mean" in epe, f"no registration was in force during the bench of {rig.name}: {epe}"
+    return float(epe["mean"])
 
 
 @pytest.mark.slow
