@@ -62,7 +62,8 @@ class DescriptorConfig(BaseModel):
     start_error: float = Field(6.0, gt=0, description="iterations objective: the largest start error, pixels of "
                                "the towers' input (the registration size; the refinement's: the pairs' own)")
     unrolled: int = Field(0, ge=0, description="iterations objective: the loss runs this many of the stage's "
-                          "iterations (0: all of them; the offline refinement's 64 cost four times 16's time a step)")
+                          "iterations (0: all of them; unrolling 64 of the offline refinement's costs "
+                          "four times 16's time a step)")
     size: tuple[int, int] | None = Field(
         None, description="(H, W): every pair resized (area) to it before cropping, the registration size of the "
         "graphs whose Lucas-Kanade stage runs the towers; None: the pairs' own size (the offline refinement's)")
