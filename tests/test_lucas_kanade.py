@@ -25,9 +25,12 @@ from busref.models.networks.lucas_kanade import (
     affine_part,
     content_mask,
     descriptor_phase,
+    edge_agreement,
+    edge_orientation,
     gaussian_blur,
     solve_symmetric3,
 )
+from busref.orientation import agreement, orientation_field
 
 H, W = 96, 128
 SCHEDULE = ((2, 1.0),) * 4 + ((1, 1.0),) * 4 + ((1, 0.0),) * 2
@@ -240,7 +243,8 @@ class _Graph(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.lucas_kanade = LucasKanade(LucasKanadeConfig(schedule=LK_SCHEDULE[::4], both_starts=True))
+        self.lucas_kanade = LucasKanade(LucasKanadeConfig(schedule=LK_SCHEDULE[::4], both_starts=True,
+                                                          blurred_prefix=((2, 2.0),), blurred_margin=1.0))
 
     def forward(self, vis: torch.Tensor, ir: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         return self.lucas_kanade(vis, ir, grid)
@@ -308,3 +312,62 @@ def test_net_pool_runs_the_nets_at_half_size_and_the_stage_at_the_full_one():
     assert reg.displacements[0].shape[-2:] == (32, 48)
     with pytest.raises(ValueError, match="net_pool"):
         ModelConfig(registration_size=(72, 96), net_pool=2)
+
+
+def test_the_graphs_edge_orientation_is_the_daemons_measure():
+    """``edge_orientation`` / ``edge_agreement`` compute :mod:`busref.orientation`'s measure in the
+    graph: the same field away from the borders (their blurs pad differently), and an agreement
+    that ranks an aligned grid far above a misaligned one, as the numpy measure does."""
+    vis = texture(3)
+    re, im = edge_orientation(vis)
+    z = orientation_field(vis[0, 0].numpy())
+    inner = (slice(6, -6), slice(6, -6))
+    assert np.abs(re[0, 0].numpy()[inner] - z.real[inner]).max() < 5e-3
+    assert np.abs(im[0, 0].numpy()[inner] - z.imag[inner]).max() < 5e-3
+    vis, ir, base, truth = misaligned_pair(rotation_shift(2.0, (3.0, -2.0)), seed=7)
+    graph = edge_agreement(vis, ir, torch.cat((base, truth))).tolist()
+    numpy_measure = [agreement(vis[0, 0].numpy(), warp_normalised(ir, g)[0, 0].numpy()) for g in (base, truth)]
+    assert graph[1] > 5 * graph[0] and numpy_measure[1] > 5 * numpy_measure[0]
+    assert graph[1] == pytest.approx(numpy_measure[1], rel=0.1)
+
+
+def test_the_blurred_variant_is_kept_only_where_its_edges_agree_better_by_the_margin():
+    """``blurred_prefix``: the stage also runs the prefix then the schedule, and keeps that result
+    where its edge agreement beats the schedule's own by ``blurred_margin``. A margin no result can
+    meet gives the schedule's result alone; at 1 the better-agreeing of the two, each as it comes
+    out of a stage that runs it alone."""
+    vis, ir, start, _ = misaligned_pair(rotation_shift(3.0, (6.0, -4.0)), seed=2)
+    prefix = ((2, 2.0),) * 3
+    plain = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE))(vis, ir, start)
+    variant = LucasKanade(LucasKanadeConfig(schedule=prefix + SCHEDULE))(vis, ir, start)
+    assert not torch.allclose(plain, variant, atol=1e-3)
+
+    def staged(margin: float) -> torch.Tensor:
+        config = LucasKanadeConfig(schedule=SCHEDULE, blurred_prefix=prefix, blurred_margin=margin)
+        return LucasKanade(config)(vis, ir, start)
+
+    assert torch.allclose(staged(1e6), plain, atol=1e-5)
+    first, second = edge_agreement(vis, ir, torch.cat((plain, variant))).tolist()
+    assert torch.allclose(staged(1.0), variant if second > first else plain, atol=1e-5)
+    # blurred_select_after: the choice after the head of the schedule, the kept result runs the tail.
+    head, tail = SCHEDULE[:5], SCHEDULE[5:]
+    plain = LucasKanade(LucasKanadeConfig(schedule=head))(vis, ir, start)
+    variant = LucasKanade(LucasKanadeConfig(schedule=prefix + head))(vis, ir, start)
+    first, second = edge_agreement(vis, ir, torch.cat((plain, variant))).tolist()
+    expected = LucasKanade(LucasKanadeConfig(schedule=tail))(vis, ir, variant if second > first else plain)
+    early = LucasKanadeConfig(schedule=SCHEDULE, blurred_prefix=prefix, blurred_margin=1.0,
+                              blurred_select_after=len(head))
+    assert torch.allclose(LucasKanade(early)(vis, ir, start), expected, atol=1e-5)
+
+
+def test_a_blurred_prefix_needs_a_schedule_and_valid_entries():
+    with pytest.raises(ValueError, match="blurred_prefix"):
+        LucasKanadeConfig(blurred_prefix=((2, 2.0),))
+    with pytest.raises(ValueError, match="factor of 1, 2 or 4"):
+        LucasKanadeConfig(schedule=SCHEDULE, blurred_prefix=((3, 2.0),))
+    with pytest.raises(ValueError, match="blurred_margin"):
+        LucasKanadeConfig(schedule=SCHEDULE, blurred_prefix=((2, 2.0),), blurred_margin=0.9)
+    for bad in ({"blurred_select_after": 2}, {"blurred_prefix": ((2, 2.0),), "blurred_select_after": 99},
+                {"blurred_prefix": ((2, 2.0),), "blurred_select_after": 2, "both_starts": True, "select_after": 4}):
+        with pytest.raises(ValueError, match="blurred_select_after"):
+            LucasKanadeConfig(schedule=SCHEDULE, **bad)

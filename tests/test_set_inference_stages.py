@@ -13,6 +13,9 @@ import torch
 from busref.conventions import file_sha256
 from busref.models.checkpoint import load_checkpoint
 from busref.models.config import (
+    LK_BLURRED_MARGIN,
+    LK_BLURRED_PREFIX_2X,
+    LK_BLURRED_SELECT_AFTER,
     LK_MIND_DIAGONAL,
     LK_MIND_RADIUS,
     LK_MIND_RADIUS_FINE,
@@ -90,6 +93,35 @@ def test_standard_2x_runs_the_standard_iterations_at_the_nets_size_of_a_doubled_
     assert stage.pool == 8 and stage.select_after == LK_SELECT_AFTER and stage.select_factor == 2
     assert stage.descriptor_factor == 2
     assert stage.track_schedule == LK_TRACK_2X
+    assert stage.blurred_prefix == ()
+
+
+def test_the_blurred_variant_is_switched_on_and_off_and_a_preset_leaves_it_out(
+        trained_checkpoint: Path, tmp_path: Path) -> None:
+    base = tmp_path / "2x.pt"
+    assert stages.main(["--checkpoint", str(trained_checkpoint), "--lucas-kanade", "standard-2x", "--both-starts",
+                        "on", "--out", str(base)]) == 0
+    on = tmp_path / "on.pt"
+    assert stages.main(["--checkpoint", str(base), "--blurred-variant", "on", "--out", str(on)]) == 0
+    payload = load_checkpoint(on)
+    stage = payload["config"].model.lucas_kanade
+    assert stage.blurred_prefix == LK_BLURRED_PREFIX_2X and stage.blurred_margin == LK_BLURRED_MARGIN
+    assert stage.blurred_select_after == LK_BLURRED_SELECT_AFTER
+    assert stage.schedule == load_checkpoint(base)["config"].model.lucas_kanade.schedule  # nothing else moves
+    assert payload["derived_from"]["change"] == "blurred_variant on"
+    for argv in (["--blurred-variant", "off"], ["--lucas-kanade", "standard-2x"]):
+        out = tmp_path / "out.pt"
+        assert stages.main(["--checkpoint", str(on), *argv, "--out", str(out)]) == 0
+        stage = load_checkpoint(out)["config"].model.lucas_kanade
+        assert (stage.blurred_prefix, stage.blurred_select_after) == ((), None), argv
+
+
+def test_the_blurred_variant_without_a_stage_long_enough_is_refused(trained_checkpoint: Path, tmp_path: Path,
+                                                                    caplog) -> None:
+    out = tmp_path / "out.pt"
+    assert stages.main(["--checkpoint", str(trained_checkpoint), "--lucas-kanade", "off", "--blurred-variant", "on",
+                        "--out", str(out)]) == 2
+    assert not out.exists() and "do not fit together" in caplog.text
 
 
 def test_fine_without_both_starts_is_refused_and_nothing_written(trained_checkpoint: Path, tmp_path: Path,

@@ -39,6 +39,7 @@ from busref.models.geometry import warp_features
 from busref.models.local_structure import image_gradients, mind_descriptor
 from busref.models.networks.layers import cells_to_normalised, coordinates
 from busref.models.networks.matcher import CrossModalDescriptor
+from busref.orientation import EDGE_NOISE, RIM, SMOOTHING
 
 Tensor = torch.Tensor
 
@@ -214,6 +215,15 @@ class LucasKanade(nn.Module):
     latter (0.37 against 0.62), while on the 8 held-out RoadScene train pairs it kept the nets'
     start on every pair (moderate 4.59 px from the nets' start, 13.02 px from the identity).
 
+    With ``config.blurred_prefix`` a second variant runs from the given grid alone: those
+    iterations, then the schedule's first ``config.blurred_select_after`` entries as extra rows of
+    the same batch; there each pair keeps the variant's result only where its
+    :func:`edge_agreement` beats the first's by ``config.blurred_margin`` (:meth:`_choose_variant`),
+    and the kept one runs the rest of the schedule.
+    Why: blurring more widens the capture range but biases the optimum, so a pair the nets left far
+    off gains and one they left close loses; the measured trade is at
+    :data:`busref.models.config.LK_BLURRED_PREFIX_2X`.
+
     Example (four unblurred iterations at full size)::
 
         >>> stage = LucasKanade(LucasKanadeConfig(schedule=((1, 0.0),) * 4))
@@ -237,7 +247,8 @@ class LucasKanade(nn.Module):
 
     def forward(self, vis: Tensor, ir: Tensor, grid: Tensor) -> Tensor:
         c = self.config
-        return self._iterate(vis, ir, grid, c.schedule, c.both_starts, c.select_after, c.descriptor_iterations)
+        return self._iterate(vis, ir, grid, c.schedule, c.both_starts, c.select_after, c.descriptor_iterations,
+                             c.blurred_prefix, c.blurred_select_after)
 
     def track(self, vis: Tensor, ir: Tensor, grid: Tensor) -> Tensor:
         """The ``track`` graph: ``config.track_schedule``'s iterations from ``grid`` alone (one start).
@@ -258,10 +269,11 @@ class LucasKanade(nn.Module):
             torch.Size([1, 64, 64, 2])
         """
         c = self.config
-        return self._iterate(vis, ir, grid, c.track_schedule, False, None, c.descriptor_track_iterations)
+        return self._iterate(vis, ir, grid, c.track_schedule, False, None, c.descriptor_track_iterations, (), None)
 
     def _iterate(self, vis: Tensor, ir: Tensor, grid: Tensor, schedule: tuple[tuple[int, float], ...],
-                 both_starts: bool, select_after: int | None, learned_iterations: int) -> Tensor:
+                 both_starts: bool, select_after: int | None, learned_iterations: int,
+                 prefix: tuple[tuple[int, float], ...], variant_after: int | None) -> Tensor:
         c = self.config
         if not schedule:
             return grid
@@ -271,15 +283,15 @@ class LucasKanade(nn.Module):
                              f"{tuple(vis.shape)}, {tuple(ir.shape)} and {tuple(grid.shape)}")
         h, w = vis.shape[-2:]
         batch = vis.shape[0]
-        starts = 1
-        if both_starts:  # the second half of the batch starts from the identity
-            grid = torch.cat((grid, coordinates(vis).permute(0, 2, 3, 1)), dim=0)
-            starts = 2
+        # The batch's rows: per start (the given grid, then with both_starts the identity) the pairs,
+        # then with a prefix the variant's rows (from the given grid alone) while it runs beside.
+        starts = 2 if both_starts else 1
         select_after = len(schedule) if select_after is None else select_after
+        variant_after = len(schedule) if variant_after is None else variant_after
 
-        def per_start(x: Tensor) -> Tensor:
-            """The images' features, computed once, for each start's share of the batch."""
-            return torch.cat((x,) * starts, dim=0) if starts > 1 else x
+        def copies(x: Tensor, n: int) -> Tensor:
+            """The pairs' features, computed once, repeated for ``n`` rows per pair."""
+            return torch.cat((x,) * n, dim=0) if n > 1 else x
 
         # Per factor, computed once per call: the pooled images and the IR's content mask; for the
         # iterations MIND of both images, the base grid and the frame mask per cell; the judge's axial
@@ -314,31 +326,71 @@ class LucasKanade(nn.Module):
             return judges[factor]
 
         def choose(grid: Tensor) -> Tensor:
-            """:meth:`_choose` at the registration size / ``config.select_factor``."""
+            """:meth:`_choose` at the registration size / ``config.select_factor``, per variant."""
             f = c.select_factor
             return self._choose(judge_at(f), _full_size(grid, *pooled_at(f)[0].shape[-2:]), batch)
 
+        def iterate(grid: Tensor, factor: int, sigma: float, rows: int) -> Tensor:
+            """One iteration on ``grid`` (``rows`` rows per pair)."""
+            nonlocal basis
+            reference, moving, base, content, frame = (copies(x, rows) for x in features_at(factor))
+            if (factor, sigma) not in blurred:
+                blurred[(factor, sigma)] = gaussian_blur(features[factor][0], sigma)
+            if grid.shape[1] != reference.shape[-2]:
+                grid = F.interpolate(grid.permute(0, 3, 1, 2), size=reference.shape[-2:], mode="bilinear",
+                                     align_corners=True).permute(0, 2, 3, 1)
+            grid, basis = gauss_newton_step(
+                copies(blurred[(factor, sigma)], rows), moving, grid, base, content, frame, basis,
+                cells=c.pool // factor, sigma=sigma, window=c.window, field_window=c.field_window,
+                rest_prior=c.rest_prior, damping=c.damping)
+            return grid
+
+        variant = None
+        if prefix:
+            variant = grid
+            for factor, sigma in prefix:
+                variant = iterate(variant, factor, sigma, 1)
+        if both_starts:
+            grid = torch.cat((grid, coordinates(vis).permute(0, 2, 3, 1)), dim=0)
         for step, (factor, sigma) in enumerate(schedule):
             if starts > 1 and step == select_after:
                 grid, starts = choose(grid), 1
-            cells = c.pool // factor
-            reference, moving, base, content, frame = (per_start(x) for x in features_at(factor))
-            if (factor, sigma) not in blurred:
-                blurred[(factor, sigma)] = gaussian_blur(features[factor][0], sigma)
-            size = reference.shape[-2:]
-            if grid.shape[1] != reference.shape[-2]:
-                grid = F.interpolate(grid.permute(0, 3, 1, 2), size=size, mode="bilinear",
-                                     align_corners=True).permute(0, 2, 3, 1)
-            grid, basis = gauss_newton_step(
-                per_start(blurred[(factor, sigma)]), moving, grid, base, content, frame, basis, cells=cells,
-                sigma=sigma, window=c.window, field_window=c.field_window, rest_prior=c.rest_prior,
-                damping=c.damping)
+            if variant is not None and step == variant_after:
+                grid, variant = self._choose_variant(vis, ir, grid, variant), None
+            if variant is None:
+                grid = iterate(grid, factor, sigma, starts)
+            else:  # one batch: both results at this iteration's size
+                size = features_at(factor)[0].shape[-2:]
+                rows = torch.cat((_full_size(grid, *size), _full_size(variant, *size)), dim=0)
+                grid, variant = iterate(rows, factor, sigma, starts + 1).split((starts * batch, batch))
         if starts > 1:
             grid = choose(grid)
+        if variant is not None:
+            grid = self._choose_variant(vis, ir, grid, variant)
         if self.matcher is not None and learned_iterations:
             factor = c.descriptor_factor
             grid = self._learned(vis, ir, pooled_at(factor)[:2], judge_at(factor), grid, learned_iterations)
         return _full_size(grid, h, w)
+
+    def _choose_variant(self, vis: Tensor, ir: Tensor, grid: Tensor, variant: Tensor) -> Tensor:
+        """``grid``, ``variant`` ``(B, h, w, 2)`` (the schedule's result so far and the ``blurred_prefix``
+        variant's, at one size) -> ``(B, h, w, 2)``: per pair the variant's where its
+        :func:`edge_agreement` at the registration size exceeds ``config.blurred_margin`` times the
+        first's (by that fraction of its magnitude, were it negative).
+
+        Why a second variant and this judge: descriptors blurred by 2 px at a quarter of the
+        registration size first widen the capture range but bias the optimum, so on a start already
+        close they cost accuracy (8 held-out RoadScene train pairs, thermal graph, the variant
+        always: hard 9.03 -> 8.04 px, wide 14.81 -> 12.74, moderate 2.66 -> 3.51). The stage's
+        MIND residual (:meth:`_choose`) kept the first result on every pair; the edge-orientation
+        agreement, a measure neither result was optimised on, picked the variant where it helped
+        (ratios 1.11-1.31 on the hard pairs it gained on, at most 1.01 on any moderate pair).
+        """
+        batch = grid.shape[0]
+        both = _full_size(torch.cat((grid, variant), dim=0), *vis.shape[-2:])
+        first, second = edge_agreement(vis, ir, both).split(batch)
+        keep = second > first + (self.config.blurred_margin - 1) * first.abs()
+        return torch.where(keep.view(batch, 1, 1, 1), variant, grid)
 
     def _learned(self, vis: Tensor, ir: Tensor, small: tuple[Tensor, Tensor], judge: Judge, grid: Tensor,
                  iterations: int) -> Tensor:
@@ -535,6 +587,51 @@ def paired_residuals(judge: Judge, grids: Tensor) -> tuple[Tensor, Tensor]:
     residual = descriptor_residual(*(torch.cat((x, x), dim=0) for x in (judge.reference, judge.moving)), grids,
                                    torch.cat((common, common), dim=0))
     return residual[:batch], residual[batch:]
+
+
+def edge_orientation(image: Tensor) -> tuple[Tensor, Tensor]:
+    """The doubled-angle edge field of ``image`` ``(B, 1, H, W)`` in [0, 1] as its real and
+    imaginary parts, each ``(B, 1, H, W)``: :func:`busref.orientation.orientation_field` (the
+    daemon's and the evaluation's measure) in the graph's arithmetic, with its smoothing, 3x3 Sobel
+    (replicate borders) and edge noise.
+
+    Example (a ramp along x: angle 0, the imaginary part vanishes)::
+
+        >>> re, im = edge_orientation(torch.linspace(0, 1, 32).expand(1, 1, 32, 32))
+        >>> bool(im.abs().max() < 1e-6 and re[0, 0, 16, 16] > 0.5)
+        True
+    """
+    f = F.pad(gaussian_blur(image, SMOOTHING), (1, 1, 1, 1), mode="replicate")
+    dx = f[..., :, 2:] - f[..., :, :-2]
+    dy = f[..., 2:, :] - f[..., :-2, :]
+    gx = (dx[..., :-2, :] + 2 * dx[..., 1:-1, :] + dx[..., 2:, :]) / 8
+    gy = (dy[..., :, :-2] + 2 * dy[..., :, 1:-1] + dy[..., :, 2:]) / 8
+    norm = gx * gx + gy * gy + EDGE_NOISE * EDGE_NOISE
+    return (gx * gx - gy * gy) / norm, 2 * gx * gy / norm
+
+
+def edge_agreement(vis: Tensor, ir: Tensor, grids: Tensor) -> Tensor:
+    """Mean edge-orientation agreement of ``vis`` ``(B, 1, H, W)`` and ``ir`` ``(B, 1, H, W)`` warped
+    by each of ``grids`` ``(kB, H, W, 2)`` (``k`` results per pair, result-major): ``(kB,)``, higher
+    is better aligned; :func:`busref.orientation.agreement` with the IR's content (no exactly-0
+    pixel, away from its frame by :data:`busref.orientation.RIM` px) as the moving image's valid area.
+
+    Example (the grid that undoes a 2 px shift agrees better than the identity)::
+
+        >>> vis = gaussian_blur(torch.rand(1, 1, 32, 32), 1.5)
+        >>> ir = torch.roll(vis, 2, dims=-1)
+        >>> identity = coordinates(vis).permute(0, 2, 3, 1)
+        >>> first, second = edge_agreement(vis, ir, torch.cat((identity, identity + torch.tensor([4 / 31, 0.0]))))
+        >>> bool(second > first)
+        True
+    """
+    k = grids.shape[0] // vis.shape[0]
+    content = content_mask(ir, RIM)
+    moving = warp_features(torch.cat((ir,) * k, dim=0), grids)
+    valid = (warp_features(torch.cat((content,) * k, dim=0), grids) > 0.999).to(ir.dtype)
+    ref_re, ref_im = (torch.cat((x,) * k, dim=0) for x in edge_orientation(vis))
+    re, im = edge_orientation(moving)
+    return (valid * (ref_re * re + ref_im * im)).mean(dim=(1, 2, 3))
 
 
 def content_mask(ir: Tensor, margin: int = 6) -> Tensor:
