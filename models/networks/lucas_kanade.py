@@ -289,10 +289,6 @@ class LucasKanade(nn.Module):
         select_after = len(schedule) if select_after is None else select_after
         variant_after = len(schedule) if variant_after is None else variant_after
 
-        def copies(x: Tensor, n: int) -> Tensor:
-            """The pairs' features, computed once, repeated for ``n`` rows per pair."""
-            return torch.cat((x,) * n, dim=0) if n > 1 else x
-
         # Per factor, computed once per call: the pooled images and the IR's content mask; for the
         # iterations MIND of both images, the base grid and the frame mask per cell; the judge's axial
         # MIND, which the start choice and the towers' guard share where they work at one factor (the
@@ -333,14 +329,14 @@ class LucasKanade(nn.Module):
         def iterate(grid: Tensor, factor: int, sigma: float, rows: int) -> Tensor:
             """One iteration on ``grid`` (``rows`` rows per pair)."""
             nonlocal basis
-            reference, moving, base, content, frame = (copies(x, rows) for x in features_at(factor))
+            reference, moving, base, content, frame = (_rows(x, rows) for x in features_at(factor))
             if (factor, sigma) not in blurred:
                 blurred[(factor, sigma)] = gaussian_blur(features[factor][0], sigma)
             if grid.shape[1] != reference.shape[-2]:
                 grid = F.interpolate(grid.permute(0, 3, 1, 2), size=reference.shape[-2:], mode="bilinear",
                                      align_corners=True).permute(0, 2, 3, 1)
             grid, basis = gauss_newton_step(
-                copies(blurred[(factor, sigma)], rows), moving, grid, base, content, frame, basis,
+                _rows(blurred[(factor, sigma)], rows), moving, grid, base, content, frame, basis,
                 cells=c.pool // factor, sigma=sigma, window=c.window, field_window=c.field_window,
                 rest_prior=c.rest_prior, damping=c.damping)
             return grid
@@ -589,6 +585,12 @@ def paired_residuals(judge: Judge, grids: Tensor) -> tuple[Tensor, Tensor]:
     return residual[:batch], residual[batch:]
 
 
+def _rows(x: Tensor, n: int) -> Tensor:
+    """``x`` ``(B, ...)`` repeated ``n`` times along the batch, result-major: ``(nB, ...)``, so that
+    features computed once per pair serve every row (start or variant) of that pair."""
+    return torch.cat((x,) * n, dim=0) if n > 1 else x
+
+
 def edge_orientation(image: Tensor) -> tuple[Tensor, Tensor]:
     """The doubled-angle edge field of ``image`` ``(B, 1, H, W)`` in [0, 1] as its real and
     imaginary parts, each ``(B, 1, H, W)``: :func:`busref.orientation.orientation_field` (the
@@ -626,10 +628,10 @@ def edge_agreement(vis: Tensor, ir: Tensor, grids: Tensor) -> Tensor:
         True
     """
     k = grids.shape[0] // vis.shape[0]
-    content = content_mask(ir, RIM)
-    moving = warp_features(torch.cat((ir,) * k, dim=0), grids)
-    valid = (warp_features(torch.cat((content,) * k, dim=0), grids) > 0.999).to(ir.dtype)
-    ref_re, ref_im = (torch.cat((x,) * k, dim=0) for x in edge_orientation(vis))
+    # One warp carries the IR and its content mask (warp_features is per channel).
+    moving, content = warp_features(_rows(torch.cat((ir, content_mask(ir, RIM)), dim=1), k), grids).split(1, dim=1)
+    valid = (content > 0.999).to(ir.dtype)
+    ref_re, ref_im = (_rows(x, k) for x in edge_orientation(vis))
     re, im = edge_orientation(moving)
     return (valid * (ref_re * re + ref_im * im)).mean(dim=(1, 2, 3))
 
