@@ -21,7 +21,7 @@ inside the protocol's reconstructible mask. Prints a table, writes --json. Selec
 usage: python scripts/eval_still_rig.py [--graph weights/register.onnx] [--track weights/track.onnx]
                                         [--data ../shared/data/roadscene]
                                         [--split train --last 8] [--level moderate] [--runs 12]
-                                        [--size HxW]
+                                        [--size HxW] [--agree-gain 0.01]
                                         [--json results/still_rig.json]
 """
 
@@ -47,13 +47,16 @@ from busref.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from busref.runtime.registration.geometry import RegistrationGeometry, ir_pixels
 from busref.runtime.registration.scheduler import RegistrationScheduler
 
-VARIANTS = {
-    "one-shot": {"warm_start": False, "plausibility": Plausibility(must_agree=False), "smoothing": 1.0},
-    "warm": {"warm_start": True, "plausibility": Plausibility(must_agree=False), "smoothing": 0.5},
-    "warm+check": {"warm_start": True, "plausibility": Plausibility(must_agree=True), "smoothing": 0.5,
-                   "register_every": 1},
-    "track": {"warm_start": True, "plausibility": Plausibility(must_agree=True), "smoothing": 0.5},
-}
+VARIANTS = ("one-shot", "warm", "warm+check", "track")
+
+
+def variant_config(name: str, agree_gain: float) -> dict[str, object]:
+    """The :class:`RegistrationConfig` fields of one variant; ``agree_gain`` where an estimate must agree."""
+    checked = Plausibility(must_agree=True, agree_gain=agree_gain)
+    return {"one-shot": {"warm_start": False, "plausibility": Plausibility(must_agree=False), "smoothing": 1.0},
+            "warm": {"warm_start": True, "plausibility": Plausibility(must_agree=False), "smoothing": 0.5},
+            "warm+check": {"warm_start": True, "plausibility": checked, "smoothing": 0.5, "register_every": 1},
+            "track": {"warm_start": True, "plausibility": checked, "smoothing": 0.5}}[name]
 
 
 def main() -> int:
@@ -71,6 +74,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=12, help="registration runs per pair")
     parser.add_argument("--size", type=parse_hw, default=None,
                         help="registration size HxW (the daemon's; default: the register graph's own)")
+    parser.add_argument("--agree-gain", type=float, default=Plausibility().agree_gain,
+                        help="registration.plausibility.agree_gain of the checked variants (default: the rig "
+                             "files' default)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -89,9 +95,9 @@ def main() -> int:
                                         prior=np.eye(3))
         ys, xs = np.mgrid[0:h, 0:w]
         identity.append(float(np.hypot(xs - truth.inverse[..., 0], ys - truth.inverse[..., 1])[truth.mask].mean()))
-        for name, overrides in VARIANTS.items():
-            scheduler = RegistrationScheduler(backend, RegistrationConfig(size=reg_hw, every_n_pairs=1, **overrides),
-                                              geometry, track=track if name == "track" else None)
+        for name in VARIANTS:
+            config = RegistrationConfig(size=reg_hw, every_n_pairs=1, **variant_config(name, args.agree_gain))
+            scheduler = RegistrationScheduler(backend, config, geometry, track=track if name == "track" else None)
             for k in range(args.runs):
                 state = scheduler.register_now(vis, truth.moving.astype(np.float32), float(k))
                 x, y = ir_pixels(state.grid, geometry.norm_to_ir, (w, h))
@@ -105,6 +111,7 @@ def main() -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "graph": recorded_path(args.graph), "track": recorded_path(args.track), "level": args.level,
+            "agree_gain": args.agree_gain,
             "pairs": [p.name for p in pairs],
             "runs": args.runs,
             "registration_size": reg_hw, "identity_epe_px": float(np.mean(identity)),
