@@ -59,6 +59,14 @@ def variant_config(name: str, agree_gain: float) -> dict[str, object]:
             "track": {"warm_start": True, "plausibility": checked, "smoothing": 0.5}}[name]
 
 
+def gain_fraction(text: str) -> float:
+    """``--agree-gain``: a fraction within 0..1 (the rig files' bounds), refused here with the value named."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction within 0..1 (0.01 = 1 %), got {text}")
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,7 +82,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=12, help="registration runs per pair")
     parser.add_argument("--size", type=parse_hw, default=None,
                         help="registration size HxW (the daemon's; default: the register graph's own)")
-    parser.add_argument("--agree-gain", type=float, default=Plausibility().agree_gain,
+    parser.add_argument("--agree-gain", type=gain_fraction, default=Plausibility().agree_gain,
                         help="registration.plausibility.agree_gain of the checked variants (default: the rig "
                              "files' default)")
     parser.add_argument("--json", type=Path, default=None)
