@@ -290,7 +290,8 @@ class RegistrationConfig(_Model):
     every_n_pairs: int | None = Field(None, ge=1, description="register every N-th pair")
     rate_hz: float | None = Field(None, gt=0, le=1000, description="register at this rate")
     smoothing: float = Field(0.5, gt=0, le=1,
-                             description="EMA weight of a new accepted estimate (1 = no smoothing)")
+                             description="EMA weight of a new accepted estimate (1 = no smoothing); with a "
+                             "track graph, of the track graph's estimates: a register-graph estimate is taken whole")
     deformable: bool = Field(True, description="use the fine (deformable) grid; False = affine only")
     prior_homography: Matrix3 | None = Field(
         None, description="IR->RGB pixel homography from calibration (busref calibrate); unset = the "

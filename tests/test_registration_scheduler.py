@@ -468,6 +468,29 @@ def test_with_a_track_graph_every_register_every_th_run_is_a_register_run(regist
     assert s.register_runs == 3 and s.runs == 7
 
 
+def test_with_a_track_graph_its_estimates_are_smoothed_and_a_register_estimate_is_taken_whole(
+        register_backend, tmp_path: Path) -> None:
+    """``smoothing`` weighs the track graph's estimates; a register-graph estimate between them
+    replaces the registration in force (the register graph here adds (2, 1) px to its warm start)."""
+    g = geometry()
+    shift = translation_theta(0.5, 0.0, g)[:, 2]
+    track = OnnxRuntimeBackend(write_track(tmp_path / "track.onnx", tuple(shift), REG), graph="track", threads=1)
+    s = RegistrationScheduler(register_backend, config(register_every=2, smoothing=0.5,
+                                                       plausibility=Plausibility(must_agree=False)), g, track=track)
+    y, ir = np.zeros((RGB[1], RGB[0]), np.uint8), np.zeros((RGB[1], RGB[0]), np.float32)
+    moved = [s.register_now(y, ir, float(t)) for t in range(3)]  # register, track, register
+    shifts_px = [g.theta_pixels(state.theta)[:2, 2] for state in moved if state is not None]
+    np.testing.assert_allclose(shifts_px, [[2.0, 1.0], [2.25, 1.0], [4.25, 2.0]], atol=1e-4)
+
+
+def test_a_smoothing_weight_outside_0_to_1_is_refused() -> None:
+    g = geometry()
+    f = RegistrationFilter(config(), g)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="smoothing must be in"):
+            f.update(estimate(g, dx=1.0), smoothing=bad)
+
+
 def test_without_the_warm_start_the_track_graph_is_not_used(register_backend, tmp_path: Path) -> None:
     track = OnnxRuntimeBackend(write_track(tmp_path / "track.onnx", (0.01, 0.0), REG), graph="track", threads=1)
     stages: list[str] = []

@@ -178,9 +178,12 @@ class RegistrationFilter:
         what = f"the registration in force by {gain:.0%}" if in_force else "the prior"
         return f"edges agree no better than with {what} ({new:.4f} against {old:.4f})"
 
-    def update(self, estimate: Estimate) -> RegistrationState | None:
+    def update(self, estimate: Estimate, *, smoothing: float | None = None) -> RegistrationState | None:
         """Fold ``estimate`` in; returns the state now in force (None while nothing is: no estimate
-        accepted yet, and the prior not shown to align the pairs better than one)."""
+        accepted yet, and the prior not shown to align the pairs better than one). ``smoothing``: the
+        EMA weight of this estimate, in (0, 1] (None: ``registration.smoothing``)."""
+        if smoothing is not None and not 0.0 < smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
         judgement = self.judge(estimate)
         held = self.state
         # Without hold-last-good every finite estimate is taken, judged only for its confidence.
@@ -211,7 +214,7 @@ class RegistrationFilter:
         self.accepted += 1
         self.consecutive_rejections = 0
         self._last_rejected = None
-        a = self.config.smoothing
+        a = self.config.smoothing if smoothing is None else smoothing
         if held is None or relock or held.source == "prior":
             theta, grid, confidence = estimate.theta, estimate.grid, judgement.confidence
         else:
