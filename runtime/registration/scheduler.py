@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 #: register graph is the whole method (nets, stage, towers), the track graph a few MIND iterations
 #: that walk a still thermal rig's registration away from it, and averaging the two kept half of
 #: that walk. ``scripts/eval_still_rig.py``, 8 held-out RoadScene train pairs, moderate: mean EPE
-#: after the second register run (the 11th run) 3.52 -> 3.38 px; the demo rig's end error unchanged
-#: within its spread (2.06 px mean over 6 runs against 2.03 over 18).
+#: after the second register run (the 11th run) 3.52 -> 3.38 px (NIR pairs 0.79 -> 0.77). On the demo
+#: rig the later register estimates are not taken (their edges agree worse), so it does not apply.
 REGISTER_SMOOTHING = 1.0
 
 
