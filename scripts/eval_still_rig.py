@@ -33,6 +33,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from busref.conventions import parse_hw
@@ -60,11 +61,13 @@ def variant_config(name: str, agree_gain: float) -> dict[str, object]:
 
 
 def gain_fraction(text: str) -> float:
-    """``--agree-gain``: a fraction within 0..1 (the rig files' bounds), refused here with the value named."""
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction within 0..1 (0.01 = 1 %), got {text}")
-    return value
+    """``--agree-gain``: judged by the rig files' own field (``Plausibility.agree_gain``), refused here
+    with the value named."""
+    try:
+        return Plausibility(agree_gain=float(text)).agree_gain
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(f"must be a fraction (0.01 = 1 %): {exc.errors()[0]['msg']}, "
+                                         f"got {text}") from None
 
 
 def main() -> int:

@@ -119,8 +119,9 @@ class RegistrationScheduler:
         try:
             held = self.filter.state
             start = held.theta if self.config.warm_start and held is not None else None
+            tracking = self.track is not None and self.config.warm_start
             # A track-graph run (see the class): a registration is in force and this is not a register run.
-            if (self.track is not None and self.config.warm_start and held is not None and held.source != "prior"
+            if (tracking and held is not None and held.source != "prior"
                     and self.runs % self.config.register_every != 0):
                 stage = "track"
                 estimate = run_track(self.track, self.geometry, vis_y, ir, t_capture, held.theta, held.grid,
@@ -134,7 +135,6 @@ class RegistrationScheduler:
                                         with_view=self.config.plausibility.must_agree)
             if stage == "register":
                 self.register_runs += 1
-            tracking = self.track is not None and self.config.warm_start
             state = self.filter.update(estimate, smoothing=REGISTER_SMOOTHING if tracking and stage == "register"
                                        else None)
         except RunCancelled:  # stop() ended the run: nothing failed
