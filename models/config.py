@@ -146,6 +146,11 @@ class LucasKanadeConfig(_Strict):
         description="the track graph's iterations, as schedule: the stage run from the registration in force "
         "(the daemon's runs between two register-graph runs on a rig that keeps its registration); () = no "
         "track graph")
+    track_linearisation: Literal["warped", "reference"] = Field(
+        "warped", description="what the track graph's MIND iterations linearise on: the gradients of the warped IR's "
+        "descriptors, recomputed every iteration (warped; what checkpoints made before this field read as), or "
+        "those of the visible image's, computed once a call (reference, as in inverse-compositional Lucas-Kanade; "
+        "see LK_TRACK_LINEARISATION)")
     descriptor_iterations: int = Field(
         0, ge=0, description="after the MIND iterations, this many Gauss-Newton iterations on the learned "
         "descriptor of the stage's towers (its matcher), at the registration size / descriptor_factor; 0 = none, "
@@ -273,6 +278,18 @@ LK_TRACK: tuple[tuple[int, float], ...] = ((1, 0.0),) * 4
 #: The NIR weights' ``track_schedule``: 2 unblurred iterations at their 384x512 registration size
 #: (38-47 ms a call, one thread; 4 took 74 ms).
 LK_TRACK_FINE: tuple[tuple[int, float], ...] = ((1, 0.0),) * 2
+#: Both shipped weights' ``track_linearisation``: the track graph's iterations linearise on the visible
+#: image's MIND gradients, computed once a call, instead of the warped IR's every iteration (three of
+#: the five per-pixel products and the gradients leave the loop). Thermal track graph (4 iterations at
+#: 192x256; ONNX Runtime, one thread, a RoadScene pair near its truth, the two graphs alternating,
+#: CPU ms median of 20 calls): 47.4 -> 38.1 ms (3 iterations 31.4). On the 8 held-out RoadScene
+#: train pairs (``scripts/eval_still_rig.py``, moderate, the register graph on runs 1 and 11) the
+#: iterations walk the registration less far from the register graph's answer: after runs 2, 4, 6,
+#: 10, 11, 12: 3.48, 3.61, 3.70, 3.74, 3.38, 3.39 px -> 3.47, 3.55, 3.62, 3.66, 3.31, 3.32. Demo rig
+#: (``busref bench``, 20 s, 4 runs each, alternating): end error 1.82, 2.36, 2.04, 2.28 px -> 2.40,
+#: 2.29, 1.92, 1.81 (means 2.13 / 2.11), the track call in the daemon 77-90 -> 66-75 ms p50. NIR
+#: track graph 129.7 -> 112.4 ms; NIR still rig (last 8 NIR train pairs) identical to 1e-4 px.
+LK_TRACK_LINEARISATION = "reference"
 
 #: ``LucasKanadeConfig.window`` (cells) of both shipped stages, :data:`LK_SCHEDULE` and
 #: :data:`LK_SCHEDULE_FINE`. The thermal stage on the 8 held-out RoadScene train pairs (moderate),

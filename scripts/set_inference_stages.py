@@ -24,15 +24,18 @@ config only and every weight stays bit for bit:
 * ``--track``: the track graph's iterations (``LucasKanadeConfig.track_schedule``), the stage
   alone from the registration in force, which the daemon runs between register-graph runs:
   ``standard`` = models.config.LK_TRACK, ``fine`` = models.config.LK_TRACK_FINE (for a model
-  whose stage is ``fine``), ``off``: no track graph.
+  whose stage is ``fine``), ``off``: no track graph;
+* ``--track-linearisation``: what the track graph's iterations linearise on
+  (``LucasKanadeConfig.track_linearisation``): ``reference``, the visible image's descriptor
+  gradients computed once a call, is the shipped weights' (models.config.LK_TRACK_LINEARISATION).
 
 The copy keeps the source's stage, split and metrics and records the source's SHA-256 and the
 change; ``busref export onnx --checkpoint OUT`` then builds graphs (and metadata) that carry it.
 
 usage: python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade standard --both-starts on \
-           --track standard --out OUT             # the thermal weights' stages
+           --track standard --track-linearisation reference --out OUT   # the thermal weights' stages
        python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade fine --both-starts on \
-           --keypoint-start on --track fine --out OUT          # the NIR weights' stages
+           --keypoint-start on --track fine --track-linearisation reference --out OUT   # the NIR weights'
        python scripts/set_inference_stages.py --checkpoint weights/busref.pt --blurred-variant on \
            --out OUT                              # the thermal weights for a rig that may be far off
        python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade off --out OUT
@@ -106,8 +109,8 @@ VARIANT = {"blurred_prefix": LK_BLURRED_PREFIX_2X, "blurred_margin": LK_BLURRED_
            "blurred_select_after": LK_BLURRED_SELECT_AFTER}
 SWITCH = {"on": True, "off": False}
 #: The arguments that change the copy, as they are recorded in its ``derived_from``.
-CHANGES = ("lucas_kanade", "both_starts", "blurred_variant", "keypoint_start", "track", "descriptor",
-           "descriptor_iterations", "descriptor_track_iterations")
+CHANGES = ("lucas_kanade", "both_starts", "blurred_variant", "keypoint_start", "track", "track_linearisation",
+           "descriptor", "descriptor_iterations", "descriptor_track_iterations")
 #: Where the stage's towers sit in the model's state dict.
 MATCHER = "lucas_kanade.matcher."
 TRACKS = {"standard": LK_TRACK, "fine": LK_TRACK_FINE, "standard-2x": LK_TRACK_2X, "off": ()}
@@ -132,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--track", choices=sorted(TRACKS),
                         help="the track graph's iterations: standard: models.config.LK_TRACK; fine: LK_TRACK_FINE; "
                         "off: no track graph (default: as it is)")
+    parser.add_argument("--track-linearisation", choices=("reference", "warped"),
+                        help="what the track graph's iterations linearise on: reference: the visible image's "
+                        "descriptor gradients, computed once a call (the shipped weights'); warped: the warped IR's, "
+                        "every iteration (default: as it is)")
     parser.add_argument("--descriptor", type=Path,
                         help="a descriptor file whose towers the learned-descriptor iterations use")
     parser.add_argument("--descriptor-iterations", type=int,
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if all(getattr(args, name) is None for name in CHANGES):
         log.error("nothing to change: give --lucas-kanade, --both-starts, --blurred-variant, --keypoint-start, "
-                  "--track and/or --descriptor-iterations / --descriptor-track-iterations")
+                  "--track, --track-linearisation and/or --descriptor-iterations / --descriptor-track-iterations")
         return 2
     if args.out.resolve() == args.checkpoint.resolve():
         log.error("--out must differ from --checkpoint: the source is kept as it is")
@@ -215,6 +222,8 @@ def changed_model(model: ModelConfig, args: argparse.Namespace,
         update["keypoint_start"] = SWITCH[args.keypoint_start]
     if args.track is not None:
         stage["track_schedule"] = TRACKS[args.track]
+    if args.track_linearisation is not None:
+        stage["track_linearisation"] = args.track_linearisation
     for name in ("descriptor_iterations", "descriptor_track_iterations"):
         if getattr(args, name) is not None:
             stage[name] = getattr(args, name)

@@ -131,19 +131,33 @@ def test_it_recovers_a_rotation_and_shift_across_inverted_contrast(radius: int, 
     assert after < 0.25 * before, (before, after)
 
 
-def test_track_refines_the_given_start_with_its_own_schedule_alone():
+@pytest.mark.parametrize("linearisation", ["warped", "reference"])
+def test_track_refines_the_given_start_with_its_own_schedule_alone(linearisation: str):
     """The track graph's stage: ``track_schedule`` from the grid it is given (the registration in force),
-    one start even where the register graph's stage runs two; the register schedule is not run."""
+    one start even where the register graph's stage runs two; the register schedule is not run. Both
+    linearisations converge; the one on the visible image's gradients is not the other under a new
+    name, and it leaves the register graph's stage as it was."""
     vis, ir, base, truth = misaligned_pair(rotation_shift(0.0, (1.5, -1.0)), seed=5)
     # Half-way there: what a register run left in force.
     start = 0.5 * (base + truth)
-    stage = LucasKanade(LucasKanadeConfig(schedule=SCHEDULE, both_starts=True, track_schedule=((1, 0.0),) * 4))
+    config = LucasKanadeConfig(schedule=SCHEDULE, both_starts=True, track_schedule=((1, 0.0),) * 4,
+                               track_linearisation=linearisation)
+    stage = LucasKanade(config)
     tracked = stage.track(vis, ir, start)
     assert tracked.shape == start.shape
     assert pixel_error(tracked, truth) < 0.3 * pixel_error(start, truth), (pixel_error(start, truth),
                                                                             pixel_error(tracked, truth))
+    other = LucasKanade(config.model_copy(update={"track_linearisation": "warped"}))
+    if linearisation == "reference":
+        assert not torch.allclose(tracked, other.track(vis, ir, start), atol=1e-5)
+        assert torch.equal(stage(vis, ir, start), other(vis, ir, start))
     # Without a track schedule the start comes back as it is, whatever the register stage's schedule.
     assert torch.equal(LucasKanade(LucasKanadeConfig(schedule=SCHEDULE)).track(vis, ir, start), start)
+
+
+def test_an_unknown_track_linearisation_names_the_field():
+    with pytest.raises(ValueError, match="track_linearisation"):
+        LucasKanadeConfig(track_linearisation="template")
 
 
 PHASE = dict(cells=4, gain=1.5, window=4.0, field_window=4.0, rest_prior=1.0, damping=0.01)

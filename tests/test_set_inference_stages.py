@@ -68,6 +68,13 @@ def test_fine_doubles_the_registration_size_around_the_same_nets_and_standard_un
     stage = load_checkpoint(one_start)["config"].model.lucas_kanade
     assert stage.schedule == LK_SCHEDULE and not stage.both_starts and stage.select_after is None
 
+    reference = tmp_path / "reference.pt"
+    assert stages.main(["--checkpoint", str(one_start), "--track-linearisation", "reference", "--out",
+                        str(reference)]) == 0
+    stage = load_checkpoint(reference)["config"].model.lucas_kanade
+    assert stage.track_linearisation == "reference" and stage.track_schedule == LK_TRACK_FINE
+    assert stage.schedule == LK_SCHEDULE and not stage.both_starts  # the rest as it was
+
     no_track = tmp_path / "no_track.pt"
     assert stages.main(["--checkpoint", str(one_start), "--track", "off", "--out", str(no_track)]) == 0
     assert load_checkpoint(no_track)["config"].model.lucas_kanade.track_schedule == ()

@@ -28,6 +28,7 @@ from busref.models.config import (
     LK_SELECT_AFTER,
     LK_TRACK_2X,
     LK_TRACK_FINE,
+    LK_TRACK_LINEARISATION,
     LK_WINDOW,
     DescriptorConfig,
     LucasKanadeConfig,
@@ -54,9 +55,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: configs/descriptor/towers.yaml fine-tuned on those iterations (configs/descriptor/towers_iterations.yaml,
 #: whose config the checkpoint records); the NIR one with LK_SCHEDULE_FINE's 32 iterations at the nets' size
 #: and 48 at twice it (scripts/set_inference_stages.py ``standard-2x`` and ``fine``); each has a track
-#: graph (``--track standard-2x`` / ``fine``).
+#: graph (``--track standard-2x`` / ``fine``, ``--track-linearisation reference``).
 STAGE = LucasKanadeConfig(schedule=LK_SCHEDULE_2X, pool=8, window=LK_WINDOW, both_starts=True,
                           select_after=LK_SELECT_AFTER, select_factor=2, track_schedule=LK_TRACK_2X,
+                          track_linearisation=LK_TRACK_LINEARISATION,
                           mind_radius=LK_MIND_RADIUS, mind_diagonal=LK_MIND_DIAGONAL,
                           descriptor_iterations=LK_DESCRIPTOR_ITERATIONS, descriptor_factor=LK_DESCRIPTOR_FACTOR,
                           descriptor_pool=LK_DESCRIPTOR_POOL, descriptor_guard=LK_DESCRIPTOR_GUARD,
@@ -64,6 +66,7 @@ STAGE = LucasKanadeConfig(schedule=LK_SCHEDULE_2X, pool=8, window=LK_WINDOW, bot
                                                      DescriptorConfig, "towers"))
 NIR_MODEL = ModelConfig(lucas_kanade=LucasKanadeConfig(schedule=LK_SCHEDULE_FINE, pool=8, window=LK_WINDOW,
                                                        both_starts=True, select_after=32, track_schedule=LK_TRACK_FINE,
+                                                       track_linearisation=LK_TRACK_LINEARISATION,
                                                        mind_radius=LK_MIND_RADIUS_FINE, mind_diagonal=LK_MIND_DIAGONAL),
                         keypoint_start=True, net_pool=2, registration_size=(384, 512))
 ALIGNED_MAX_PX = 4.0  # mean motion the registration may invent on an aligned pair (px, full size)

@@ -129,8 +129,8 @@ def affine_part(u: Tensor, weight: Tensor, basis: Tensor) -> Tensor:
 
 def gauss_newton_step(reference: Tensor, moving: Tensor, grid: Tensor, base: Tensor, content: Tensor,
                       frame: Tensor, basis: Tensor | None, *, cells: int, sigma: float, window: float,
-                      field_window: float, rest_prior: float, damping: float, gain: float = 1.0
-                      ) -> tuple[Tensor, Tensor]:
+                      field_window: float, rest_prior: float, damping: float, gain: float = 1.0,
+                      linearised: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """One iteration of the stage (steps 1-4 of :class:`LucasKanade`) on any per-pixel features.
 
     ``reference`` ``(B, C, h, w)``: the visible image's features, already blurred by ``sigma``;
@@ -139,21 +139,30 @@ def gauss_newton_step(reference: Tensor, moving: Tensor, grid: Tensor, base: Ten
     ``(B, 1, hm, wm)`` the IR's :func:`content_mask`; ``frame`` ``(1, 1, h / cells, w / cells)`` 1 on the cells away
     from the visible frame's edge; ``basis`` the cells' :func:`affine_basis` (None: made here and
     returned, so that a caller makes it once). ``gain`` scales the update (1: the Gauss-Newton step).
+    ``linearised``: None linearises on the warped features' gradients (forward additive); else
+    :func:`reference_linearisation` of ``reference``, made once for every iteration on it (the
+    reference's gradients stand in for the warped features', as in inverse-compositional
+    Lucas-Kanade: two of the five per-pixel products and no gradients are left to each iteration).
     Returns the new grid and the basis.
     """
     warped = gaussian_blur(warp_features(moving, grid, padding_mode="border"), sigma)
-    gx, gy = image_gradients(warped)
     residual = reference - warped
-    terms = torch.cat((_channel_sum(gx * gx), _channel_sum(gy * gy), _channel_sum(gx * gy),
-                       _channel_sum(gx * residual), _channel_sum(gy * residual)), dim=1)
+    if linearised is None:
+        gx, gy = image_gradients(warped)
+        terms = torch.cat((_channel_sum(gx * gx), _channel_sum(gy * gy), _channel_sum(gx * gy),
+                           _channel_sum(gx * residual), _channel_sum(gy * residual)), dim=1)
+        if cells > 1:
+            terms = F.avg_pool2d(terms, cells)
+    else:
+        gx, gy, products = linearised
+        steepest = torch.cat((_channel_sum(gx * residual), _channel_sum(gy * residual)), dim=1)
+        terms = torch.cat((products, F.avg_pool2d(steepest, cells) if cells > 1 else steepest), dim=1)
     # Cells whose features are valid in both images: the grid samples the IR's content, away from its
     # frame, and the cell is away from the visible frame's edge (out of the IR, border padding repeats
     # the mask's 0). Judged per cell at its centre: a second warp of the mask at every pixel cost ~60
     # ms a call (NIR register graph 227 against 165 ms, one thread).
     centres = F.avg_pool2d(grid.permute(0, 3, 1, 2), cells).permute(0, 2, 3, 1) if cells > 1 else grid
     inside = (warp_features(content, centres, padding_mode="border") > 0.999).to(reference.dtype) * frame
-    if cells > 1:
-        terms = F.avg_pool2d(terms, cells)
     terms = gaussian_blur(terms * inside, window)
     # The absolute floor keeps a flat image (a lens cap, the daemon's start-up probe) solvable: there
     # every term is 0 and the update must come out 0, not 0 / 0.
@@ -174,6 +183,24 @@ def gauss_newton_step(reference: Tensor, moving: Tensor, grid: Tensor, base: Ten
     target = (base + u).permute(0, 2, 3, 1)
     displacement = warp_features(grid.permute(0, 3, 1, 2) - base, target, padding_mode="border")
     return displacement.permute(0, 2, 3, 1) + target, basis
+
+
+def reference_linearisation(reference: Tensor, cells: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``reference`` ``(B, C, h, w)`` (:func:`gauss_newton_step`'s) -> its gradients ``gx``, ``gy``
+    (:func:`image_gradients`, ``(B, C, h, w)``) and their products summed over the channels
+    (``gx gx``, ``gy gy``, ``gx gy``), averaged over cells of ``cells`` pixels: ``(B, 3, h / cells,
+    w / cells)``. :func:`gauss_newton_step`'s ``linearised``, for every iteration on ``reference``.
+
+    Example (a horizontal ramp has only x gradients)::
+
+        >>> ramp = torch.linspace(0, 1, 16).expand(1, 2, 8, 16)
+        >>> gx, gy, products = reference_linearisation(ramp, 4)
+        >>> products.shape, float(gy.abs().max()), bool(products[:, 0].gt(0).all())
+        (torch.Size([1, 3, 2, 4]), 0.0, True)
+    """
+    gx, gy = image_gradients(reference)
+    products = torch.cat((_channel_sum(gx * gx), _channel_sum(gy * gy), _channel_sum(gx * gy)), dim=1)
+    return gx, gy, F.avg_pool2d(products, cells) if cells > 1 else products
 
 
 class LucasKanade(nn.Module):
@@ -248,7 +275,7 @@ class LucasKanade(nn.Module):
     def forward(self, vis: Tensor, ir: Tensor, grid: Tensor) -> Tensor:
         c = self.config
         return self._iterate(vis, ir, grid, c.schedule, c.both_starts, c.select_after, c.descriptor_iterations,
-                             c.blurred_prefix, c.blurred_select_after)
+                             c.blurred_prefix, c.blurred_select_after, linearise_on_reference=False)
 
     def track(self, vis: Tensor, ir: Tensor, grid: Tensor) -> Tensor:
         """The ``track`` graph: ``config.track_schedule``'s iterations from ``grid`` alone (one start).
@@ -269,11 +296,13 @@ class LucasKanade(nn.Module):
             torch.Size([1, 64, 64, 2])
         """
         c = self.config
-        return self._iterate(vis, ir, grid, c.track_schedule, False, None, c.descriptor_track_iterations, (), None)
+        return self._iterate(vis, ir, grid, c.track_schedule, False, None, c.descriptor_track_iterations, (), None,
+                             linearise_on_reference=c.track_linearisation == "reference")
 
     def _iterate(self, vis: Tensor, ir: Tensor, grid: Tensor, schedule: tuple[tuple[int, float], ...],
                  both_starts: bool, select_after: int | None, learned_iterations: int,
-                 prefix: tuple[tuple[int, float], ...], variant_after: int | None) -> Tensor:
+                 prefix: tuple[tuple[int, float], ...], variant_after: int | None, *,
+                 linearise_on_reference: bool) -> Tensor:
         c = self.config
         if not schedule:
             return grid
@@ -297,6 +326,7 @@ class LucasKanade(nn.Module):
         features: dict[int, tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = {}
         judges: dict[int, Judge] = {}
         blurred: dict[tuple[int, float], Tensor] = {}
+        linearised: dict[tuple[int, float], tuple[Tensor, Tensor, Tensor]] = {}
         basis: Tensor | None = None  # the cells are pool pixels of the registration size at every factor
 
         def pooled_at(factor: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -332,13 +362,17 @@ class LucasKanade(nn.Module):
             reference, moving, base, content, frame = (_rows(x, rows) for x in features_at(factor))
             if (factor, sigma) not in blurred:
                 blurred[(factor, sigma)] = gaussian_blur(features[factor][0], sigma)
+            if linearise_on_reference and (factor, sigma) not in linearised:
+                linearised[(factor, sigma)] = reference_linearisation(blurred[(factor, sigma)], c.pool // factor)
             if grid.shape[1] != reference.shape[-2]:
                 grid = F.interpolate(grid.permute(0, 3, 1, 2), size=reference.shape[-2:], mode="bilinear",
                                      align_corners=True).permute(0, 2, 3, 1)
             grid, basis = gauss_newton_step(
                 _rows(blurred[(factor, sigma)], rows), moving, grid, base, content, frame, basis,
                 cells=c.pool // factor, sigma=sigma, window=c.window, field_window=c.field_window,
-                rest_prior=c.rest_prior, damping=c.damping)
+                rest_prior=c.rest_prior, damping=c.damping,
+                linearised=tuple(_rows(x, rows) for x in linearised[(factor, sigma)]) if linearise_on_reference
+                else None)
             return grid
 
         variant = None
