@@ -214,7 +214,9 @@ class LucasKanade(nn.Module):
        (border padding), both blurred by ``sigma`` pixels; ``r = D_v - D_r``, ``g = grad D_r``.
        Their neighbours: four axial ones at ``config.mind_radius`` pixels of the iteration's size,
        and with ``config.mind_diagonal`` four diagonal ones (8 channels; the shipped stages,
-       :data:`busref.models.config.LK_MIND_DIAGONAL`).
+       :data:`busref.models.config.LK_MIND_DIAGONAL`). In :meth:`track` with
+       ``config.track_linearisation`` ``reference``, ``g = grad D_v`` instead, computed once a call
+       (:func:`reference_linearisation`).
     2. The Lucas-Kanade normal equations ``sum g g^T u = sum g r`` (summed over the channels,
        only where the grid samples inside the IR image), averaged over cells of ``pool`` pixels of
        the registration size and a Gaussian window of ``window`` cells, damped by ``damping``
