@@ -139,24 +139,17 @@ def gauss_newton_step(reference: Tensor, moving: Tensor, grid: Tensor, base: Ten
     ``(B, 1, hm, wm)`` the IR's :func:`content_mask`; ``frame`` ``(1, 1, h / cells, w / cells)`` 1 on the cells away
     from the visible frame's edge; ``basis`` the cells' :func:`affine_basis` (None: made here and
     returned, so that a caller makes it once). ``gain`` scales the update (1: the Gauss-Newton step).
-    ``linearised``: None linearises on the warped features' gradients (forward additive); else
-    :func:`reference_linearisation` of ``reference``, made once for every iteration on it (the
+    ``linearised``: the :func:`linearisation` the step solves on; None: that of the warped features,
+    made here (forward additive); else that of ``reference``, made once for every iteration on it (the
     reference's gradients stand in for the warped features', as in inverse-compositional
     Lucas-Kanade: two of the five per-pixel products and no gradients are left to each iteration).
     Returns the new grid and the basis.
     """
     warped = gaussian_blur(warp_features(moving, grid, padding_mode="border"), sigma)
     residual = reference - warped
-    if linearised is None:
-        gx, gy = image_gradients(warped)
-        terms = torch.cat((_channel_sum(gx * gx), _channel_sum(gy * gy), _channel_sum(gx * gy),
-                           _channel_sum(gx * residual), _channel_sum(gy * residual)), dim=1)
-        if cells > 1:
-            terms = F.avg_pool2d(terms, cells)
-    else:
-        gx, gy, products = linearised
-        steepest = torch.cat((_channel_sum(gx * residual), _channel_sum(gy * residual)), dim=1)
-        terms = torch.cat((products, F.avg_pool2d(steepest, cells) if cells > 1 else steepest), dim=1)
+    gx, gy, products = linearisation(warped, cells) if linearised is None else linearised
+    steepest = torch.cat((_channel_sum(gx * residual), _channel_sum(gy * residual)), dim=1)
+    terms = torch.cat((products, F.avg_pool2d(steepest, cells) if cells > 1 else steepest), dim=1)
     # Cells whose features are valid in both images: the grid samples the IR's content, away from its
     # frame, and the cell is away from the visible frame's edge (out of the IR, border padding repeats
     # the mask's 0). Judged per cell at its centre: a second warp of the mask at every pixel cost ~60
@@ -185,20 +178,20 @@ def gauss_newton_step(reference: Tensor, moving: Tensor, grid: Tensor, base: Ten
     return displacement.permute(0, 2, 3, 1) + target, basis
 
 
-def reference_linearisation(reference: Tensor, cells: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``reference`` ``(B, C, h, w)`` (:func:`gauss_newton_step`'s) -> its gradients ``gx``, ``gy``
-    (:func:`image_gradients`, ``(B, C, h, w)``) and their products summed over the channels
-    (``gx gx``, ``gy gy``, ``gx gy``), averaged over cells of ``cells`` pixels: ``(B, 3, h / cells,
-    w / cells)``. :func:`gauss_newton_step`'s ``linearised``, for every iteration on ``reference``.
+def linearisation(features: Tensor, cells: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``features`` ``(B, C, h, w)`` (:func:`gauss_newton_step`'s warped or reference ones) -> their
+    gradients ``gx``, ``gy`` (:func:`image_gradients`, ``(B, C, h, w)``) and the products summed over
+    the channels (``gx gx``, ``gy gy``, ``gx gy``), averaged over cells of ``cells`` pixels:
+    ``(B, 3, h / cells, w / cells)``. What :func:`gauss_newton_step` solves on (its ``linearised``).
 
     Example (a horizontal ramp has only x gradients)::
 
         >>> ramp = torch.linspace(0, 1, 16).expand(1, 2, 8, 16)
-        >>> gx, gy, products = reference_linearisation(ramp, 4)
+        >>> gx, gy, products = linearisation(ramp, 4)
         >>> products.shape, float(gy.abs().max()), bool(products[:, 0].gt(0).all())
         (torch.Size([1, 3, 2, 4]), 0.0, True)
     """
-    gx, gy = image_gradients(reference)
+    gx, gy = image_gradients(features)
     products = torch.cat((_channel_sum(gx * gx), _channel_sum(gy * gy), _channel_sum(gx * gy)), dim=1)
     return gx, gy, F.avg_pool2d(products, cells) if cells > 1 else products
 
@@ -216,7 +209,7 @@ class LucasKanade(nn.Module):
        and with ``config.mind_diagonal`` four diagonal ones (8 channels; the shipped stages,
        :data:`busref.models.config.LK_MIND_DIAGONAL`). In :meth:`track` with
        ``config.track_linearisation`` ``reference``, ``g = grad D_v`` instead, computed once a call
-       (:func:`reference_linearisation`).
+       (:func:`linearisation`).
     2. The Lucas-Kanade normal equations ``sum g g^T u = sum g r`` (summed over the channels,
        only where the grid samples inside the IR image), averaged over cells of ``pool`` pixels of
        the registration size and a Gaussian window of ``window`` cells, damped by ``damping``
@@ -365,7 +358,7 @@ class LucasKanade(nn.Module):
             if (factor, sigma) not in blurred:
                 blurred[(factor, sigma)] = gaussian_blur(features[factor][0], sigma)
             if linearise_on_reference and (factor, sigma) not in linearised:
-                linearised[(factor, sigma)] = reference_linearisation(blurred[(factor, sigma)], c.pool // factor)
+                linearised[(factor, sigma)] = linearisation(blurred[(factor, sigma)], c.pool // factor)
             if grid.shape[1] != reference.shape[-2]:
                 grid = F.interpolate(grid.permute(0, 3, 1, 2), size=reference.shape[-2:], mode="bilinear",
                                      align_corners=True).permute(0, 2, 3, 1)
