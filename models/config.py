@@ -166,6 +166,10 @@ class LucasKanadeConfig(_Strict):
     descriptor_guard: float = Field(
         1.03, ge=1, description="keep the MIND iterations' grid where the learned-descriptor iterations raise the "
         "axial MIND residual (lucas_kanade.paired_residuals) by more than this factor")
+    descriptor_min_detail: float = Field(
+        0.0, ge=0, description="keep the MIND iterations' grid where the IR's share of fine detail "
+        "(lucas_kanade.fine_detail) is below this: a blurrier or lower-resolution IR than the towers learned "
+        "(0: never, what older checkpoints read as)")
     descriptor: DescriptorConfig = Field(
         DescriptorConfig(), description="the towers' architecture and how they were trained (models.descriptor)")
 
@@ -314,6 +318,15 @@ LK_DESCRIPTOR_FACTOR = 2
 LK_DESCRIPTOR_ITERATIONS = 16
 LK_DESCRIPTOR_POOL = 2
 LK_DESCRIPTOR_GUARD = 1.1
+#: The thermal weights' floor on the IR's share of fine detail for the towers' result
+#: (``--descriptor-min-detail``; ``LucasKanadeConfig.descriptor_min_detail``,
+#: ``lucas_kanade.fine_detail``). On the 8 held-out RoadScene train pairs (moderate, network alone)
+#: an IR blurred by 2 px or at a quarter of the resolution scores 0.043-0.084 and there the towers'
+#: result lies 0.25 px behind the MIND iterations' (4.40 against 4.13 px, 4.50 against 4.25);
+#: the protocol's moving images of all 176 RoadScene train pairs score 0.117 or more (moderate and
+#: hard), the 60 NIR train pairs 0.152 or more. With the floor: blurred 4.13 px, quarter resolution
+#: 4.25 px, the pairs as they are and their inverted and gamma copies unchanged (docs/experiments.md).
+LK_DESCRIPTOR_MIN_DETAIL = 0.1
 
 #: The thermal stage's opt-in second variant (``scripts/set_inference_stages.py --blurred-variant on``;
 #: ``LucasKanadeConfig.blurred_prefix``, ``blurred_margin``, ``blurred_select_after``): 4 iterations at

@@ -25,6 +25,9 @@ config only and every weight stays bit for bit:
   alone from the registration in force, which the daemon runs between register-graph runs:
   ``standard`` = models.config.LK_TRACK, ``fine`` = models.config.LK_TRACK_FINE (for a model
   whose stage is ``fine``), ``off``: no track graph;
+* ``--descriptor-min-detail``: the thermal graph keeps the MIND iterations' result instead of the
+  towers' where the IR's share of fine detail (``lucas_kanade.fine_detail``) is below it
+  (models.config.LK_DESCRIPTOR_MIN_DETAIL): a blurrier or lower-resolution IR than the towers learned;
 * ``--track-linearisation``: what the track graph's iterations linearise on
   (``LucasKanadeConfig.track_linearisation``): ``reference``, the visible image's descriptor
   gradients computed once a call, is the shipped weights' (models.config.LK_TRACK_LINEARISATION).
@@ -33,7 +36,8 @@ The copy keeps the source's stage, split and metrics and records the source's SH
 change; ``busref export onnx --checkpoint OUT`` then builds graphs (and metadata) that carry it.
 
 usage: python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade standard --both-starts on \
-           --track standard --track-linearisation reference --out OUT   # the thermal weights' stages
+           --track standard --track-linearisation reference --descriptor-min-detail 0.1 \
+           --out OUT                              # the thermal weights' stages
        python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade fine --both-starts on \
            --keypoint-start on --track fine --track-linearisation reference --out OUT   # the NIR weights'
        python scripts/set_inference_stages.py --checkpoint weights/busref.pt --blurred-variant on \
@@ -110,7 +114,7 @@ VARIANT = {"blurred_prefix": LK_BLURRED_PREFIX_2X, "blurred_margin": LK_BLURRED_
 SWITCH = {"on": True, "off": False}
 #: The arguments that change the copy, as they are recorded in its ``derived_from``.
 CHANGES = ("lucas_kanade", "both_starts", "blurred_variant", "keypoint_start", "track", "track_linearisation",
-           "descriptor", "descriptor_iterations", "descriptor_track_iterations")
+           "descriptor", "descriptor_iterations", "descriptor_track_iterations", "descriptor_min_detail")
 #: Where the stage's towers sit in the model's state dict.
 MATCHER = "lucas_kanade.matcher."
 TRACKS = {"standard": LK_TRACK, "fine": LK_TRACK_FINE, "standard-2x": LK_TRACK_2X, "off": ()}
@@ -145,12 +149,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="the register graph's learned-descriptor iterations (0: none; default: as it is)")
     parser.add_argument("--descriptor-track-iterations", type=int,
                         help="the track graph's learned-descriptor iterations (0: none; default: as it is)")
+    parser.add_argument("--descriptor-min-detail", type=float,
+                        help="leave the learned-descriptor iterations' result out where the IR's share of fine "
+                        "detail (lucas_kanade.fine_detail) is below this: a blurrier or lower-resolution IR than the "
+                        "towers learned (0: never; the thermal weights': models.config.LK_DESCRIPTOR_MIN_DETAIL; "
+                        "default: as it is)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the copy (not the source)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if all(getattr(args, name) is None for name in CHANGES):
         log.error("nothing to change: give --lucas-kanade, --both-starts, --blurred-variant, --keypoint-start, "
-                  "--track, --track-linearisation and/or --descriptor-iterations / --descriptor-track-iterations")
+                  "--track, --track-linearisation, --descriptor-iterations / --descriptor-track-iterations and/or "
+                  "--descriptor-min-detail")
         return 2
     if args.out.resolve() == args.checkpoint.resolve():
         log.error("--out must differ from --checkpoint: the source is kept as it is")
@@ -224,7 +234,7 @@ def changed_model(model: ModelConfig, args: argparse.Namespace,
         stage["track_schedule"] = TRACKS[args.track]
     if args.track_linearisation is not None:
         stage["track_linearisation"] = args.track_linearisation
-    for name in ("descriptor_iterations", "descriptor_track_iterations"):
+    for name in ("descriptor_iterations", "descriptor_track_iterations", "descriptor_min_detail"):
         if getattr(args, name) is not None:
             stage[name] = getattr(args, name)
     if towers is not None:

@@ -27,6 +27,7 @@ from busref.models.networks.lucas_kanade import (
     descriptor_phase,
     edge_agreement,
     edge_orientation,
+    fine_detail,
     gaussian_blur,
     solve_symmetric3,
 )
@@ -194,6 +195,43 @@ def test_the_stage_with_towers_runs_them_after_its_mind_iterations_in_both_graph
     with torch.no_grad():
         assert not torch.equal(stage(vis, ir, base), without(vis, ir, base))
         assert not torch.equal(stage.track(vis, ir, base), without.track(vis, ir, base))
+
+
+def test_fine_detail_tells_a_blurred_or_coarse_ir_from_a_sharp_one_whatever_its_tone_curve():
+    """The share of fine detail drops when the IR is blurred or loses resolution and does not move with
+    the intensity scale; zero padding (a pre-warped frame's border) is left out."""
+    sharp = texture(4)
+    coarse = F.interpolate(F.interpolate(sharp, scale_factor=0.25, mode="area"), size=(H, W), mode="bilinear")
+    value = fine_detail(torch.cat((sharp, 0.5 * sharp, gaussian_blur(sharp, 2.0), coarse)))
+    assert value.shape == (4,)
+    assert value[1].item() == pytest.approx(value[0].item(), rel=1e-4)
+    assert value[2] < 0.5 * value[0] and value[3] < 0.5 * value[0]
+    padded = sharp.clone()
+    padded[..., :, :20] = 0.0
+    assert fine_detail(padded).item() == pytest.approx(fine_detail(sharp[..., :, 20:]).item(), rel=0.2)
+
+
+def test_below_the_detail_floor_the_towers_result_is_left_out():
+    """With ``descriptor_min_detail`` the stage returns its MIND result where the IR's fine detail is
+    below the floor, and the towers' result where it is above; 0 (the default) never leaves it out."""
+    config = LucasKanadeConfig(schedule=SCHEDULE, descriptor_iterations=2, descriptor_guard=100.0)
+    stage = LucasKanade(config).eval()
+    mind_only = LucasKanade(config.model_copy(update={"descriptor_iterations": 0})).eval()
+    vis, ir, base, _ = misaligned_pair(rotation_shift(0.0, (1.0, 0.5)), seed=2)
+    level = fine_detail(ir).item()
+    below = LucasKanade(config.model_copy(update={"descriptor_min_detail": 2 * level})).eval()
+    above = LucasKanade(config.model_copy(update={"descriptor_min_detail": 0.5 * level})).eval()
+    for other in (below, above):
+        other.load_state_dict(stage.state_dict())
+    with torch.no_grad():
+        towers, mind = stage(vis, ir, base), mind_only(vis, ir, base)
+        assert not torch.equal(towers, mind)
+        assert torch.equal(below(vis, ir, base), mind) and torch.equal(above(vis, ir, base), towers)
+
+
+def test_a_negative_detail_floor_names_the_field():
+    with pytest.raises(ValueError, match="descriptor_min_detail"):
+        LucasKanadeConfig(descriptor_min_detail=-0.1)
 
 
 def test_flat_images_leave_the_grid_where_it_was():

@@ -164,10 +164,14 @@ def test_descriptor_iterations_copy_the_towers_and_zero_takes_them_out(trained_c
     assert all(torch.equal(v, source[k]) for k, v in load_checkpoint(learned)["model"].items()
                if not k.startswith(stages.MATCHER))
 
-    # Another change keeps the towers; zero iterations take them out.
-    again = tmp_path / "again.pt"
+    # Another change keeps the towers (a detail floor too, recorded); zero iterations take them out.
+    again, floored = tmp_path / "again.pt", tmp_path / "floored.pt"
     assert stages.main(["--checkpoint", str(learned), "--track", "off", "--out", str(again)]) == 0
     assert load_model(again)[0].lucas_kanade.matcher is not None
+    assert stages.main(["--checkpoint", str(learned), "--descriptor-min-detail", "0.1", "--out", str(floored)]) == 0
+    model, _ = load_model(floored)
+    assert model.lucas_kanade.matcher is not None and model.lucas_kanade.config.descriptor_min_detail == 0.1
+    assert model.lucas_kanade.config.descriptor_iterations == 2
     assert stages.main(["--checkpoint", str(learned), "--descriptor-iterations", "0", "--descriptor-track-iterations",
                         "0", "--out", str(back)]) == 0
     model, _ = load_model(back)

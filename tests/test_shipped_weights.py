@@ -19,6 +19,7 @@ from busref.models.config import (
     LK_DESCRIPTOR_FACTOR,
     LK_DESCRIPTOR_GUARD,
     LK_DESCRIPTOR_ITERATIONS,
+    LK_DESCRIPTOR_MIN_DETAIL,
     LK_DESCRIPTOR_POOL,
     LK_MIND_DIAGONAL,
     LK_MIND_RADIUS,
@@ -53,7 +54,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: The thermal register graph ends with this stage: LK_SCHEDULE's iterations at the nets' 192x256 of a
 #: 384x512 registration size, then the learned-descriptor iterations on the towers of
 #: configs/descriptor/towers.yaml fine-tuned on those iterations (configs/descriptor/towers_iterations.yaml,
-#: whose config the checkpoint records); the NIR one with LK_SCHEDULE_FINE's 32 iterations at the nets' size
+#: whose config the checkpoint records), left out where the IR has less fine detail than they learned
+#: (LK_DESCRIPTOR_MIN_DETAIL); the NIR one with LK_SCHEDULE_FINE's 32 iterations at the nets' size
 #: and 48 at twice it (scripts/set_inference_stages.py ``standard-2x`` and ``fine``); each has a track
 #: graph (``--track standard-2x`` / ``fine``, ``--track-linearisation reference``).
 STAGE = LucasKanadeConfig(schedule=LK_SCHEDULE_2X, pool=8, window=LK_WINDOW, both_starts=True,
@@ -62,6 +64,7 @@ STAGE = LucasKanadeConfig(schedule=LK_SCHEDULE_2X, pool=8, window=LK_WINDOW, bot
                           mind_radius=LK_MIND_RADIUS, mind_diagonal=LK_MIND_DIAGONAL,
                           descriptor_iterations=LK_DESCRIPTOR_ITERATIONS, descriptor_factor=LK_DESCRIPTOR_FACTOR,
                           descriptor_pool=LK_DESCRIPTOR_POOL, descriptor_guard=LK_DESCRIPTOR_GUARD,
+                          descriptor_min_detail=LK_DESCRIPTOR_MIN_DETAIL,
                           descriptor=load_yaml_model(CONFIGS / "descriptor" / "towers_iterations.yaml",
                                                      DescriptorConfig, "towers"))
 NIR_MODEL = ModelConfig(lucas_kanade=LucasKanadeConfig(schedule=LK_SCHEDULE_FINE, pool=8, window=LK_WINDOW,
