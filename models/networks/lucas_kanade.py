@@ -422,7 +422,8 @@ class LucasKanade(nn.Module):
         """:func:`descriptor_phase` at the registration size / ``config.descriptor_factor``: the towers
         see ``vis`` and ``ir`` at the registration size and their descriptors are average-pooled to
         the iterations' size (and made unit length again). ``small`` the two images at that size,
-        ``judge`` their :func:`judge_features`. Returns the grid at that size."""
+        ``judge`` their :func:`judge_features`. Where ``config.descriptor_min_detail`` is set, a pair whose
+        IR has less fine detail (:func:`fine_detail`) keeps ``grid``. Returns the grid at that size."""
         c, factor = self.config, self.config.descriptor_factor
         assert self.matcher is not None
         learned = pool_descriptors((self.matcher.vis(vis), self.matcher.ir(ir)), factor)
@@ -679,7 +680,7 @@ def fine_detail(image: Tensor) -> Tensor:
 
     Why: the towers learned the sharp IR of the training camera; on a blurred or a quarter-resolution
     IR their iterations end 0.25 px behind the MIND iterations alone (:class:`LucasKanade`, held-out
-    RoadScene train pairs, docs/experiments.md). At 384x512 the datasets' own IR scores 0.13-1.0,
+    RoadScene train pairs, docs/experiments.md). At 384x512 the datasets' own IR scores 0.12-1.0,
     those pairs blurred by 2 px or at a quarter of the resolution 0.04-0.08.
 
     Example::
