@@ -187,3 +187,26 @@ def test_descriptor_iterations_without_towers_are_refused_and_nothing_written(
                             "--out", str(out)]) == 2
     assert "need towers: give --descriptor FILE" in caplog.text
     assert not out.exists()
+
+
+def test_the_nets_ir_tone_target_is_set_recorded_and_put_off_with_every_weight_kept(
+        trained_checkpoint: Path, tmp_path: Path) -> None:
+    toned, off = tmp_path / "toned.pt", tmp_path / "off.pt"
+    assert stages.main(["--checkpoint", str(trained_checkpoint), "--net-ir-tone-mean", "0.6", "--out", str(toned)]) == 0
+    payload = load_checkpoint(toned)
+    assert payload["config"].model.net_ir_tone_mean == 0.6
+    assert payload["derived_from"]["change"] == "net_ir_tone_mean 0.6"
+    source = load_checkpoint(trained_checkpoint)["model"]
+    assert payload["model"].keys() == source.keys()
+    assert all(torch.equal(v, source[k]) for k, v in payload["model"].items())
+    assert stages.main(["--checkpoint", str(toned), "--net-ir-tone-mean", "0", "--out", str(off)]) == 0
+    assert load_checkpoint(off)["config"].model.net_ir_tone_mean is None
+
+
+def test_a_tone_target_outside_0_1_is_refused_naming_the_field(trained_checkpoint: Path, tmp_path: Path,
+                                                                caplog) -> None:
+    out = tmp_path / "toned.pt"
+    with caplog.at_level(logging.ERROR):
+        assert stages.main(["--checkpoint", str(trained_checkpoint), "--net-ir-tone-mean", "1.5",
+                            "--out", str(out)]) == 2
+    assert "net_ir_tone_mean" in caplog.text and not out.exists()

@@ -16,6 +16,7 @@ from busref.models.networks.gaf import GAF
 from busref.models.networks.layers import Match, coordinates
 from busref.models.networks.lucas_kanade import LucasKanade, TrackStage
 from busref.models.networks.reconstructor import Reconstructor
+from busref.models.networks.tone import match_mean_tone
 
 
 class Registration(NamedTuple):
@@ -75,6 +76,10 @@ class BusReF(nn.Module):
         weightless Lucas-Kanade stage (:mod:`busref.models.networks.lucas_kanade`) refines ``G`` on
         the images' MIND descriptors; ``grid`` is its result, ``coarse_grid`` the affine alone.
 
+        With ``config.net_ir_tone_mean`` the learned stages see the IR re-toned by a per-image gamma
+        to that mean (:func:`busref.models.networks.tone.match_mean_tone`) and the stage the IR as
+        given: the nets learned one camera's tone curves, the stage's MIND descriptors hold others.
+
         With ``config.net_pool`` 2 the learned stages see both images average-pooled by 2 and the
         stage refines their (upsampled) grid at the full size: ``grid`` and ``coarse_grid`` are
         then (B, H, W, 2) at the input's size, ``displacements`` at half of it. Why: on 20 held-out
@@ -87,6 +92,8 @@ class BusReF(nn.Module):
         full_v, full_i = vis, ir
         if self.config.net_pool > 1:
             vis, ir = F.avg_pool2d(vis, self.config.net_pool), F.avg_pool2d(ir, self.config.net_pool)
+        if self.config.net_ir_tone_mean is not None:
+            ir = match_mean_tone(ir, self.config.net_ir_tone_mean)
         h, w = vis.shape[-2:]
         fx = self.bus.encode(vis)
         theta, matches = self.affine(fx, self.bus.encode(ir))
