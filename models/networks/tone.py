@@ -8,7 +8,8 @@ the original tone). A gamma undoes any power-law tone curve exactly and leaves t
 the nets match (edges, their order of brightness) in place; polarity is kept.
 
 Convention: images ``(B, 1, H, W)`` float in [0, 1]; pixels exactly 0 are a pair's padding (the
-protocol's out-of-view area), left out of the mean and kept at 0.
+protocol's out-of-view area; :func:`busref.models.networks.lucas_kanade.content_mask` with no margin),
+left out of the mean and kept at 0.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from busref.models.networks.lucas_kanade import content_mask
 
 Tensor = torch.Tensor
 
@@ -45,7 +48,7 @@ def match_mean_tone(image: Tensor, target: float, iterations: int = 3) -> Tensor
         raise ValueError(f"target must be within (0, 1), got {target}")
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    valid = (image > 0).to(image.dtype)
+    valid = content_mask(image, margin=0)  # the one place that says what padding is
     count = valid.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
     x = image.clamp(1e-6, 1.0)
     gamma = torch.ones_like(count)
