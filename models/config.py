@@ -301,14 +301,16 @@ LK_TRACK_LINEARISATION = "reference"
 #: 0.906 / 0.904); the NIR one as above. Widening the field's own smoothing (``field_window``)
 #: instead was worse on the NIR pairs (6 / 8 / 12: 2.51 / 3.10 / 4.80 px against 2.59).
 LK_WINDOW = 4.0
-#: The thermal weights' stage with the learned-descriptor iterations (``--lucas-kanade standard-2x``):
-#: :data:`LK_SCHEDULE` and :data:`LK_TRACK` at the same 192x256 of a registration size twice as
-#: large (factors doubled, ``ModelConfig.net_pool`` 2), so that the towers see 384x512 and their
+#: The thermal weights' stage (``--lucas-kanade standard-2x``): :data:`LK_SCHEDULE` and :data:`LK_TRACK`
+#: at the same 192x256 of a registration size twice as large (factors doubled,
+#: ``ModelConfig.net_pool`` 2), so that a stage with towers has them see 384x512 and their
 #: descriptors, pooled by :data:`LK_DESCRIPTOR_FACTOR`, drive the iterations at 192x256.
 LK_SCHEDULE_2X: tuple[tuple[int, float], ...] = tuple((2 * f, s) for f, s in LK_SCHEDULE)
 LK_TRACK_2X: tuple[tuple[int, float], ...] = tuple((2 * f, s) for f, s in LK_TRACK)
 LK_DESCRIPTOR_FACTOR = 2
-#: The thermal weights' learned-descriptor iterations (``--descriptor-iterations``), their cells
+#: Learned-descriptor iterations for a stage with towers (``--descriptor-iterations``; the shipped
+#: weights run none: on RoadScene the towers' gain came from its JPEG files' shared block grid,
+#: docs/experiments.md), their cells
 #: (``descriptor_pool``, pixels of 192x256) and guard, chosen on the 8 held-out RoadScene train pairs
 #: (moderate mean EPE, unguarded; the MIND stage alone 3.83 px): 16 iterations on 4 px cells 3.03,
 #: on 2 px cells 2.83, on 8 px 3.68 (the refinement's native-size descriptor: 3.52 / 3.44 / 3.68);
@@ -318,7 +320,7 @@ LK_DESCRIPTOR_FACTOR = 2
 LK_DESCRIPTOR_ITERATIONS = 16
 LK_DESCRIPTOR_POOL = 2
 LK_DESCRIPTOR_GUARD = 1.1
-#: The thermal weights' floor on the IR's share of fine detail for the towers' result
+#: The floor on the IR's share of fine detail for the towers' result, with towers
 #: (``--descriptor-min-detail``; ``LucasKanadeConfig.descriptor_min_detail``,
 #: ``lucas_kanade.fine_detail``). On the 8 held-out RoadScene train pairs (moderate, network alone)
 #: an IR blurred by 2 px or at a quarter of the resolution scores 0.043-0.084 and there the towers'

@@ -16,8 +16,8 @@ config only and every weight stays bit for bit:
   better-agreeing result (``LucasKanadeConfig.both_starts``);
 * ``--blurred-variant``: ``on`` adds the thermal stage's blurred second variant for rigs that may
   be far off (models.config.LK_BLURRED_PREFIX_2X, LK_BLURRED_MARGIN, LK_BLURRED_SELECT_AFTER; for
-  the ``standard-2x`` stage; the thermal weights'): RoadScene test, network alone, hard 7.87 -> 6.89
-  px, wide 13.26 -> 11.02 px, moderate 2.47 -> 2.45 px, at ~1.4x the register call's time (README.md);
+  the ``standard-2x`` stage; the thermal weights'): 8 held-out RoadScene train pairs, network alone,
+  hard 9.57 -> 8.23 px, at ~1.4x the register call's time (README.md);
 * ``--keypoint-start``: the SIFT + RANSAC affine tried as a start of the register graph
   (busref.keypoints; by ``busref eval`` and ``busref register``, and by the daemon from the
   exported graphs' metadata);
@@ -25,9 +25,11 @@ config only and every weight stays bit for bit:
   alone from the registration in force, which the daemon runs between register-graph runs:
   ``standard`` = models.config.LK_TRACK, ``fine`` = models.config.LK_TRACK_FINE (for a model
   whose stage is ``fine``), ``off``: no track graph;
-* ``--descriptor-min-detail``: the thermal graph keeps the MIND iterations' result instead of the
-  towers' where the IR's share of fine detail (``lucas_kanade.fine_detail``) is below it
-  (models.config.LK_DESCRIPTOR_MIN_DETAIL): a blurrier or lower-resolution IR than the towers learned;
+* ``--descriptor``, ``--descriptor-iterations``, ``--descriptor-min-detail``: learned towers and
+  their iterations after the MIND ones, kept only where the IR's share of fine detail
+  (``lucas_kanade.fine_detail``) is at least the floor (models.config.LK_DESCRIPTOR_MIN_DETAIL). The
+  shipped weights run none (``--descriptor-iterations 0``, which also takes the towers out): on
+  RoadScene their gain came from its JPEG files' shared block grid (docs/experiments.md);
 * ``--net-ir-tone-mean``: the nets see the IR re-toned by a per-image gamma to this mean
   (``ModelConfig.net_ir_tone_mean``, models.networks.tone; the thermal weights':
   models.config.NET_IR_TONE_MEAN): an IR darker than the one the nets learned (``x ** 2``: 5.27 ->
@@ -39,8 +41,8 @@ config only and every weight stays bit for bit:
 The copy keeps the source's stage, split and metrics and records the source's SHA-256 and the
 change; ``busref export onnx --checkpoint OUT`` then builds graphs (and metadata) that carry it.
 
-usage: python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade standard --both-starts on \
-           --track standard --track-linearisation reference --descriptor-min-detail 0.1 \
+usage: python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade standard-2x --both-starts on \
+           --track standard-2x --track-linearisation reference \
            --blurred-variant on --net-ir-tone-mean 0.6 --out OUT   # the thermal weights' stages
        python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade fine --both-starts on \
            --keypoint-start on --track fine --track-linearisation reference --out OUT   # the NIR weights'
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--descriptor-min-detail", type=float,
                         help="leave the learned-descriptor iterations' result out where the IR's share of fine "
                         "detail (lucas_kanade.fine_detail) is below this: a blurrier or lower-resolution IR than the "
-                        "towers learned (0: never; the thermal weights': models.config.LK_DESCRIPTOR_MIN_DETAIL; "
+                        "towers learned (0: never; with towers, models.config.LK_DESCRIPTOR_MIN_DETAIL; "
                         "default: as it is)")
     parser.add_argument("--net-ir-tone-mean", type=float,
                         help="the nets see the IR re-toned by a per-image gamma to this mean, the Lucas-Kanade "
@@ -250,6 +252,9 @@ def changed_model(model: ModelConfig, args: argparse.Namespace,
         update["net_ir_tone_mean"] = args.net_ir_tone_mean or None
     if towers is not None:
         stage["descriptor"] = towers.model_dump()
+    if not (stage["descriptor_iterations"] or stage["descriptor_track_iterations"]):
+        # No iterations, no towers in the copy (main drops their weights): their config goes too.
+        stage["descriptor"] = DescriptorConfig().model_dump()
     update["lucas_kanade"] = stage
     return ModelConfig.model_validate({**model.model_dump(), **update})
 

@@ -177,6 +177,7 @@ def test_descriptor_iterations_copy_the_towers_and_zero_takes_them_out(trained_c
     model, _ = load_model(back)
     assert model.lucas_kanade.matcher is None
     assert not any(k.startswith(stages.MATCHER) for k in load_checkpoint(back)["model"])
+    assert model.lucas_kanade.config.descriptor == DescriptorConfig(), "no towers, no towers' config"
 
 
 def test_descriptor_iterations_without_towers_are_refused_and_nothing_written(

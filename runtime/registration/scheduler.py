@@ -19,10 +19,11 @@ from busref.runtime.registration.plausibility import RegistrationFilter, Registr
 log = logging.getLogger(__name__)
 
 #: The EMA weight of a register-graph estimate on a scheduler with a track graph: taken whole. Why: the
-#: register graph is the whole method (nets, stage, towers), the track graph a few MIND iterations
-#: that walk a still thermal rig's registration away from it, and averaging the two kept half of
-#: that walk. ``scripts/eval_still_rig.py``, 8 held-out RoadScene train pairs, moderate: mean EPE
-#: after the second register run (the 11th run) 3.52 -> 3.38 px (NIR pairs 0.79 -> 0.77). On the demo
+#: register graph is the whole method (nets, stage from two starts, blurred variant), the track graph a
+#: few MIND iterations that walk a still thermal rig's registration away from it, and averaging the two
+#: kept half of that walk. ``scripts/eval_still_rig.py``, 8 held-out RoadScene train pairs, moderate,
+#: measured with the graphs that then ran learned towers: mean EPE after the second register run (the
+#: 11th run) 3.52 -> 3.38 px (NIR pairs 0.79 -> 0.77). On the demo
 #: rig the later register estimates are not taken (their edges agree worse), so it does not apply.
 REGISTER_SMOOTHING = 1.0
 
