@@ -353,7 +353,8 @@ NET_IR_TONE_MEAN = 0.6
 #: (MNCC 0.848 -> 0.873; 7.46-7.50 at 1.00-1.05, 7.45 at 1.10), moderate unchanged at 1.07 (1 pair
 #: switched at 1.03-1.05: 2.68 px; 3 at 1.00: 2.73). With the nets' IR re-toned (:data:`NET_IR_TONE_MEAN`)
 #: on the 8 held-out pairs: hard 9.10 -> 7.68 px, moderate 2.649 unchanged; in the thermal weights since
-#: then, at ~1.4x the register call (983.1 against 711.2 ms back to back, README.md).
+#: then, at ~1.4x the register call (983.1 against 711.2 ms back to back with the graphs that ran towers,
+#: docs/experiments.md).
 LK_BLURRED_PREFIX_2X: tuple[tuple[int, float], ...] = ((4, 2.0),) * 4
 LK_BLURRED_MARGIN = 1.07
 LK_BLURRED_SELECT_AFTER = 32
