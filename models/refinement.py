@@ -1,15 +1,16 @@
 """Instance optimisation: refine one pair's registration grid so that the warped IR's edges and
-local structure match the visible image's (normalised gradient fields + MIND, and at full size a
-learned cross-modal descriptor, :mod:`models.descriptor`).
+local structure match the visible image's (normalised gradient fields + MIND; optionally, at full
+size, a learned cross-modal descriptor, :mod:`models.descriptor`).
 
-Why: the shipped register graph leaves 3.6 px of error on the moderate level (RoadScene test),
+Why: the shipped register graph leaves ~3.3 px of error on the moderate level (RoadScene test),
 mostly a smooth residual that its MIND-based Lucas-Kanade stage does not find. IR and visible
 intensities are unrelated, but the *orientation* of their edges largely agrees (up to sign),
 which NGF scores, and so does the pattern of local self-similarity, which MIND describes;
 starting from the network's grid, a few hundred Adam steps on a small smooth residual pull the
-two together, and Lucas-Kanade iterations on the learned descriptor finish it. It is a per-pair
-optimisation (about 8 s on one CPU core), so it serves offline work (``busref eval``,
-``busref register --refine``), not the real-time daemon, which runs the exported networks only.
+two together. It is a per-pair optimisation (a few seconds on one CPU core), so it serves offline
+work (``busref eval``, ``busref register --refine``), not the real-time daemon, which runs the
+exported networks only. The learned descriptor's term and iterations are an opt-in
+(:data:`DESCRIPTOR_REFINEMENT`): the one trained on RoadScene matched its JPEG block grid.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ _PARAMETER_SCALE = 0.1
 class RefinementConfig(BaseModel):
     """How :func:`refine_grid` optimises. The defaults were chosen on held-out *train* pairs,
     never on the test split. On the 8 validation pairs, from the shipped network's grid: moderate
-    level 6.41 -> 2.76 px mean EPE (MNCC 0.851 -> 0.954), hard 13.46 -> 10.02 px with the shipped
-    descriptor; without it (NGF + MIND) 3.57 px (MNCC 0.934) and 10.49 px (0.816). NGF alone gave
+    level 6.41 -> 2.76 px mean EPE (MNCC 0.851 -> 0.954), hard 13.46 -> 10.02 px with a descriptor
+    trained on RoadScene (whose gain was its JPEG block grid: :data:`DESCRIPTOR_REFINEMENT`); without
+    it (NGF + MIND, the defaults) 3.57 px (MNCC 0.934) and 10.49 px (0.816). NGF alone gave
     3.8-4.0 and 10.7-11.1 px (the ranges are float rounding in the start: NGF has many nearby
     optima on this data, so single pairs can move by ~2 px), MIND alone 3.92 px.
     Around the NGF + MIND defaults, on those 8 pairs and 16 more train pairs (moderate, 3.24 px):
@@ -92,8 +94,9 @@ class RefinementConfig(BaseModel):
                              "of each scale)")
     mind_diagonal: int = Field(1, ge=0, le=3, description="and, if > 0, its four diagonal ones at (+-d, +-d), at "
                                "most mind_radius")
-    descriptor_weight: float = Field(1.0, ge=0, description="weight of the learned descriptor's cosine distance, "
-                                     "at pool factor 1 only (used when refine_grid is given a descriptor)")
+    descriptor_weight: float = Field(0.0, ge=0, description="weight of the learned descriptor's cosine distance, "
+                                     "at pool factor 1 only (used when refine_grid is given a descriptor; 0: no "
+                                     "descriptor, the default: see DESCRIPTOR_REFINEMENT)")
     descriptor_iterations: int = Field(128, ge=0, description="Lucas-Kanade iterations on the learned descriptor "
                                        "after the optimisation (with a descriptor; 0: none)")
     descriptor_cells: int = Field(4, ge=1, le=16, description="those iterations solve on cells of this many pixels")
@@ -121,16 +124,15 @@ class RefinementConfig(BaseModel):
         return self
 
 
-def refinement_config(modality: str) -> RefinementConfig:
-    """The refinement ``busref eval`` and ``busref register --refine`` use for a rig's IR ``modality``
-    (``thermal`` or ``nir``): the defaults for thermal; for NIR the same without the learned
-    descriptor (no cosine term, no iterations on it). Why: the shipped descriptor learned thermal
-    pairs only. On 20 NIR train pairs (field and oldbuilding, every second one; NIR weights,
-    moderate) its iterations made 11 pairs worse and the guard only held the mean (4.02 -> 4.00 px;
-    see :class:`RefinementConfig`); its cosine term cost 2.065 -> 2.167 px (MNCC 0.971 -> 0.963),
-    and the descriptor fine-tuned on the thermal refinement's iterations 2.764 px."""
-    return RefinementConfig() if modality == "thermal" else \
-        RefinementConfig(descriptor_weight=0.0, descriptor_iterations=0)
+#: The refinement with a learned descriptor (``busref eval`` / ``busref register --descriptor PATH``,
+#: ``busref train descriptor --stage-of refinement``): its cosine term at full size (weight 1) and 128
+#: Lucas-Kanade iterations on it. Not the default: a descriptor trained on RoadScene learned its JPEG
+#: files' shared 8x8 block grid, a cue no pair of live cameras has. On the 8 held-out RoadScene train
+#: pairs (moderate, from the register graph without towers) the refinement with the descriptor trained
+#: there ended at 1.818 px as the files are and at 5.210 px with the visible image re-encoded at another
+#: block phase; without it 3.682 / 3.722 px (the network alone 3.811). On 12 aligned PNG pairs of the
+#: demo's synthetic street (no block grid): 3.865 px with it, 2.852 without (docs/experiments.md).
+DESCRIPTOR_REFINEMENT = RefinementConfig(descriptor_weight=1.0)
 
 
 def ngf_similarity(a: Tensor, b: Tensor, mask: Tensor, edge_noise: float) -> Tensor:

@@ -23,10 +23,9 @@ from typing import Literal, get_args
 WEIGHTS_ENV = "BUSREF_WEIGHTS"
 WEIGHTS_PACKAGE = "busref.weights"
 RIG_PACKAGE = "busref.rig_config"
-#: The checkpoint and the refinement's cross-modal descriptor in the weights folder (MODEL_CARD.md);
-#: the ONNX graphs beside them are ``register.onnx``, ``fuse.onnx`` and ``frame.onnx``.
+#: The checkpoint in the weights folder (MODEL_CARD.md); the ONNX graphs beside it are
+#: ``register.onnx``, ``track.onnx``, ``fuse.onnx`` and ``frame.onnx``.
 CHECKPOINT_FILE = "busref.pt"
-DESCRIPTOR_FILE = "descriptor.pt"
 
 
 def _package_folder(package: str) -> Path:

@@ -42,7 +42,7 @@ def test_eval_registration_writes_tables(trained_checkpoint, pair_data, tmp_path
     printed = capsys.readouterr().out
     assert "| busref |" in printed and "| busref-refined |" in printed
     assert report["results"]["busref-refined"]["summary"]["failures"] == 0
-    assert report["descriptor"].endswith("descriptor.pt")
+    assert report["descriptor"] is None  # none is shipped: the refinement is NGF + MIND unless given one
 
 
 def test_eval_fusion(trained_checkpoint, pair_data, tmp_path):
@@ -153,7 +153,7 @@ def test_train_descriptor_writes_a_file_that_refine_loads(trained_checkpoint, th
 
 def test_train_descriptor_on_the_refinement_s_iterations_records_that_stage(three_pairs, tmp_path):
     from busref.models.descriptor import load_descriptor
-    from busref.models.refinement import RefinementConfig
+    from busref.models.refinement import DESCRIPTOR_REFINEMENT
 
     root, _ = three_pairs
     folders = ["--vis", str(root / "crop_LR_visible"), "--ir", str(root / "cropinfrared"), "--val-pairs", "1"]
@@ -163,7 +163,7 @@ def test_train_descriptor_on_the_refinement_s_iterations_records_that_stage(thre
     assert main(["train", "descriptor", *folders, "--config", str(config), "--steps", "1", "--finetune",
                  str(tmp_path / "first" / "descriptor.pt"), "--stage-of", "refinement", "--out", str(tmp_path)]) == 0
     _, meta = load_descriptor(tmp_path / "descriptor.pt")
-    refinement = RefinementConfig()
+    refinement = DESCRIPTOR_REFINEMENT
     assert meta["stage"]["descriptor_iterations"] == refinement.descriptor_iterations
     assert (meta["stage"]["descriptor_pool"], meta["stage"]["descriptor_gain"]) == \
         (refinement.descriptor_cells, refinement.descriptor_gain)
@@ -194,6 +194,7 @@ def test_descriptor_errors_are_clear(trained_checkpoint, three_pairs, tmp_path, 
     assert main(["register", *folders, "--out", str(tmp_path / "reg"), "--checkpoint", str(trained_checkpoint),
                  "--refine", "--descriptor", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt: no such descriptor file" in caplog.text
-    # The NIR refinement uses no learned descriptor (it learned thermal pairs), so none is read.
-    assert main(["register", *folders, "--out", str(tmp_path / "nir"), "--checkpoint", str(trained_checkpoint),
-                 "--modality", "nir", "--refine", "--descriptor", str(tmp_path / "nope.pt")]) == 0
+    # A descriptor serves the refinement only; without --refine it would be ignored, so it is refused.
+    assert main(["register", *folders, "--out", str(tmp_path / "plain"), "--checkpoint", str(trained_checkpoint),
+                 "--descriptor", str(tmp_path / "nope.pt")]) == 2
+    assert "--descriptor is the refinement's: it needs --refine" in caplog.text

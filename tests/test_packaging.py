@@ -54,7 +54,7 @@ def test_the_version_is_defined_once() -> None:
 def test_shipped_files_are_package_data() -> None:
     data = SETUPTOOLS["package-data"]
     graphs = {"busref.pt", "register.onnx", "track.onnx", "fuse.onnx", "frame.onnx"}
-    assert {p.name for p in weights_dir().iterdir() if p.suffix in (".onnx", ".pt")} == {*graphs, "descriptor.pt"}
+    assert {p.name for p in weights_dir().iterdir() if p.suffix in (".onnx", ".pt")} == graphs
     assert {p.name for p in (weights_dir() / "nir").iterdir() if p.suffix in (".onnx", ".pt")} == graphs
     assert sorted(data["busref.weights"]) == ["*.onnx", "*.pt", "nir/*.onnx", "nir/*.pt"]
     assert data["busref.rig_config"] == ["*.yaml"]

@@ -34,7 +34,7 @@ def test_shipped_recipe_renders_every_step(tmp_path: Path) -> None:
     made = {str(output) for _, _, output, _ in steps}
     # What the recipe makes is the shipped weights folder, file for file.
     weights = tmp_path / "out" / "weights"
-    for file in ("busref.pt", "descriptor.pt", "register.onnx", "nir/busref.pt", "nir/register.onnx"):
+    for file in ("busref.pt", "register.onnx", "nir/busref.pt", "nir/register.onnx"):
         assert str(weights / file) in made
     for step, argv, _, config in steps:
         for arg in argv:

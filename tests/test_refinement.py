@@ -10,11 +10,11 @@ import torch
 from busref.models.geometry import identity_grid, normalised_to_pixel, pixel_to_normalised
 from busref.models.local_structure import mind_descriptor
 from busref.models.refinement import (
+    DESCRIPTOR_REFINEMENT,
     RefinementConfig,
     descriptor_iterations,
     ngf_similarity,
     refine_grid,
-    refinement_config,
 )
 
 H, W = 64, 80
@@ -140,10 +140,8 @@ def test_descriptor_iterations_recover_a_shift_and_the_guard_keeps_a_start_they_
     assert torch.equal(descriptor_iterations(vis, ir, start, wrong, config), start)
 
 
-def test_the_learned_descriptor_serves_thermal_rigs_only() -> None:
-    # The shipped descriptor learned thermal pairs; busref eval / register --refine pick by modality.
-    thermal = RefinementConfig()
-    assert refinement_config("thermal") == thermal and thermal.descriptor_iterations > 0
-    assert thermal.descriptor_weight > 0
-    nir = refinement_config("nir")
-    assert (nir.descriptor_iterations, nir.descriptor_weight) == (0, 0)
+def test_the_default_refinement_reads_no_descriptor() -> None:
+    # A descriptor is an opt-in (busref eval / register --descriptor): the one trained on RoadScene
+    # matched its JPEG block grid, so by default the refinement is NGF + MIND only.
+    assert not RefinementConfig().uses_descriptor
+    assert DESCRIPTOR_REFINEMENT.uses_descriptor and DESCRIPTOR_REFINEMENT.descriptor_iterations > 0

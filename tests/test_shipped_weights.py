@@ -34,17 +34,14 @@ from busref.models.config import (
     LK_TRACK_LINEARISATION,
     LK_WINDOW,
     NET_IR_TONE_MEAN,
-    DescriptorConfig,
     LucasKanadeConfig,
     ModelConfig,
-    load_yaml_model,
 )
 from busref.models.data import category_pairs, load_pairs, pair_index, roadscene_pairs, split_sha256
-from busref.models.descriptor import ITERATION_FIELDS, load_descriptor
 from busref.models.evaluation import evaluate_fusion, evaluate_registration
 from busref.models.fusion_baselines import average, laplacian_pyramid_maxabs
 from busref.models.inference import BusReFRegistration, fuse_luminance
-from busref.models.refinement import RefinementConfig, refinement_config, refinement_stage
+from busref.models.refinement import RefinementConfig
 from busref.rig_config import weights_dir
 
 WEIGHTS = weights_dir()
@@ -83,11 +80,6 @@ def shipped():
 @pytest.fixture(scope="module")
 def shipped_nir():
     return load_model(WEIGHTS / "nir" / "busref.pt", expect_stage="registration")
-
-
-@pytest.fixture(scope="module")
-def descriptor():
-    return load_descriptor(WEIGHTS / "descriptor.pt")
 
 
 @pytest.fixture(scope="module")
@@ -181,18 +173,6 @@ def test_the_nir_weights_beat_sift_on_held_out_nir_pairs_rotated_far_beyond_the_
     assert means["busref"]["EPE_mean"] < means["sift"]["EPE_mean"], means
 
 
-def test_the_refinement_descriptor_is_the_default_one_fine_tuned_on_the_refinement_s_iterations(
-        descriptor, roadscene: Path):
-    _, meta = descriptor
-    assert DescriptorConfig.model_validate(meta["finetune"]["config"]) == DescriptorConfig()
-    assert DescriptorConfig.model_validate(meta["config"]) == load_yaml_model(
-        CONFIGS / "descriptor" / "refinement_iterations.yaml", DescriptorConfig, "descriptor")
-    assert meta["stage"] == refinement_stage(refinement_config("thermal")).model_dump(
-        mode="json", include=ITERATION_FIELDS)
-    assert meta["split"]["name"] == "train"
-    assert meta["split"]["sha256"] == split_sha256(roadscene_pairs(roadscene, "train")[:-VAL_PAIRS])
-
-
 def test_the_onnx_graphs_name_the_checkpoint_and_its_registration_size(shipped):
     _, payload = shipped
     sha = file_sha256(WEIGHTS / "busref.pt")
@@ -204,18 +184,18 @@ def test_the_onnx_graphs_name_the_checkpoint_and_its_registration_size(shipped):
         assert tuple(meta.registration_size) == payload["config"].model.registration_size
 
 
-def registration_means(model, descriptor, test_pairs, level: str) -> dict[str, dict[str, float]]:
+def registration_means(model, test_pairs, level: str) -> dict[str, dict[str, float]]:
     pairs, indices = test_pairs
     methods = {"busref": BusReFRegistration(model), "identity": IdentityMethod(), "ecc": EccGradient(),
                "ngf-mind": NgfMindElastic(),
-               "busref-refined": BusReFRegistration(model, refinement=RefinementConfig(), descriptor=descriptor[0])}
+               "busref-refined": BusReFRegistration(model, refinement=RefinementConfig())}
     return {name: r["summary"]["mean"] for name, r in
             evaluate_registration(methods, pairs, indices, level, progress=False).items()}
 
 
 @pytest.mark.slow
-def test_registers_better_than_identity_ecc_and_ngf_mind_at_the_hard_level(shipped, descriptor, test_pairs):
-    means = registration_means(shipped[0], descriptor, test_pairs, "hard")
+def test_registers_better_than_identity_ecc_and_ngf_mind_at_the_hard_level(shipped, test_pairs):
+    means = registration_means(shipped[0], test_pairs, "hard")
     # The network alone: 7.22 px, MNCC 0.914; ngf-mind 16.57 px, 0.821; ECC 42.00 px, 0.393.
     for baseline in ("identity", "ecc", "ngf-mind"):
         assert means["busref"]["MNCC"] > means[baseline]["MNCC"], means
@@ -223,8 +203,8 @@ def test_registers_better_than_identity_ecc_and_ngf_mind_at_the_hard_level(shipp
 
 
 @pytest.mark.slow
-def test_registers_better_than_identity_ecc_and_ngf_mind_at_the_moderate_level(shipped, descriptor, test_pairs):
-    means = registration_means(shipped[0], descriptor, test_pairs, "moderate")
+def test_registers_better_than_identity_ecc_and_ngf_mind_at_the_moderate_level(shipped, test_pairs):
+    means = registration_means(shipped[0], test_pairs, "moderate")
     # The network alone (its Lucas-Kanade stage, no learned towers): 3.17 px, MNCC 0.9625; ngf-mind
     # 3.25 px, 0.9708; ECC 8.27 px, 0.841. It leads ngf-mind on the EPE here, not on the MNCC (over
     # the whole test split it leads on both: README.md); the towers that led it here too drew their
@@ -233,10 +213,14 @@ def test_registers_better_than_identity_ecc_and_ngf_mind_at_the_moderate_level(s
         assert means["busref"]["EPE_mean"] < means[baseline]["EPE_mean"], means
     for baseline in ("identity", "ecc"):
         assert means["busref"]["MNCC"] > means[baseline]["MNCC"], means
-    # With the per-pair refinement (busref eval's busref-refined): 1.53 px, MNCC 0.991.
-    for baseline in ("identity", "ecc", "ngf-mind", "busref"):
+    # With the per-pair refinement (busref eval's busref-refined; NGF + MIND, no learned descriptor):
+    # 3.31 px, MNCC 0.969. It raises the network's MNCC; its EPE is the network's within 0.15 px here
+    # (over the whole test split 3.14 against 3.30 px: README.md).
+    for baseline in ("identity", "ecc"):
         assert means["busref-refined"]["MNCC"] > means[baseline]["MNCC"], means
         assert means["busref-refined"]["EPE_mean"] < means[baseline]["EPE_mean"], means
+    assert means["busref-refined"]["MNCC"] > means["busref"]["MNCC"], means
+    assert means["busref-refined"]["EPE_mean"] < means["busref"]["EPE_mean"] + 0.5, means
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from busref.models.data import PairPaths, list_pairs, pair_index, roadscene_pairs
-from busref.rig_config.resources import CHECKPOINT_FILE, DESCRIPTOR_FILE, MODALITIES, WEIGHTS_ENV, weight_file
+from busref.rig_config.resources import CHECKPOINT_FILE, MODALITIES, WEIGHTS_ENV, weight_file
 
 
 def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
@@ -26,9 +26,11 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
 
 
 def add_descriptor_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--descriptor", type=Path, default=weight_file(DESCRIPTOR_FILE),
-                        help="the refinement's learned cross-modal descriptor (default: the shipped "
-                             f"{DESCRIPTOR_FILE}, or the one in ${WEIGHTS_ENV}; 'busref train descriptor' makes one)")
+    parser.add_argument("--descriptor", type=Path, default=None,
+                        help="the refinement also matches this learned cross-modal descriptor ('busref train "
+                             "descriptor' makes one) at full size and runs 128 Lucas-Kanade iterations on it "
+                             "(default: none; none is shipped, because the one trained on RoadScene matched its "
+                             "JPEG files' shared block grid, which live cameras do not have)")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, default_split: str = "test") -> None:

@@ -34,7 +34,7 @@ from busref.models.fusion_baselines import average, laplacian_pyramid_maxabs
 from busref.models.inference import BusReFRegistration, fuse_luminance
 from busref.models.metrics.registration import warp_numpy
 from busref.models.misalignment import LEVELS, protocol_pair
-from busref.models.refinement import refinement_config
+from busref.models.refinement import DESCRIPTOR_REFINEMENT, RefinementConfig
 from busref.models.train import select_device
 from busref.rig_config.resources import recorded_path
 from busref.visualise import contact_sheet, edge_overlay
@@ -62,8 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("results"), help="report folder (default: results)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--contact-sheet", type=int, default=0, metavar="N",
-                        help="registration with busref: also write OUT/registration_LEVEL_sheet.png, the first N "
-                             "pairs as visible | edges before | edges after | fused; fusion with gaf: "
+                        help="registration with busref or busref-refined: also write OUT/registration_LEVEL_sheet.png, "
+                             "the first N pairs as visible | edges before | edges after (busref's where it ran) | "
+                             "fused; fusion with gaf: "
                              "OUT/fusion_sheet.png, the first N pairs as visible | IR | laplacian | gaf and a "
                              "zoomed crop (default: none)")
 
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             learned = ("busref", "busref-refined")  # one network; the second also refines its grid
             if any(name in learned for name in names):
                 model, _ = load_model(checkpoint_path(args), map_location=device, expect_stage="registration")
-            refinement = refinement_config(args.modality)
+            refinement = DESCRIPTOR_REFINEMENT if args.descriptor else RefinementConfig()
             descriptor = load_descriptor(args.descriptor)[0] \
                 if "busref-refined" in names and refinement.uses_descriptor else None
             methods = {}
@@ -118,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     write_report(report, results, table, meta)
     print(table)
     log.info("wrote %s.json and %s.md", report, report)
-    shown = [name for name in ("busref-refined", "busref") if name in methods]
+    # The network alone where it ran: what the daemon publishes.
+    shown = [name for name in ("busref", "busref-refined") if name in methods]
     n = args.contact_sheet
     if args.task == "registration" and n and shown:
         sheet = registration_sheet(methods[shown[0]], pairs[:n], indices[:n], args.level)

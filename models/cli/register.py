@@ -25,7 +25,7 @@ from busref.models.descriptor import load_descriptor
 from busref.models.geometry import theta_to_pixel_affine
 from busref.models.inference import BusReFRegistration, fuse_luminance
 from busref.models.metrics.registration import warp_numpy
-from busref.models.refinement import refinement_config
+from busref.models.refinement import DESCRIPTOR_REFINEMENT, RefinementConfig
 from busref.models.train import select_device
 from busref.visualise import contact_sheet, edge_overlay
 
@@ -52,17 +52,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write OUT/contact_sheet.png (visible | moving IR | registered | edges | fused)")
     parser.add_argument("--sheet-rows", type=int, default=8, help="pairs on the contact sheet (default: 8)")
     parser.add_argument("--refine", action="store_true",
-                        help="refine each grid on its pair (instance optimisation of edges, MIND and the learned "
-                             "descriptor at full size, ~2 s a pair on a CPU core; 'busref-refined' in the README "
+                        help="refine each grid on its pair (instance optimisation of edges and MIND, and of "
+                             "--descriptor if given; a few s a pair on a CPU core; 'busref-refined' in the README "
                              "tables); theta stays the network's")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.descriptor and not args.refine:
+            raise DataError("--descriptor is the refinement's: it needs --refine")
         pairs = pairs_from_args(args)
         device = select_device(args.device)
         model, _ = load_model(checkpoint_path(args), map_location=device, expect_stage="registration")
-        refinement = refinement_config(args.modality) if args.refine else None
+        refinement = None if not args.refine else DESCRIPTOR_REFINEMENT if args.descriptor else RefinementConfig()
         descriptor = load_descriptor(args.descriptor)[0] if refinement and refinement.uses_descriptor else None
     except (DataError, CheckpointError) as exc:
         log.error("%s", exc)

@@ -12,7 +12,7 @@ from busref.models.cli.common import add_data_arguments, select_pairs
 from busref.models.config import DescriptorConfig, load_train_config, load_yaml_model
 from busref.models.data import category_pairs, load_pairs, split_sha256
 from busref.models.descriptor import train_descriptor
-from busref.models.refinement import refinement_config, refinement_stage
+from busref.models.refinement import DESCRIPTOR_REFINEMENT, refinement_stage
 from busref.models.train import select_device, train_stage
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Train one BusReF stage. Order: bus (auto-encoder), then fusion (GAF, bus frozen), then\n"
         "registration (Affine + Deformable nets; bus and GAF frozen). Each stage writes\n"
         "OUT/STAGE.pt (and OUT/STAGE_last.pt periodically); pass it to the next with --init.\n"
-        "'descriptor' trains, on its own, the cross-modal descriptor that `--refine` and the\n"
-        "busref-refined evaluation use (OUT/descriptor.pt; --config is a descriptor config YAML,\n"
+        "'descriptor' trains, on its own, a cross-modal descriptor that `--refine` and the\n"
+        "busref-refined evaluation can use with --descriptor (OUT/descriptor.pt; none is shipped: the one\n"
+        "trained on RoadScene matched its JPEG block grid; --config is a descriptor config YAML,\n"
         "--init and --resume do not apply, --finetune starts from another descriptor file's towers),\n"
         "and optional towers for the register graph's Lucas-Kanade stage (configs/descriptor/towers.yaml,\n"
         "then scripts/set_inference_stages.py --descriptor; the shipped graphs have none: on RoadScene\n"
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  busref train registration --data ../shared/data/roadscene --init runs/demo/fusion.pt --out runs/demo\n"
         "  busref train descriptor --data ../shared/data/roadscene --out runs/demo --steps 8000\n"
         "  busref train descriptor --data ../shared/data/roadscene --config configs/descriptor/towers.yaml \\\n"
-        "      --finetune weights/descriptor.pt --out runs/towers\n"
+        "      --finetune runs/demo/descriptor.pt --out runs/towers\n"
         "  busref train descriptor --data ../shared/data/roadscene \\\n"
         "      --config configs/descriptor/towers_iterations.yaml --finetune runs/towers/descriptor.pt \\\n"
         "      --stage-of runs/with_towers.pt --out runs/towers_iterations\n"
@@ -90,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
             descriptor_config = descriptor_config.model_copy(
                 update={**({"steps": args.steps} if args.steps else {}), **({"size": args.size} if args.size else {})})
             stage = None
-            if args.stage_of == "refinement":  # the refinement that runs the descriptor's iterations: thermal's
-                stage = refinement_stage(refinement_config("thermal"))
+            if args.stage_of == "refinement":  # the refinement that runs the descriptor's iterations
+                stage = refinement_stage(DESCRIPTOR_REFINEMENT)
             elif args.stage_of is not None:
                 stage = load_checkpoint(Path(args.stage_of))["config"].model.lucas_kanade
         elif args.size or args.stage_of:
