@@ -50,7 +50,7 @@ class BusReFRegistration:
     the IR image. With ``refinement`` the full-size grid is then refined on the pair itself
     (:func:`busref.models.refinement.refine_grid`, about a second per pair on a CPU core).
 
-    A model with ``keypoint_start`` (the NIR weights) also tries the SIFT + RANSAC affine of
+    A model with ``keypoint_start`` (both shipped weights) also tries the SIFT + RANSAC affine of
     :mod:`busref.keypoints`, as the daemon's first run does (``busref.runtime.registration.keypoint_start``): where
     it aligns the pair's edges better than the raw input does (:func:`busref.orientation.agreement_with`),
     the IR is pre-warped by it (out-of-view pixels repeat the nearest IR pixel, as the daemon's

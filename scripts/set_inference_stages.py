@@ -43,7 +43,7 @@ change; ``busref export onnx --checkpoint OUT`` then builds graphs (and metadata
 
 usage: python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade standard-2x --both-starts on \
            --track standard-2x --track-linearisation reference \
-           --blurred-variant on --net-ir-tone-mean 0.6 --out OUT   # the thermal weights' stages
+           --blurred-variant on --net-ir-tone-mean 0.6 --keypoint-start on --out OUT   # the thermal weights' stages
        python scripts/set_inference_stages.py --checkpoint IN --lucas-kanade fine --both-starts on \
            --keypoint-start on --track fine --track-linearisation reference --out OUT   # the NIR weights'
        python scripts/set_inference_stages.py --checkpoint weights/busref.pt --blurred-variant off \

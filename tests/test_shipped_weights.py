@@ -94,8 +94,8 @@ def test_the_checkpoint_is_the_default_nets_and_stage_trained_on_the_train_split
     _, payload = shipped
     assert payload["stage"] == "registration"
     assert payload["config"].model == ModelConfig(lucas_kanade=STAGE, net_pool=2, registration_size=(384, 512),
-                                                  net_ir_tone_mean=NET_IR_TONE_MEAN), \
-        "weights/busref.pt must be the default nets with the Lucas-Kanade stage, the nets' IR re-toned"
+                                                  net_ir_tone_mean=NET_IR_TONE_MEAN, keypoint_start=True), \
+        "weights/busref.pt must be the default nets with the Lucas-Kanade stage, the nets' IR re-toned, the keypoint start"
     assert payload["split"]["name"] == "train"
     train = roadscene_pairs(roadscene, "train")
     nir = nir_training_pairs()
@@ -117,11 +117,11 @@ def test_the_nir_checkpoint_is_the_same_model_fine_tuned_on_both_modalities(ship
     on those NIR scenes less the last 20 (configs/gaf_nir_finetune.yaml, the split it records); bus
     unchanged; its register graph ends with the Lucas-Kanade stage and it starts from the keypoint
     affine where that aligns better (scripts/set_inference_stages.py ``fine``: the nets at 192x256,
-    the stage's last iterations at 384x512); the thermal one has no keypoint start."""
+    the stage's last iterations at 384x512), as the thermal one does."""
     model, payload = shipped_nir
     assert payload["stage"] == "registration"
     assert payload["config"].model == NIR_MODEL
-    assert not shipped[1]["config"].model.keypoint_start
+    assert shipped[1]["config"].model.keypoint_start
     trained_on = nir_training_pairs()  # skips without the NIR data
     nir = roadscene_pairs(NIRSCENE, "train", split_file("nirscene"))
     assert payload["split"]["sha256"] == split_sha256(nir[:-NIR_GAF_VAL_PAIRS])
@@ -139,9 +139,9 @@ def test_each_folder_s_graphs_say_which_modalities_they_serve():
         nir = check_graph_file(WEIGHTS / "nir" / f"{graph}.onnx", graph=graph,
                                checkpoint_sha256=file_sha256(WEIGHTS / "nir" / "busref.pt"))
         assert nir.metadata.modalities == ["thermal", "nir"]
-        # The daemon reads the keypoint start from the register graph's metadata.
+        # The daemon reads the keypoint start from the register graph's metadata (both weights run it).
         assert nir.metadata.keypoint_start == (graph == "register")
-        assert not check_graph_file(WEIGHTS / f"{graph}.onnx", graph=graph).metadata.keypoint_start
+        assert check_graph_file(WEIGHTS / f"{graph}.onnx", graph=graph).metadata.keypoint_start == (graph == "register")
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """The keypoint start: one registration run that also tries the SIFT + RANSAC affine as its start.
 
-For register graphs exported with ``keypoint_start`` (artifact metadata; the NIR weights), a run
+For register graphs exported with ``keypoint_start`` (artifact metadata; both shipped weights), a run
 with the search (the scheduler's first, then every :data:`KEYPOINT_EVERY`-th) finds the affine of
 :mod:`busref.keypoints` between the full-size visible luminance and IR frame. Where it aligns the
 pair's edges better than the run's own start does (the registration in force, or before any the
