@@ -95,7 +95,7 @@ def test_the_checkpoint_is_the_default_nets_and_stage_trained_on_the_train_split
     assert payload["stage"] == "registration"
     assert payload["config"].model == ModelConfig(lucas_kanade=STAGE, net_pool=2, registration_size=(384, 512),
                                                   net_ir_tone_mean=NET_IR_TONE_MEAN, keypoint_start=True), \
-        "weights/busref.pt must be the default nets with the Lucas-Kanade stage, the nets' IR re-toned, the keypoint start"
+        "weights/busref.pt must be the default nets with the Lucas-Kanade stage, the IR re-toned, the keypoint start"
     assert payload["split"]["name"] == "train"
     train = roadscene_pairs(roadscene, "train")
     nir = nir_training_pairs()
