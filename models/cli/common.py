@@ -6,6 +6,9 @@ import argparse
 from pathlib import Path
 
 from busref.models.data import PairPaths, list_pairs, pair_index, roadscene_pairs
+from busref.models.descriptor import load_descriptor
+from busref.models.networks.matcher import CrossModalDescriptor
+from busref.models.refinement import DESCRIPTOR_REFINEMENT, RefinementConfig
 from busref.rig_config.resources import CHECKPOINT_FILE, MODALITIES, WEIGHTS_ENV, weight_file
 
 
@@ -31,6 +34,15 @@ def add_descriptor_argument(parser: argparse.ArgumentParser) -> None:
                              "descriptor' makes one) at full size and runs 128 Lucas-Kanade iterations on it "
                              "(default: none; none is shipped, because the one trained on RoadScene matched its "
                              "JPEG files' shared block grid, which live cameras do not have)")
+
+
+def refinement_with(descriptor: Path | None) -> tuple[RefinementConfig, CrossModalDescriptor | None]:
+    """The refinement ``--refine`` and ``busref-refined`` run, from ``--descriptor``: NGF + MIND
+    (``RefinementConfig()``) without one; with one, that descriptor (loaded; a missing or foreign file
+    raises ``DataError``) and :data:`~busref.models.refinement.DESCRIPTOR_REFINEMENT`."""
+    if descriptor is None:
+        return RefinementConfig(), None
+    return DESCRIPTOR_REFINEMENT, load_descriptor(descriptor)[0]
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, default_split: str = "test") -> None:

@@ -18,10 +18,10 @@ from busref.models.cli.common import (
     add_data_arguments,
     add_descriptor_argument,
     checkpoint_path,
+    refinement_with,
     select_pairs,
 )
 from busref.models.data import LoadedPair, load_pairs, split_sha256
-from busref.models.descriptor import load_descriptor
 from busref.models.evaluation import (
     FuseFn,
     evaluate_fusion,
@@ -34,7 +34,6 @@ from busref.models.fusion_baselines import average, laplacian_pyramid_maxabs
 from busref.models.inference import BusReFRegistration, fuse_luminance
 from busref.models.metrics.registration import warp_numpy
 from busref.models.misalignment import LEVELS, protocol_pair
-from busref.models.refinement import DESCRIPTOR_REFINEMENT, RefinementConfig
 from busref.models.train import select_device
 from busref.rig_config.resources import recorded_path
 from busref.visualise import contact_sheet, edge_overlay
@@ -80,9 +79,7 @@ def run(args: argparse.Namespace) -> int:
             learned = ("busref", "busref-refined")  # one network; the second also refines its grid
             if any(name in learned for name in names):
                 model, _ = load_model(checkpoint_path(args), map_location=device, expect_stage="registration")
-            refinement = DESCRIPTOR_REFINEMENT if args.descriptor else RefinementConfig()
-            descriptor = load_descriptor(args.descriptor)[0] \
-                if "busref-refined" in names and refinement.uses_descriptor else None
+            refinement, descriptor = refinement_with(args.descriptor if "busref-refined" in names else None)
             methods = {}
             for name in names:
                 if name == "busref":

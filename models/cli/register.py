@@ -19,13 +19,16 @@ from busref.models.cli.batch import (
     split_luminance,
     write_png,
 )
-from busref.models.cli.common import add_checkpoint_argument, add_descriptor_argument, checkpoint_path
+from busref.models.cli.common import (
+    add_checkpoint_argument,
+    add_descriptor_argument,
+    checkpoint_path,
+    refinement_with,
+)
 from busref.models.data import PairPaths
-from busref.models.descriptor import load_descriptor
 from busref.models.geometry import theta_to_pixel_affine
 from busref.models.inference import BusReFRegistration, fuse_luminance
 from busref.models.metrics.registration import warp_numpy
-from busref.models.refinement import DESCRIPTOR_REFINEMENT, RefinementConfig
 from busref.models.train import select_device
 from busref.visualise import contact_sheet, edge_overlay
 
@@ -64,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
         pairs = pairs_from_args(args)
         device = select_device(args.device)
         model, _ = load_model(checkpoint_path(args), map_location=device, expect_stage="registration")
-        refinement = None if not args.refine else DESCRIPTOR_REFINEMENT if args.descriptor else RefinementConfig()
-        descriptor = load_descriptor(args.descriptor)[0] if refinement and refinement.uses_descriptor else None
+        refinement, descriptor = refinement_with(args.descriptor) if args.refine else (None, None)
     except (DataError, CheckpointError) as exc:
         log.error("%s", exc)
         return 2
